@@ -1,0 +1,581 @@
+//! The GPU runtime: one device, its granted features and limits, and the caches every op shares
+//! (pipelines by specialisation, bind-group layouts by binding signature, bind groups by buffers,
+//! pooled buffers, one uniform arena for dispatch parameters).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::adapter::{self, AdapterSummary};
+use super::buffer::{BufferPool, GpuBuffer};
+use super::error::{GpuError, GpuResult};
+use crate::shaders::Variant;
+
+/// How to open the GPU.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Adapter name (case-insensitive substring) or index; falls back to `CONVREC_ADAPTER`.
+    pub adapter: Option<String>,
+    /// Ask for no optional features (f16, subgroups, timestamps): exercises the portable path.
+    pub portable: bool,
+}
+
+/// Access of one storage binding, in binding order after the uniform at binding 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// Per-dispatch parameters live in slots of this size in the uniform arena; every kernel's
+/// `Params` struct must fit (WebGPU caps the offset alignment at 256, so slots are always aligned).
+pub const PARAM_SLOT: u64 = 256;
+
+/// A compiled compute pipeline and the binding signature it was laid out for.
+#[derive(Debug)]
+pub struct Kernel {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: Arc<wgpu::BindGroupLayout>,
+    pub(crate) layout_key: Vec<Access>,
+    pub(crate) label: String,
+}
+
+impl Kernel {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+#[derive(Default)]
+struct Caches {
+    kernels: HashMap<Variant, Arc<Kernel>>,
+    layouts: HashMap<Vec<Access>, Arc<wgpu::BindGroupLayout>>,
+    bind_groups: HashMap<BindGroupKey, wgpu::BindGroup>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindGroupKey {
+    layout: Vec<Access>,
+    arena: u64,
+    buffers: Vec<(u64, u64)>,
+}
+
+/// Bind groups are cheap to keep but unbounded in principle; past this many the cache restarts.
+const MAX_CACHED_BIND_GROUPS: usize = 8192;
+
+struct Arena {
+    id: u64,
+    buffer: wgpu::Buffer,
+    capacity: u64,
+}
+
+/// Set asynchronously by wgpu's callbacks, read before each submission.
+#[derive(Default)]
+struct Faults {
+    lost: Option<(String, String)>,
+    uncaptured: Vec<String>,
+}
+
+/// A handle to the GPU; cheap to clone.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    _instance: wgpu::Instance,
+    _adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    pool: BufferPool,
+    caches: Mutex<Caches>,
+    arena: Mutex<Arena>,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.inner.summary.name).finish()
+    }
+}
+
+fn new_instance() -> wgpu::Instance {
+    // `WGPU_BACKEND` etc. narrow the backends, as in every wgpu program.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter this machine exposes (empty in a browser, which hands out one adapter on request).
+pub async fn list_adapters() -> Vec<AdapterSummary> {
+    enumerate(&new_instance()).await.iter().map(AdapterSummary::of_adapter).collect()
+}
+
+async fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    instance.enumerate_adapters(wgpu::Backends::all()).await
+}
+
+impl Gpu {
+    /// Opens the preferred (or requested) adapter with its real limits and whichever optional
+    /// features convrec can use.
+    pub async fn new(options: &GpuOptions) -> GpuResult<Gpu> {
+        let instance = new_instance();
+        let adapter = Self::select_adapter(&instance, options).await?;
+        let info = adapter.get_info();
+        let features =
+            if options.portable { wgpu::Features::empty() } else { adapter.features() & adapter::wanted_features() };
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("convrec"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice { adapter: info.name.clone(), message: e.to_string() })?;
+
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        {
+            let faults = faults.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut f) = faults.lock() {
+                    f.lost = Some((format!("{reason:?}"), message));
+                }
+            });
+        }
+        {
+            // wgpu's default handler panics; an error outside any scope becomes a Result at the
+            // next submission instead.
+            let faults = faults.clone();
+            device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+                log::error!("uncaptured GPU error: {err}");
+                if let Ok(mut f) = faults.lock() {
+                    f.uncaptured.push(err.to_string());
+                }
+            }));
+        }
+
+        let summary = AdapterSummary::new(&info, device.features(), &device.limits());
+        let arena_capacity = 64 * PARAM_SLOT;
+        let arena = Arena {
+            id: super::buffer::next_buffer_id(),
+            buffer: create_arena(&device, arena_capacity),
+            capacity: arena_capacity,
+        };
+        Ok(Gpu {
+            inner: Arc::new(Inner {
+                _instance: instance,
+                _adapter: adapter,
+                limits: device.limits(),
+                device,
+                queue,
+                summary,
+                pool: BufferPool::default(),
+                caches: Mutex::new(Caches::default()),
+                arena: Mutex::new(arena),
+                faults,
+            }),
+        })
+    }
+
+    async fn select_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> GpuResult<wgpu::Adapter> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let env = std::env::var(adapter::ADAPTER_ENV).ok();
+            let wanted = options.adapter.clone().or(env);
+            adapter::choose(enumerate(instance).await, wanted.as_deref())
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = options;
+            instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| GpuError::NoAdapter { backends: format!("WebGPU ({e})") })
+        }
+    }
+
+    pub fn summary(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+    pub fn pool(&self) -> &BufferPool {
+        &self.inner.pool
+    }
+
+    /// Fails if the device was lost or an error escaped every scope since the last check.
+    pub fn check_health(&self, during: &str) -> GpuResult<()> {
+        let mut faults = self.inner.faults.lock().expect("fault lock");
+        if let Some((reason, message)) = &faults.lost {
+            return Err(GpuError::DeviceLost {
+                reason: reason.clone(),
+                message: message.clone(),
+                during: format!(" during {during}"),
+            });
+        }
+        if !faults.uncaptured.is_empty() {
+            let message = faults.uncaptured.drain(..).collect::<Vec<_>>().join("; ");
+            return Err(GpuError::Internal {
+                op: during.to_string(),
+                detail: "error outside an error scope".into(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `bytes` bytes, checked against the adapter's limits.
+    pub fn storage(&self, op: &str, what: &str, bytes: u64) -> GpuResult<GpuBuffer> {
+        self.check_binding_size(op, what, bytes)?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        Ok(self.inner.pool.acquire(&self.inner.device, bytes, usage, what))
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, op: &str, what: &str, data: &[T]) -> GpuResult<GpuBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.storage(op, what, bytes.len() as u64)?;
+        self.write(&buffer, bytes);
+        Ok(buffer)
+    }
+
+    /// Overwrites the start of `buffer` with `bytes` (padded to the 4-byte copy granularity).
+    pub fn write(&self, buffer: &GpuBuffer, bytes: &[u8]) {
+        if bytes.len().is_multiple_of(4) {
+            self.inner.queue.write_buffer(buffer.raw(), 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4) * 4, 0);
+            self.inner.queue.write_buffer(buffer.raw(), 0, &padded);
+        }
+    }
+
+    /// Fills a buffer of f32 with one value (tests poison outputs with NaN this way).
+    pub fn fill_f32(&self, buffer: &GpuBuffer, value: f32) {
+        let n = (buffer.binding_size() / 4) as usize;
+        self.inner.queue.write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&vec![value; n]));
+    }
+
+    pub fn check_binding_size(&self, op: &str, what: &str, bytes: u64) -> GpuResult<()> {
+        let limit = self.inner.limits.max_storage_buffer_binding_size.min(self.inner.limits.max_buffer_size);
+        if bytes > limit {
+            return Err(GpuError::TooLarge { op: op.into(), what: what.into(), requested: bytes, limit });
+        }
+        Ok(())
+    }
+
+    /// Checks a workgroup count against `maxComputeWorkgroupsPerDimension`.
+    pub fn check_workgroups(&self, op: &str, what: &str, groups: [u64; 3]) -> GpuResult<[u32; 3]> {
+        let limit = self.inner.limits.max_compute_workgroups_per_dimension;
+        let mut out = [0u32; 3];
+        for (i, &g) in groups.iter().enumerate() {
+            if g > limit as u64 {
+                return Err(GpuError::TooManyWorkgroups {
+                    op: op.into(),
+                    what: format!("{what} (dimension {i})"),
+                    requested: g,
+                    limit,
+                });
+            }
+            out[i] = g as u32;
+        }
+        Ok(out)
+    }
+
+    /// The pipeline for `variant`, compiled on first use. `bindings` lists the storage bindings
+    /// (1, 2, …) after the dynamic-offset uniform at binding 0.
+    pub async fn kernel(&self, variant: &Variant, bindings: &[Access]) -> GpuResult<Arc<Kernel>> {
+        if let Some(k) = self.inner.caches.lock().expect("cache lock").kernels.get(variant) {
+            return Ok(k.clone());
+        }
+        let label = variant.label();
+        let layout = self.layout(bindings);
+        let device = &self.inner.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(variant.render().into()),
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&*layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(variant.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(err) = validation.pop().await {
+            return Err(GpuError::from_wgpu("compile kernel", &label, err));
+        }
+        let kernel = Arc::new(Kernel { pipeline, layout, layout_key: bindings.to_vec(), label });
+        self.inner.caches.lock().expect("cache lock").kernels.insert(variant.clone(), kernel.clone());
+        Ok(kernel)
+    }
+
+    fn layout(&self, bindings: &[Access]) -> Arc<wgpu::BindGroupLayout> {
+        let mut caches = self.inner.caches.lock().expect("cache lock");
+        if let Some(l) = caches.layouts.get(bindings) {
+            return l.clone();
+        }
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, access) in bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout =
+            Arc::new(self.inner.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("convrec"),
+                entries: &entries,
+            }));
+        caches.layouts.insert(bindings.to_vec(), layout.clone());
+        layout
+    }
+
+    /// Starts a batch of GPU work, submitted together as one command buffer.
+    pub fn batch(&self, op: &str) -> Batch {
+        Batch { gpu: self.clone(), op: op.to_string(), steps: Vec::new(), params: Vec::new() }
+    }
+
+    /// Reads `buffer` back as a vector of `T`.
+    pub async fn read<T: bytemuck::Pod>(&self, op: &str, buffer: &GpuBuffer) -> GpuResult<Vec<T>> {
+        let bytes = buffer.binding_size();
+        let staging = self.inner.pool.acquire(
+            &self.inner.device,
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "readback",
+        );
+        let mut batch = self.batch(op);
+        batch.copy(buffer, &staging, bytes);
+        batch.submit().await?;
+
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        staging.raw().slice(0..bytes).map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
+        // Native backends deliver the map callback from `poll`; the browser delivers it from its
+        // event loop, so the WASM build never blocks here.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.inner.device.poll(wgpu::PollType::wait_indefinitely());
+        let outcome = receiver.await;
+        let readback_err = |message: String| GpuError::Readback { op: op.to_string(), bytes, message };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.check_health(op)?;
+                return Err(readback_err(e.to_string()));
+            }
+            Err(_) => {
+                self.check_health(op)?;
+                return Err(readback_err("the map callback was dropped".into()));
+            }
+        }
+        let out = {
+            let view = staging.raw().slice(0..bytes).get_mapped_range().map_err(|e| readback_err(e.to_string()))?;
+            let n = buffer.len_bytes() as usize / std::mem::size_of::<T>();
+            bytemuck::cast_slice::<u8, T>(&view[..n * std::mem::size_of::<T>()]).to_vec()
+        };
+        staging.raw().unmap();
+        Ok(out)
+    }
+}
+
+fn create_arena(device: &wgpu::Device, capacity: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("convrec params arena"),
+        size: capacity,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+enum Step {
+    Dispatch { kernel: Arc<Kernel>, buffers: Vec<GpuBuffer>, param_offset: u32, groups: [u32; 3] },
+    Copy { from: GpuBuffer, to: GpuBuffer, bytes: u64 },
+}
+
+/// Recorded GPU work, submitted as one command buffer in one error scope. Dispatch parameters are
+/// gathered into one upload; consecutive dispatches share a compute pass.
+pub struct Batch {
+    gpu: Gpu,
+    op: String,
+    steps: Vec<Step>,
+    params: Vec<u8>,
+}
+
+impl Batch {
+    /// Records one dispatch of `kernel` with its parameters (a `Pod` struct of at most
+    /// `PARAM_SLOT` bytes) and storage buffers in binding order.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        buffers: &[&GpuBuffer],
+        groups: [u32; 3],
+    ) {
+        let bytes = bytemuck::bytes_of(params);
+        assert!(
+            bytes.len() as u64 <= PARAM_SLOT,
+            "{}: parameters of {} bytes exceed the {PARAM_SLOT}-byte slot",
+            kernel.label,
+            bytes.len()
+        );
+        assert_eq!(buffers.len(), kernel.layout_key.len(), "{}: wrong number of buffers", kernel.label);
+        let param_offset = self.params.len() as u32;
+        self.params.extend_from_slice(bytes);
+        self.params.resize(self.params.len().div_ceil(PARAM_SLOT as usize) * PARAM_SLOT as usize, 0);
+        if groups.contains(&0) {
+            return; // nothing to do; WebGPU allows it but some drivers dislike empty dispatches
+        }
+        self.steps.push(Step::Dispatch {
+            kernel: kernel.clone(),
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            param_offset,
+            groups,
+        });
+    }
+
+    /// Records a buffer-to-buffer copy of `bytes` bytes.
+    pub fn copy(&mut self, from: &GpuBuffer, to: &GpuBuffer, bytes: u64) {
+        self.steps.push(Step::Copy { from: from.clone(), to: to.clone(), bytes });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Submits the work; fails with the wgpu error, the op name and its dispatch count.
+    pub async fn submit(self) -> GpuResult<()> {
+        let gpu = self.gpu.clone();
+        gpu.check_health(&self.op)?;
+        let inner = &gpu.inner;
+        let device = &inner.device;
+        let detail = format!("{} steps, {} bytes of parameters", self.steps.len(), self.params.len());
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        {
+            let mut arena = inner.arena.lock().expect("arena lock");
+            if (self.params.len() as u64) > arena.capacity {
+                let capacity = (self.params.len() as u64).next_power_of_two();
+                arena.buffer.destroy();
+                *arena =
+                    Arena { id: super::buffer::next_buffer_id(), buffer: create_arena(device, capacity), capacity };
+            }
+            if !self.params.is_empty() {
+                inner.queue.write_buffer(&arena.buffer, 0, &self.params);
+            }
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&self.op) });
+            let mut caches = inner.caches.lock().expect("cache lock");
+            let mut i = 0;
+            while i < self.steps.len() {
+                match &self.steps[i] {
+                    Step::Copy { from, to, bytes } => {
+                        encoder.copy_buffer_to_buffer(from.raw(), 0, to.raw(), 0, *bytes);
+                        i += 1;
+                    }
+                    Step::Dispatch { .. } => {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(&self.op),
+                            timestamp_writes: None,
+                        });
+                        while let Some(Step::Dispatch { kernel, buffers, param_offset, groups }) = self.steps.get(i) {
+                            let bind_group = bind_group(device, &mut caches, &arena, kernel, buffers);
+                            pass.set_pipeline(&kernel.pipeline);
+                            pass.set_bind_group(0, &bind_group, &[*param_offset]);
+                            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            drop(caches);
+            inner.queue.submit([encoder.finish()]);
+        }
+        let validation_err = validation.pop().await;
+        let oom_err = oom.pop().await;
+        if let Some(e) = oom_err.or(validation_err) {
+            return Err(GpuError::from_wgpu(&self.op, &detail, e));
+        }
+        gpu.check_health(&self.op)
+    }
+}
+
+fn bind_group(
+    device: &wgpu::Device,
+    caches: &mut Caches,
+    arena: &Arena,
+    kernel: &Kernel,
+    buffers: &[GpuBuffer],
+) -> wgpu::BindGroup {
+    let key = BindGroupKey {
+        layout: kernel.layout_key.clone(),
+        arena: arena.id,
+        buffers: buffers.iter().map(|b| (b.id(), b.binding_size())).collect(),
+    };
+    if let Some(bg) = caches.bind_groups.get(&key) {
+        return bg.clone();
+    }
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &arena.buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(PARAM_SLOT),
+        }),
+    }];
+    for (i, b) in buffers.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b.raw(),
+                offset: 0,
+                size: wgpu::BufferSize::new(b.binding_size()),
+            }),
+        });
+    }
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&kernel.label),
+        layout: &kernel.layout,
+        entries: &entries,
+    });
+    if caches.bind_groups.len() >= MAX_CACHED_BIND_GROUPS {
+        caches.bind_groups.clear();
+    }
+    caches.bind_groups.insert(key, bg.clone());
+    bg
+}

@@ -1,0 +1,13 @@
+//! convrec-core: everything platform-neutral. The GPU runtime, the WGSL ops with their CPU
+//! references, and (as they land) the model, training objectives and recommendation domain.
+//! Compiles for `wasm32-unknown-unknown`; takes bytes, not paths.
+
+pub mod gpu;
+pub mod numeric;
+pub mod ops;
+pub mod selfcheck;
+pub mod shaders;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+pub use gpu::{Gpu, GpuError, GpuOptions, GpuResult};

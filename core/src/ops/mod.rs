@@ -1,0 +1,13 @@
+//! Ops: one module per op family, each with its launcher, its CPU reference and its tests; the
+//! WGSL lives in `shaders/` under the same name.
+
+pub mod linear;
+
+use crate::shaders::Variant;
+
+/// Every shader specialisation any op can compile: the naga portability test covers all of them.
+pub fn all_specializations() -> Vec<Variant> {
+    let mut all = Vec::new();
+    all.extend(linear::specializations());
+    all
+}

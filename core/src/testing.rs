@@ -1,0 +1,45 @@
+//! Helpers for tests of GPU code, shared by the core's unit tests and the cross-crate tests.
+//!
+//! A GPU test that finds no adapter fails under `CI=true` (CI must run GPU code, on lavapipe if
+//! nothing else) and is skipped loudly elsewhere.
+
+use std::sync::OnceLock;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::gpu::{Gpu, GpuOptions};
+
+/// True when running under CI (`CI=true`), where missing GPU support is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false)
+}
+
+/// The shared test device, or `None` (outside CI) when this machine has no adapter.
+pub fn gpu() -> Option<Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| pollster::block_on(Gpu::new(&GpuOptions::default())).map_err(|e| e.to_string()));
+    match gpu {
+        Ok(gpu) => Some(gpu.clone()),
+        Err(e) if in_ci() => panic!("CI=true but no GPU adapter could be opened: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED (no GPU adapter: {e}); under CI=true this fails");
+            None
+        }
+    }
+}
+
+/// A seeded RNG for one test: fresh each run (seed printed), or fixed by `CONVREC_TEST_SEED`.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("CONVREC_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    eprintln!("{test}: CONVREC_TEST_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Approximately standard-normal values (sum of uniforms), enough to exercise kernels.
+pub fn normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 1.732).collect()
+}
+
+pub use crate::numeric::rel_err;

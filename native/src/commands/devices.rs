@@ -1,0 +1,72 @@
+//! `convrec devices`: what GPUs this machine offers and what convrec can use on each.
+
+use convrec_core::gpu::{AdapterSummary, list_adapters};
+use convrec_core::{GpuOptions, selfcheck};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also run the GPU self-check (kernels against CPU references) on the selected adapter.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(options: &GpuOptions, args: Args) -> anyhow::Result<()> {
+    let adapters = pollster::block_on(list_adapters());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&adapters)?);
+    } else if adapters.is_empty() {
+        println!(
+            "no GPU adapters found; on a CPU-only Linux machine install Mesa's lavapipe: apt-get install mesa-vulkan-drivers"
+        );
+    } else {
+        for (i, a) in adapters.iter().enumerate() {
+            print_adapter(i, a);
+        }
+    }
+    if args.check {
+        let gpu = super::open_gpu(options)?;
+        let report = pollster::block_on(selfcheck::run(&gpu))?;
+        for c in &report.cases {
+            println!(
+                "self-check {:<16} {:<28} rel.err {:.2e}  {}",
+                c.op,
+                c.shape,
+                c.rel_err,
+                if c.pass { "ok" } else { "FAIL" }
+            );
+        }
+        anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
+    }
+    Ok(())
+}
+
+fn print_adapter(index: usize, a: &AdapterSummary) {
+    let l = &a.limits;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("[{index}] {}", a.name);
+    println!("    backend {}, type {}, driver {} {}", a.backend, a.device_type, a.driver, a.driver_info);
+    println!(
+        "    shader-f16 {}, subgroups {} (sizes {}..{}), timestamp queries {}",
+        yes(a.shader_f16),
+        yes(a.subgroups),
+        a.subgroup_sizes.0,
+        a.subgroup_sizes.1,
+        yes(a.timestamp_queries)
+    );
+    println!(
+        "    max buffer {} MiB, max storage binding {} MiB, {} storage buffers/stage",
+        l.max_buffer_size >> 20,
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_storage_buffers_per_shader_stage
+    );
+    println!(
+        "    workgroup: {} B shared, {} invocations, size {:?}, {} groups/dimension",
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroup_size,
+        l.max_compute_workgroups_per_dimension
+    );
+}

@@ -1,0 +1,40 @@
+//! The `convrec` command line.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "convrec",
+    version,
+    about = "Train LLM conversational recommenders (SFT + Rank-GRPO) with hand-written WGSL on any GPU"
+)]
+struct Cli {
+    /// GPU adapter to use: an index from `convrec devices` or part of its name.
+    #[arg(long, global = true, env = "CONVREC_ADAPTER")]
+    adapter: Option<String>,
+    /// Use no optional GPU features (shader-f16, subgroups, timestamps): the portable path.
+    #[arg(long, global = true)]
+    portable: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List GPU adapters with backend, type, driver, features and limits.
+    Devices(commands::devices::Args),
+    /// The main job: SFT then Rank-GRPO on the default model and data, evaluated before and after.
+    Demo(commands::demo::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let gpu_options = convrec_core::GpuOptions { adapter: cli.adapter, portable: cli.portable };
+    match cli.command {
+        Command::Devices(args) => commands::devices::run(&gpu_options, args),
+        Command::Demo(args) => commands::demo::run(&gpu_options, args),
+    }
+}

@@ -1,0 +1,107 @@
+//! Every WGSL file, in every specialisation the code can compile, is validated by naga under
+//! WebGPU's capabilities and translated to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12): the
+//! portability check for platforms CI does not have.
+
+use std::collections::BTreeSet;
+
+use convrec_core::ops::all_specializations;
+use convrec_core::shaders::{self, Variant};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn translate(variant: &Variant) -> Result<(), String> {
+    let source = variant.render();
+    let label = variant.label();
+    let module = naga::front::wgsl::parse_str(&source).map_err(|e| {
+        format!("{label}: WGSL parse error:\n{}", e.emit_to_string_with_path(&source, variant.shader().file))
+    })?;
+    // No optional capabilities: what validates here runs on any WebGPU adapter.
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| format!("{label}: validation error: {}", e.emit_to_string(&source)))?;
+    if !module.entry_points.iter().any(|ep| ep.name == variant.entry && ep.stage == naga::ShaderStage::Compute) {
+        return Err(format!("{label}: no compute entry point named {}", variant.entry));
+    }
+
+    let spv = naga::back::spv::write_vec(
+        &module,
+        &info,
+        &naga::back::spv::Options::default(),
+        Some(&naga::back::spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: variant.entry.to_string(),
+        }),
+    )
+    .map_err(|e| format!("{label}: SPIR-V: {e}"))?;
+    if spv.first() != Some(&0x0723_0203) {
+        return Err(format!("{label}: SPIR-V output lacks the magic number"));
+    }
+
+    let (msl, _) = naga::back::msl::write_string(
+        &module,
+        &info,
+        &naga::back::msl::Options::default(),
+        &naga::back::msl::PipelineOptions {
+            entry_point: Some((naga::ShaderStage::Compute, variant.entry.to_string())),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("{label}: MSL: {e}"))?;
+    if !msl.contains("kernel void") {
+        return Err(format!("{label}: MSL output has no kernel function"));
+    }
+
+    let mut hlsl = String::new();
+    let hlsl_options =
+        naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
+    let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, variant.entry.to_string())),
+    };
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+        .write(&module, &info, None)
+        .map_err(|e| format!("{label}: HLSL: {e}"))?;
+    if !hlsl.contains("[numthreads(") {
+        return Err(format!("{label}: HLSL output has no [numthreads] entry"));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_specialisation_validates_and_translates_to_spirv_msl_and_hlsl() {
+    let variants = all_specializations();
+    assert!(!variants.is_empty());
+    let failures: Vec<String> = variants.iter().filter_map(|v| translate(v).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} specialisations failed:\n{}",
+        failures.len(),
+        variants.len(),
+        failures.join("\n\n")
+    );
+    eprintln!("{} specialisations validated and translated", variants.len());
+}
+
+#[test]
+fn every_wgsl_file_is_registered_and_used() {
+    let dir = convrec_tests::workspace_root().join("shaders");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("shaders/ exists")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".wgsl"))
+        .collect();
+    let registered: BTreeSet<String> = shaders::ALL.iter().map(|s| s.file.to_string()).collect();
+    assert_eq!(on_disk, registered, "shaders/ and shaders::ALL disagree");
+    let used: BTreeSet<String> = all_specializations().iter().map(|v| v.shader().file.to_string()).collect();
+    assert_eq!(used, registered, "a registered shader has no specialisation in ops::all_specializations()");
+    // The binary embeds the file as it is on disk.
+    for s in shaders::ALL {
+        assert_eq!(std::fs::read_to_string(dir.join(s.file)).unwrap(), s.source, "{} is stale", s.file);
+    }
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    // The check itself must be able to fail: an undefined specialisation constant.
+    let mut v = all_specializations().remove(0);
+    v.defs.pop();
+    assert!(translate(&v).is_err(), "a variant missing a definition must not validate");
+}
