@@ -5,6 +5,7 @@
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::dtype::{self, Dtype};
 use crate::gpu::{AdapterSummary, Gpu, GpuResult};
 use crate::ops::linear::{LinearShape, linear_forward_once, linear_forward_ref};
 
@@ -30,18 +31,24 @@ pub struct SelfCheckReport {
 pub async fn run(gpu: &Gpu) -> GpuResult<SelfCheckReport> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_c0de);
     let mut cases = Vec::new();
-    for (m, n, k, bias) in [(1, 77, 61, false), (5, 130, 96, true), (33, 67, 129, true), (70, 576 + 3, 45, false)] {
-        let shape = LinearShape { m, n, k };
-        let x = uniform(&mut rng, m * k);
-        let w = uniform(&mut rng, n * k);
-        let b = uniform(&mut rng, n);
+    let shapes = [
+        (1, 61, 77, false, Dtype::F32),
+        (5, 96, 130, true, Dtype::F32),
+        (33, 129, 67, true, Dtype::Bf16),
+        (70, 45, 576 + 3, false, Dtype::F16),
+    ];
+    for (rows, inp, out, bias, w_dtype) in shapes {
+        let shape = LinearShape { rows, inp, out };
+        let x = uniform(&mut rng, rows * inp);
+        let w = dtype::round_trip(w_dtype, &uniform(&mut rng, out * inp));
+        let b = uniform(&mut rng, out);
         let bias = bias.then_some(&b[..]);
-        let got = linear_forward_once(gpu, &x, &w, bias, shape, None).await?;
+        let got = linear_forward_once(gpu, &x, &w, w_dtype, bias, shape).await?;
         let want = linear_forward_ref(&x, &w, bias, shape);
         let rel_err = crate::numeric::rel_err(&got, &want);
         cases.push(CaseResult {
             op: "linear_forward".into(),
-            shape: format!("m={m} n={n} k={k} bias={}", bias.is_some()),
+            shape: format!("{rows}x{inp}->{out} W {w_dtype:?} bias={}", bias.is_some()),
             rel_err,
             pass: rel_err <= F32_TOLERANCE,
         });

@@ -29,10 +29,19 @@ macro_rules! shader {
     };
 }
 
-shader!(LINEAR, "linear");
+shader!(ATTENTION, "attention");
+shader!(ATTENTION_BACKWARD, "attention_backward");
+shader!(EMBEDDING, "embedding");
+shader!(MATMUL, "matmul");
+shader!(RESIDUAL, "residual");
+shader!(RMSNORM, "rmsnorm");
+shader!(RMSNORM_BACKWARD, "rmsnorm_backward");
+shader!(ROPE, "rope");
+shader!(SWIGLU, "swiglu");
 
 /// Every shader file the product ships; a test checks this matches `shaders/` exactly.
-pub static ALL: &[&Shader] = &[&LINEAR];
+pub static ALL: &[&Shader] =
+    &[&ATTENTION, &ATTENTION_BACKWARD, &EMBEDDING, &MATMUL, &RESIDUAL, &RMSNORM, &RMSNORM_BACKWARD, &ROPE, &SWIGLU];
 
 /// A compile-time value substituted into a shader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

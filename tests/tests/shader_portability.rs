@@ -14,8 +14,10 @@ fn translate(variant: &Variant) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| {
         format!("{label}: WGSL parse error:\n{}", e.emit_to_string_with_path(&source, variant.shader().file))
     })?;
-    // No optional capabilities: what validates here runs on any WebGPU adapter.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // Only what every WebGPU adapter has: no optional features. naga counts
+    // `unpack2x16float` (core WGSL) as SHADER_FLOAT16_IN_FLOAT32, which wgpu grants to every
+    // WebGPU-compliant adapter (DownlevelFlags::SHADER_F16_IN_F32 is part of `compliant()`).
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
         .validate(&module)
         .map_err(|e| format!("{label}: validation error: {}", e.emit_to_string(&source)))?;
     if !module.entry_points.iter().any(|ep| ep.name == variant.entry && ep.stage == naga::ShaderStage::Compute) {

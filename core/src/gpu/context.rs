@@ -479,6 +479,10 @@ impl Batch {
         self.steps.is_empty()
     }
 
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
     /// Submits the work; fails with the wgpu error, the op name and its dispatch count.
     pub async fn submit(self) -> GpuResult<()> {
         let gpu = self.gpu.clone();

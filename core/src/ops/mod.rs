@@ -1,13 +1,23 @@
 //! Ops: one module per op family, each with its launcher, its CPU reference and its tests; the
 //! WGSL lives in `shaders/` under the same name.
 
+pub mod attention;
+pub mod elementwise;
+pub mod launch;
 pub mod linear;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
 
 use crate::shaders::Variant;
 
 /// Every shader specialisation any op can compile: the naga portability test covers all of them.
 pub fn all_specializations() -> Vec<Variant> {
     let mut all = Vec::new();
-    all.extend(linear::specializations());
+    all.extend(attention::specializations());
+    all.extend(matmul::specializations());
+    all.extend(rmsnorm::specializations());
+    all.extend(rope::specializations());
+    all.extend(elementwise::specializations());
     all
 }

@@ -1,0 +1,255 @@
+//! Elementwise ops: SwiGLU forward/backward, embedding gather, scaled residual add.
+//! WGSL: `shaders/swiglu.wgsl`, `shaders/embedding.wgsl`, `shaders/residual.wgsl`.
+
+use std::sync::Arc;
+
+use super::launch::{WG_1D, grid_1d, need, variant_1d};
+use crate::dtype::Dtype;
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
+use crate::shaders::{Def, Variant};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CountParams {
+    n: u32,
+    stride_y: u32,
+    _pad: [u32; 2],
+}
+
+fn swiglu_variant(entry: &'static str) -> Variant {
+    variant_1d("swiglu", entry, vec![])
+}
+fn embedding_variant(dtype: Dtype) -> Variant {
+    variant_1d("embedding", "embedding_gather", vec![Def::U32("DTYPE", dtype.shader_code())])
+}
+fn residual_variant() -> Variant {
+    variant_1d("residual", "add_scaled", vec![])
+}
+
+pub fn specializations() -> Vec<Variant> {
+    let mut v = vec![swiglu_variant("swiglu_forward"), swiglu_variant("swiglu_backward"), residual_variant()];
+    v.extend(Dtype::ALL.map(embedding_variant));
+    v
+}
+
+/// `h = silu(gate) ⊙ up` and its backward.
+pub struct SwiGlu {
+    forward: Arc<Kernel>,
+    backward: Arc<Kernel>,
+    /// Bound to the forward's unused second output (a writable binding must not alias another).
+    unused: GpuBuffer,
+}
+
+const SWIGLU: &str = "swiglu";
+const SWIGLU_BINDINGS: [Access; 5] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+
+impl SwiGlu {
+    pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
+        Ok(SwiGlu {
+            forward: gpu.kernel(&swiglu_variant("swiglu_forward"), &SWIGLU_BINDINGS).await?,
+            backward: gpu.kernel(&swiglu_variant("swiglu_backward"), &SWIGLU_BINDINGS).await?,
+            unused: gpu.storage(SWIGLU, "unused output", 4)?,
+        })
+    }
+
+    fn launch(&self, b: &mut Batch, forward: bool, n: usize, bufs: [(&str, &GpuBuffer); 5]) -> GpuResult<()> {
+        for (what, buf) in bufs {
+            if what != "unused" {
+                need(SWIGLU, what, buf, n)?;
+            }
+        }
+        let (groups, stride_y) = grid_1d(b.gpu(), SWIGLU, n, WG_1D)?;
+        let kernel = if forward { &self.forward } else { &self.backward };
+        b.dispatch(kernel, &CountParams { n: n as u32, stride_y, _pad: [0; 2] }, &bufs.map(|(_, buf)| buf), groups);
+        Ok(())
+    }
+
+    /// h[n] = silu(gate) ⊙ up.
+    pub fn forward(&self, b: &mut Batch, n: usize, gate: &GpuBuffer, up: &GpuBuffer, h: &GpuBuffer) -> GpuResult<()> {
+        if h.id() == gate.id() || h.id() == up.id() {
+            return Err(GpuError::shape(SWIGLU, "h must not alias gate or up"));
+        }
+        self.launch(b, true, n, [("gate", gate), ("up", up), ("unused", gate), ("h", h), ("unused", &self.unused)])
+    }
+
+    /// dgate = dh ⊙ up ⊙ silu'(gate), dup = dh ⊙ silu(gate).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        gate: &GpuBuffer,
+        up: &GpuBuffer,
+        dh: &GpuBuffer,
+        dgate: &GpuBuffer,
+        dup: &GpuBuffer,
+    ) -> GpuResult<()> {
+        self.launch(b, false, n, [("gate", gate), ("up", up), ("dh", dh), ("dgate", dgate), ("dup", dup)])
+    }
+}
+
+/// Embedding rows gathered by token id from an f32/f16/bf16 table.
+pub struct Embedding {
+    kernel: Arc<Kernel>,
+    vocab: usize,
+    h: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct EmbeddingParams {
+    rows: u32,
+    h: u32,
+    vocab: u32,
+    stride_y: u32,
+}
+
+impl Embedding {
+    pub async fn new(gpu: &Gpu, vocab: usize, h: usize, dtype: Dtype) -> GpuResult<Self> {
+        use Access::*;
+        Ok(Embedding { kernel: gpu.kernel(&embedding_variant(dtype), &[Read, Read, ReadWrite]).await?, vocab, h })
+    }
+
+    /// out[rows, h] = table[ids[rows], :]; ids past the vocabulary give zero rows.
+    pub fn record(
+        &self,
+        b: &mut Batch,
+        ids: &GpuBuffer,
+        rows: usize,
+        table: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> GpuResult<()> {
+        need("embedding", "ids", ids, rows)?;
+        need("embedding", "out", out, rows * self.h)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), "embedding", rows * self.h, WG_1D)?;
+        let params = EmbeddingParams { rows: rows as u32, h: self.h as u32, vocab: self.vocab as u32, stride_y };
+        b.dispatch(&self.kernel, &params, &[ids, table, out], groups);
+        Ok(())
+    }
+}
+
+/// y += alpha · x.
+pub struct AddScaled {
+    kernel: Arc<Kernel>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AddParams {
+    n: u32,
+    alpha: f32,
+    stride_y: u32,
+    _pad: u32,
+}
+
+impl AddScaled {
+    pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
+        Ok(AddScaled { kernel: gpu.kernel(&residual_variant(), &[Access::Read, Access::ReadWrite]).await? })
+    }
+
+    pub fn record(&self, b: &mut Batch, n: usize, alpha: f32, x: &GpuBuffer, y: &GpuBuffer) -> GpuResult<()> {
+        need("add", "x", x, n)?;
+        need("add", "y", y, n)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), "add", n, WG_1D)?;
+        b.dispatch(&self.kernel, &AddParams { n: n as u32, alpha, stride_y, _pad: 0 }, &[x, y], groups);
+        Ok(())
+    }
+}
+
+/// CPU references.
+pub fn silu(g: f64) -> f64 {
+    g / (1.0 + (-g).exp())
+}
+
+pub fn swiglu_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
+}
+
+pub fn swiglu_backward_ref(gate: &[f64], up: &[f64], dh: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let s = |g: f64| 1.0 / (1.0 + (-g).exp());
+    let dgate = gate.iter().zip(up).zip(dh).map(|((&g, &u), &d)| d * u * s(g) * (1.0 + g * (1.0 - s(g)))).collect();
+    let dup = gate.iter().zip(dh).map(|(&g, &d)| d * silu(g)).collect();
+    (dgate, dup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype;
+    use crate::testing::{self, f32s, f64s, fd_grad, rel_err, rel_err64};
+
+    #[test]
+    fn swiglu_backward_reference_matches_finite_differences() {
+        let mut rng = testing::rng("swiglu fd");
+        let gate = f64s(&testing::normal(&mut rng, 11));
+        let up = f64s(&testing::normal(&mut rng, 11));
+        let dh = f64s(&testing::normal(&mut rng, 11));
+        let (dgate, dup) = swiglu_backward_ref(&gate, &up, &dh);
+        let loss = |g: &[f64], u: &[f64]| swiglu_ref(g, u).iter().zip(&dh).map(|(a, b)| a * b).sum();
+        assert!(rel_err64(&dgate, &fd_grad(&|g| loss(g, &up), &gate)) < 1e-6);
+        assert!(rel_err64(&dup, &fd_grad(&|u| loss(&gate, u), &up)) < 1e-6);
+    }
+
+    #[test]
+    fn swiglu_gpu_matches_reference() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("swiglu gpu");
+        let op = pollster::block_on(SwiGlu::new(&gpu)).unwrap();
+        for n in [1, 63, 1000] {
+            let (g, u, d) = (testing::normal(&mut rng, n), testing::normal(&mut rng, n), testing::normal(&mut rng, n));
+            let up_ = |v: &[f32]| gpu.upload("t", "t", v).unwrap();
+            let (gb, ub, db) = (up_(&g), up_(&u), up_(&d));
+            let (hb, dgb, dub) = (up_(&vec![f32::NAN; n]), up_(&vec![f32::NAN; n]), up_(&vec![f32::NAN; n]));
+            let mut b = gpu.batch("t");
+            op.forward(&mut b, n, &gb, &ub, &hb).unwrap();
+            op.backward(&mut b, n, &gb, &ub, &db, &dgb, &dub).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let read = |b: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", b)).unwrap();
+            let (dg, du) = swiglu_backward_ref(&f64s(&g), &f64s(&u), &f64s(&d));
+            assert!(rel_err(&read(&hb), &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= 1e-6);
+            assert!(rel_err(&read(&dgb), &f32s(&dg)) <= 1e-6);
+            assert!(rel_err(&read(&dub), &f32s(&du)) <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn embedding_gathers_rows_in_every_dtype_and_zeroes_bad_ids() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("embedding gpu");
+        let (vocab, h) = (37, 13);
+        for dt in Dtype::ALL {
+            let table = dtype::round_trip(dt, &testing::normal(&mut rng, vocab * h));
+            let ids: Vec<u32> = vec![0, 36, 5, 5, 999, 17, 1];
+            let op = pollster::block_on(Embedding::new(&gpu, vocab, h, dt)).unwrap();
+            let tb = gpu.upload("t", "table", &dtype::pack(dt, &table)).unwrap();
+            let ib = gpu.upload("t", "ids", &ids).unwrap();
+            let ob = gpu.upload("t", "out", &vec![f32::NAN; ids.len() * h]).unwrap();
+            let mut b = gpu.batch("t");
+            op.record(&mut b, &ib, ids.len(), &tb, &ob).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let got = pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap();
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(
+                    |&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] },
+                )
+                .collect();
+            assert_eq!(got, want, "{dt:?}");
+        }
+    }
+
+    #[test]
+    fn add_scaled_matches_reference() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("add gpu");
+        let op = pollster::block_on(AddScaled::new(&gpu)).unwrap();
+        let (x, y) = (testing::normal(&mut rng, 777), testing::normal(&mut rng, 777));
+        let (xb, yb) = (gpu.upload("t", "x", &x).unwrap(), gpu.upload("t", "y", &y).unwrap());
+        let mut b = gpu.batch("t");
+        op.record(&mut b, 777, -0.5, &xb, &yb).unwrap();
+        pollster::block_on(b.submit()).unwrap();
+        let got = pollster::block_on(gpu.read::<f32>("t", &yb)).unwrap();
+        let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| b - 0.5 * a).collect();
+        assert!(rel_err(&got, &want) <= 1e-7);
+    }
+}

@@ -1,0 +1,419 @@
+//! Batched, strided matrix products: `C = alpha·op(A)·op(B) (+ C) (+ bias)`, the workhorse of
+//! every linear layer, its backward passes and LoRA. WGSL: `shaders/matmul.wgsl`.
+
+use std::sync::Arc;
+
+use crate::dtype::Dtype;
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
+use crate::shaders::{Def, Variant};
+
+/// What a product computes, fixed at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulSpec {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub has_bias: bool,
+    pub accumulate: bool,
+    pub b_dtype: Dtype,
+}
+
+impl MatmulSpec {
+    pub const fn plain() -> Self {
+        MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: false, b_dtype: Dtype::F32 }
+    }
+}
+
+/// `op(A)` is m×k, `op(B)` is k×n, C is m×n; `batch` products side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+}
+
+impl MatmulShape {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        MatmulShape { m, n, k, batch: 1 }
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}
+
+/// A matrix inside a buffer: element offset, leading dimension (row stride of the stored
+/// matrix) and batch stride, all in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    pub buf: &'a GpuBuffer,
+    pub off: usize,
+    pub ld: usize,
+    pub batch_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A dense row-major matrix with `ld` columns at the start of `buf`.
+    pub fn dense(buf: &'a GpuBuffer, ld: usize) -> Self {
+        Operand { buf, off: 0, ld, batch_stride: 0 }
+    }
+}
+
+/// Per-invocation register block and workgroup shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    pub tm: u32,
+    pub tn: u32,
+    pub wg_m: u32,
+    pub wg_n: u32,
+}
+
+impl Tiling {
+    /// CPU adapters: large register blocks, no workgroup memory (docs: PERF_NOTES).
+    pub const CPU: Tiling = Tiling { tm: 8, tn: 8, wg_m: 8, wg_n: 8 };
+    /// Real GPUs: small blocks, many invocations.
+    pub const GPU: Tiling = Tiling { tm: 4, tn: 4, wg_m: 16, wg_n: 16 };
+
+    /// The tiling for an adapter and a row count: few rows (decode) shrink the row block so no
+    /// work is spent on rows that do not exist.
+    pub fn choose(cpu_adapter: bool, m: usize) -> Tiling {
+        let base = if cpu_adapter { Tiling::CPU } else { Tiling::GPU };
+        let tm = (m.max(1).next_power_of_two() as u32).min(base.tm);
+        Tiling { tm, ..base }
+    }
+
+    /// Every tiling `choose` can return.
+    pub fn all() -> Vec<Tiling> {
+        let mut out = Vec::new();
+        for base in [Tiling::CPU, Tiling::GPU] {
+            let mut tm = 1;
+            while tm <= base.tm {
+                out.push(Tiling { tm, ..base });
+                tm *= 2;
+            }
+        }
+        out
+    }
+}
+
+const BINDINGS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    batch_a: u32,
+    batch_b: u32,
+    batch_c: u32,
+    alpha: f32,
+    _pad: [u32; 3],
+}
+
+pub fn variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
+    Variant {
+        shader: "matmul",
+        entry: "matmul",
+        defs: vec![
+            Def::U32("TM", tiling.tm),
+            Def::U32("TN", tiling.tn),
+            Def::U32("WG_M", tiling.wg_m),
+            Def::U32("WG_N", tiling.wg_n),
+            Def::Bool("TRANS_A", spec.trans_a),
+            Def::Bool("TRANS_B", spec.trans_b),
+            Def::Bool("HAS_BIAS", spec.has_bias),
+            Def::Bool("ACCUMULATE", spec.accumulate),
+            Def::U32("B_DTYPE", spec.b_dtype.shader_code()),
+        ],
+    }
+}
+
+/// The specs the product uses (linear forward/backward, LoRA, attention-free products); the
+/// portability test compiles each with every tiling.
+pub fn used_specs() -> Vec<MatmulSpec> {
+    let mut specs = Vec::new();
+    for b_dtype in Dtype::ALL {
+        for has_bias in [false, true] {
+            for accumulate in [false, true] {
+                specs.push(MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype });
+            }
+        }
+        for accumulate in [false, true] {
+            specs.push(MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate, b_dtype });
+        }
+    }
+    for accumulate in [false, true] {
+        specs.push(MatmulSpec { trans_a: true, trans_b: false, has_bias: false, accumulate, b_dtype: Dtype::F32 });
+        specs.push(MatmulSpec { trans_a: true, trans_b: true, has_bias: false, accumulate, b_dtype: Dtype::F32 });
+    }
+    specs
+}
+
+pub fn specializations() -> Vec<Variant> {
+    used_specs().into_iter().flat_map(|s| Tiling::all().into_iter().map(move |t| variant(s, t))).collect()
+}
+
+const OP: &str = "matmul";
+
+/// A prepared product for one shape: compiled once, recorded every step.
+pub struct Matmul {
+    kernel: Arc<Kernel>,
+    spec: MatmulSpec,
+    shape: MatmulShape,
+    tiling: Tiling,
+    groups: [u32; 3],
+}
+
+/// Elements a strided matrix spans: `off + (batch−1)·bs + (rows−1)·ld + cols`.
+fn extent(op: &Operand, rows: usize, cols: usize, batch: usize) -> usize {
+    op.off + (batch - 1) * op.batch_stride + (rows - 1) * op.ld + cols
+}
+
+impl Matmul {
+    pub async fn new(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Self> {
+        Self::with_tiling(gpu, spec, shape, Tiling::choose(gpu.summary().is_cpu(), shape.m)).await
+    }
+
+    pub async fn with_tiling(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
+        let MatmulShape { m, n, k, batch } = shape;
+        if m == 0 || n == 0 || k == 0 || batch == 0 {
+            return Err(GpuError::shape(OP, format!("empty shape m={m} n={n} k={k} batch={batch}")));
+        }
+        if spec.b_dtype != Dtype::F32 && spec.trans_a {
+            return Err(GpuError::shape(OP, "packed B is only for frozen weights (TRANS_A products are gradients)"));
+        }
+        let groups = gpu.check_workgroups(
+            OP,
+            &format!("m={m} n={n} k={k} batch={batch}"),
+            [
+                (n as u64).div_ceil(tiling.tn as u64 * tiling.wg_n as u64),
+                (m as u64).div_ceil(tiling.tm as u64 * tiling.wg_m as u64),
+                batch as u64,
+            ],
+        )?;
+        let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
+        Ok(Matmul { kernel, spec, shape, tiling, groups })
+    }
+
+    pub fn tiling(&self) -> Tiling {
+        self.tiling
+    }
+    pub fn shape(&self) -> MatmulShape {
+        self.shape
+    }
+
+    /// Records the product, after checking every operand lies inside its buffer.
+    pub fn record(
+        &self,
+        batch_rec: &mut Batch,
+        a: Operand,
+        b: Operand,
+        bias: Option<&GpuBuffer>,
+        c: Operand,
+        alpha: f32,
+    ) -> GpuResult<()> {
+        let MatmulShape { m, n, k, batch } = self.shape;
+        let s = self.spec;
+        let (a_rows, a_cols) = if s.trans_a { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if s.trans_b { (n, k) } else { (k, n) };
+        let shape = format!("m={m} n={n} k={k} batch={batch}");
+        let check = |what: &str, o: &Operand, rows: usize, cols: usize, dtype: Dtype| -> GpuResult<()> {
+            let elems = extent(o, rows, cols, batch);
+            if o.ld < cols {
+                return Err(GpuError::shape(
+                    OP,
+                    format!("{what}: leading dimension {} < {cols} columns ({shape})", o.ld),
+                ));
+            }
+            if dtype.storage_bytes(elems) > o.buf.len_bytes() || elems > u32::MAX as usize {
+                return Err(GpuError::shape(
+                    OP,
+                    format!("{what} spans {elems} elements but its buffer holds {} bytes ({shape})", o.buf.len_bytes()),
+                ));
+            }
+            Ok(())
+        };
+        check("A", &a, a_rows, a_cols, Dtype::F32)?;
+        check("B", &b, b_rows, b_cols, s.b_dtype)?;
+        check("C", &c, m, n, Dtype::F32)?;
+        let bias = match (bias, s.has_bias) {
+            (Some(bias), true) if bias.len_bytes() >= n as u64 * 4 => bias,
+            (Some(bias), true) => {
+                return Err(GpuError::shape(OP, format!("bias holds {} f32, needs {n}", bias.len_bytes() / 4)));
+            }
+            (None, false) => a.buf, // never read: HAS_BIAS is false
+            (Some(_), false) => return Err(GpuError::shape(OP, "a bias was given to a product prepared without one")),
+            (None, true) => return Err(GpuError::shape(OP, "the product was prepared with a bias but none was given")),
+        };
+        let u = |v: usize| v as u32;
+        let params = Params {
+            m: u(m),
+            n: u(n),
+            k: u(k),
+            lda: u(a.ld),
+            ldb: u(b.ld),
+            ldc: u(c.ld),
+            a_off: u(a.off),
+            b_off: u(b.off),
+            c_off: u(c.off),
+            batch_a: u(a.batch_stride),
+            batch_b: u(b.batch_stride),
+            batch_c: u(c.batch_stride),
+            alpha,
+            _pad: [0; 3],
+        };
+        batch_rec.dispatch(&self.kernel, &params, &[a.buf, b.buf, bias, c.buf], self.groups);
+        Ok(())
+    }
+}
+
+/// Host-side description of an operand for the CPU reference.
+#[derive(Clone, Copy, Debug)]
+pub struct HostOperand {
+    pub off: usize,
+    pub ld: usize,
+    pub batch_stride: usize,
+}
+
+/// CPU reference of the kernel, accumulating in f64; `b` holds B already as f32.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_ref(
+    spec: MatmulSpec,
+    shape: MatmulShape,
+    a: &[f32],
+    ao: HostOperand,
+    b: &[f32],
+    bo: HostOperand,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    co: HostOperand,
+    alpha: f32,
+) {
+    let MatmulShape { m, n, k, batch } = shape;
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f64;
+                for kk in 0..k {
+                    let ai = ao.off + z * ao.batch_stride + if spec.trans_a { kk * ao.ld + i } else { i * ao.ld + kk };
+                    let bi = bo.off + z * bo.batch_stride + if spec.trans_b { j * bo.ld + kk } else { kk * bo.ld + j };
+                    acc += a[ai] as f64 * b[bi] as f64;
+                }
+                let ci = co.off + z * co.batch_stride + i * co.ld + j;
+                let mut v = alpha as f64 * acc;
+                if let Some(bias) = bias {
+                    v += bias[j] as f64;
+                }
+                if spec.accumulate {
+                    v += c[ci] as f64;
+                }
+                c[ci] = v as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype;
+    use crate::testing::{self, rel_err};
+    use rand::Rng;
+
+    /// Runs one random case of `spec` on the GPU and the reference, with padding around every
+    /// operand (offsets, leading dimensions larger than the matrix, batch strides).
+    fn check_case(gpu: &Gpu, rng: &mut rand::rngs::StdRng, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) {
+        let MatmulShape { m, n, k, batch } = shape;
+        let mut operand = |rows: usize, cols: usize| {
+            let ld = cols + rng.random_range(0..3);
+            let off = rng.random_range(0..5);
+            let bs = rows * ld + rng.random_range(0..4);
+            let len = off + (batch - 1) * bs + (rows - 1) * ld + cols + rng.random_range(0..3);
+            (HostOperand { off, ld, batch_stride: bs }, len)
+        };
+        let (a_rows, a_cols) = if spec.trans_a { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if spec.trans_b { (n, k) } else { (k, n) };
+        let (ao, a_len) = operand(a_rows, a_cols);
+        let (bo, b_len) = operand(b_rows, b_cols);
+        let (co, c_len) = operand(m, n);
+        let a = testing::normal(rng, a_len);
+        let b = dtype::round_trip(spec.b_dtype, &testing::normal(rng, b_len));
+        let bias = testing::normal(rng, n);
+        let c0 = testing::normal(rng, c_len);
+        let alpha = if rng.random::<bool>() { 1.0 } else { 0.37 };
+
+        let op = pollster::block_on(Matmul::with_tiling(gpu, spec, shape, tiling)).expect("prepare");
+        let ab = gpu.upload("t", "a", &a).unwrap();
+        let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
+        let biasb = gpu.upload("t", "bias", &bias).unwrap();
+        let cb = gpu.upload("t", "c", &c0).unwrap();
+        let gpu_op = |o: HostOperand, buf| Operand { buf, off: o.off, ld: o.ld, batch_stride: o.batch_stride };
+        let mut rec = gpu.batch("t");
+        op.record(&mut rec, gpu_op(ao, &ab), gpu_op(bo, &bb), spec.has_bias.then_some(&biasb), gpu_op(co, &cb), alpha)
+            .expect("record");
+        pollster::block_on(rec.submit()).expect("submit");
+        let got = pollster::block_on(gpu.read::<f32>("t", &cb)).unwrap();
+
+        let mut want = c0.clone();
+        matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, alpha);
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-5, "{spec:?} {shape:?} {tiling:?}: ‖gpu−ref‖/‖ref‖ = {err:e}");
+    }
+
+    #[test]
+    fn every_used_spec_matches_the_reference_at_awkward_sizes() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul every spec");
+        for spec in used_specs() {
+            for &(m, n, k, batch) in &[(1, 37, 19, 1), (7, 66, 33, 2), (19, 9, 70, 1)] {
+                let shape = MatmulShape { m, n, k, batch };
+                let tiling = Tiling::choose(rng.random(), m);
+                check_case(&gpu, &mut rng, spec, shape, tiling);
+            }
+        }
+    }
+
+    #[test]
+    fn every_tiling_covers_ragged_edges() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul tilings");
+        let spec = MatmulSpec { trans_b: true, ..MatmulSpec::plain() };
+        for tiling in Tiling::all() {
+            for &(m, n, k) in &[(1, 1, 1), (3, 70, 33), (9, 129, 65), (67, 45, 100), (130, 200, 3)] {
+                check_case(&gpu, &mut rng, spec, MatmulShape::new(m, n, k), tiling);
+            }
+        }
+    }
+
+    #[test]
+    fn operands_outside_their_buffers_are_refused() {
+        let Some(gpu) = testing::gpu() else { return };
+        let op = pollster::block_on(Matmul::new(&gpu, MatmulSpec::plain(), MatmulShape::new(4, 4, 4))).unwrap();
+        let small = gpu.storage("t", "small", 60).unwrap();
+        let ok = gpu.storage("t", "ok", 64).unwrap();
+        let mut rec = gpu.batch("t");
+        let err =
+            op.record(&mut rec, Operand::dense(&small, 4), Operand::dense(&ok, 4), None, Operand::dense(&ok, 4), 1.0);
+        assert!(err.unwrap_err().to_string().contains("A spans 16 elements but its buffer holds 60 bytes"));
+        let err =
+            op.record(&mut rec, Operand::dense(&ok, 3), Operand::dense(&ok, 4), None, Operand::dense(&ok, 4), 1.0);
+        assert!(err.unwrap_err().to_string().contains("leading dimension 3 < 4"));
+    }
+
+    #[test]
+    fn shapes_past_the_workgroup_limit_are_refused_with_sizes() {
+        let Some(gpu) = testing::gpu() else { return };
+        let limit = gpu.limits().max_compute_workgroups_per_dimension as usize;
+        let tiling = Tiling { tm: 1, tn: 1, wg_m: 1, wg_n: 1 };
+        let shape = MatmulShape::new(1, limit + 1, 1);
+        let err = pollster::block_on(Matmul::with_tiling(&gpu, MatmulSpec::plain(), shape, tiling)).err().unwrap();
+        assert!(matches!(err, GpuError::TooManyWorkgroups { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("{}", limit + 1)), "{err}");
+    }
+}

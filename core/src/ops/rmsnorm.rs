@@ -1,0 +1,207 @@
+//! RMSNorm (Llama/Qwen2): forward saving rstd per row, backward to input and weight.
+//! WGSL: `shaders/rmsnorm.wgsl`, `shaders/rmsnorm_backward.wgsl`.
+
+use std::sync::Arc;
+
+use super::launch::{grid_1d, need, variant_1d};
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuResult, Kernel};
+use crate::shaders::{Def, Variant};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    h: u32,
+    eps: f32,
+    stride_y: u32,
+}
+
+const OP: &str = "rmsnorm";
+
+fn forward_variant() -> Variant {
+    variant_1d("rmsnorm", "rmsnorm_forward", vec![])
+}
+fn backward_variant(entry: &'static str, accumulate: bool) -> Variant {
+    variant_1d("rmsnorm_backward", entry, vec![Def::Bool("ACCUMULATE", accumulate)])
+}
+
+pub fn specializations() -> Vec<Variant> {
+    let mut v = vec![forward_variant()];
+    for acc in [false, true] {
+        v.push(backward_variant("rmsnorm_backward_input", acc));
+        v.push(backward_variant("rmsnorm_backward_weight", acc));
+    }
+    v
+}
+
+/// RMSNorm over `rows` rows of `h` features.
+pub struct RmsNorm {
+    rows: usize,
+    h: usize,
+    eps: f32,
+    forward: Arc<Kernel>,
+    backward_input: Arc<Kernel>,
+    backward_weight: Arc<Kernel>,
+}
+
+impl RmsNorm {
+    /// `accumulate`: the backward adds into dx and dw (residual streams, gradient accumulation).
+    pub async fn new(gpu: &Gpu, rows: usize, h: usize, eps: f32, accumulate: bool) -> GpuResult<Self> {
+        use Access::*;
+        Ok(RmsNorm {
+            rows,
+            h,
+            eps,
+            forward: gpu.kernel(&forward_variant(), &[Read, Read, ReadWrite, ReadWrite]).await?,
+            backward_input: gpu
+                .kernel(&backward_variant("rmsnorm_backward_input", accumulate), &[Read, Read, Read, Read, ReadWrite])
+                .await?,
+            backward_weight: gpu
+                .kernel(&backward_variant("rmsnorm_backward_weight", accumulate), &[Read, Read, Read, Read, ReadWrite])
+                .await?,
+        })
+    }
+
+    fn params(&self, gpu: &Gpu, n: usize) -> GpuResult<(Params, [u32; 3])> {
+        let (groups, stride_y) = grid_1d(gpu, OP, n, super::launch::WG_1D)?;
+        Ok((Params { rows: self.rows as u32, h: self.h as u32, eps: self.eps, stride_y }, groups))
+    }
+
+    /// y = w ⊙ x·rstd; rstd [rows] saved for the backward.
+    pub fn forward(
+        &self,
+        b: &mut Batch,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        y: &GpuBuffer,
+        rstd: &GpuBuffer,
+    ) -> GpuResult<()> {
+        let (rows, h) = (self.rows, self.h);
+        need(OP, "x", x, rows * h)?;
+        need(OP, "w", w, h)?;
+        need(OP, "y", y, rows * h)?;
+        need(OP, "rstd", rstd, rows)?;
+        let (params, groups) = self.params(b.gpu(), rows)?;
+        b.dispatch(&self.forward, &params, &[x, w, y, rstd], groups);
+        Ok(())
+    }
+
+    /// dx (+)= ∂/∂x, and dw (+)= ∂/∂w when `dw` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        b: &mut Batch,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        rstd: &GpuBuffer,
+        dy: &GpuBuffer,
+        dx: &GpuBuffer,
+        dw: Option<&GpuBuffer>,
+    ) -> GpuResult<()> {
+        let (rows, h) = (self.rows, self.h);
+        need(OP, "dy", dy, rows * h)?;
+        need(OP, "dx", dx, rows * h)?;
+        need(OP, "rstd", rstd, rows)?;
+        let (params, groups) = self.params(b.gpu(), rows)?;
+        b.dispatch(&self.backward_input, &params, &[x, w, rstd, dy, dx], groups);
+        if let Some(dw) = dw {
+            need(OP, "dw", dw, h)?;
+            let (params, groups) = self.params(b.gpu(), h)?;
+            b.dispatch(&self.backward_weight, &params, &[x, w, rstd, dy, dw], groups);
+        }
+        Ok(())
+    }
+}
+
+/// CPU reference: (y, rstd).
+pub fn rmsnorm_ref(x: &[f64], w: &[f64], rows: usize, h: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0.0; rows * h];
+    let mut rstd = vec![0.0; rows];
+    for r in 0..rows {
+        let xr = &x[r * h..(r + 1) * h];
+        let rs = 1.0 / (xr.iter().map(|v| v * v).sum::<f64>() / h as f64 + eps).sqrt();
+        rstd[r] = rs;
+        for j in 0..h {
+            y[r * h + j] = w[j] * xr[j] * rs;
+        }
+    }
+    (y, rstd)
+}
+
+/// CPU reference of the backward: (dx, dw).
+pub fn rmsnorm_backward_ref(x: &[f64], w: &[f64], dy: &[f64], rows: usize, h: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let (_, rstd) = rmsnorm_ref(x, w, rows, h, eps);
+    let mut dx = vec![0.0; rows * h];
+    let mut dw = vec![0.0; h];
+    for r in 0..rows {
+        let rs = rstd[r];
+        let mean_dot = (0..h).map(|j| dy[r * h + j] * w[j] * x[r * h + j] * rs).sum::<f64>() / h as f64;
+        for j in 0..h {
+            let i = r * h + j;
+            dx[i] = rs * (dy[i] * w[j] - x[i] * rs * mean_dot);
+            dw[j] += dy[i] * x[i] * rs;
+        }
+    }
+    (dx, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, f32s, f64s, fd_grad, rel_err, rel_err64};
+
+    #[test]
+    fn backward_reference_matches_finite_differences() {
+        let mut rng = testing::rng("rmsnorm fd");
+        let (rows, h, eps) = (3, 7, 1e-5);
+        let x = f64s(&testing::normal(&mut rng, rows * h));
+        let w = f64s(&testing::normal(&mut rng, h));
+        let dy = f64s(&testing::normal(&mut rng, rows * h));
+        let loss = |x: &[f64], w: &[f64]| rmsnorm_ref(x, w, rows, h, eps).0.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let (dx, dw) = rmsnorm_backward_ref(&x, &w, &dy, rows, h, eps);
+        assert!(rel_err64(&dx, &fd_grad(&|x| loss(x, &w), &x)) < 1e-6);
+        assert!(rel_err64(&dw, &fd_grad(&|w| loss(&x, w), &w)) < 1e-6);
+    }
+
+    #[test]
+    fn gpu_matches_reference() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("rmsnorm gpu");
+        for &(rows, h) in &[(1, 5), (7, 67), (130, 200)] {
+            for accumulate in [false, true] {
+                let eps = 1e-6;
+                let x = testing::normal(&mut rng, rows * h);
+                let w = testing::normal(&mut rng, h);
+                let dy = testing::normal(&mut rng, rows * h);
+                let dx0 = testing::normal(&mut rng, rows * h);
+                let dw0 = testing::normal(&mut rng, h);
+                let op = pollster::block_on(RmsNorm::new(&gpu, rows, h, eps, accumulate)).unwrap();
+                let up = |v: &[f32]| gpu.upload("t", "t", v).unwrap();
+                let (xb, wb, dyb, dxb, dwb) = (up(&x), up(&w), up(&dy), up(&dx0), up(&dw0));
+                let yb = up(&vec![f32::NAN; rows * h]);
+                let rb = up(&vec![f32::NAN; rows]);
+                if !accumulate {
+                    gpu.fill_f32(&dxb, f32::NAN);
+                    gpu.fill_f32(&dwb, f32::NAN);
+                }
+                let mut b = gpu.batch("t");
+                op.forward(&mut b, &xb, &wb, &yb, &rb).unwrap();
+                op.backward(&mut b, &xb, &wb, &rb, &dyb, &dxb, Some(&dwb)).unwrap();
+                pollster::block_on(b.submit()).unwrap();
+                let read = |b: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", b)).unwrap();
+                let (y, rstd) = rmsnorm_ref(&f64s(&x), &f64s(&w), rows, h, eps as f64);
+                let (mut dx, mut dw) = rmsnorm_backward_ref(&f64s(&x), &f64s(&w), &f64s(&dy), rows, h, eps as f64);
+                if accumulate {
+                    dx.iter_mut().zip(&dx0).for_each(|(a, b)| *a += *b as f64);
+                    dw.iter_mut().zip(&dw0).for_each(|(a, b)| *a += *b as f64);
+                }
+                for (name, got, want) in
+                    [("y", read(&yb), y), ("rstd", read(&rb), rstd), ("dx", read(&dxb), dx), ("dw", read(&dwb), dw)]
+                {
+                    let err = rel_err(&got, &f32s(&want));
+                    assert!(err <= 1e-5, "rows={rows} h={h} acc={accumulate} {name}: {err:e}");
+                }
+            }
+        }
+    }
+}

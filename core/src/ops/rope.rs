@@ -1,0 +1,205 @@
+//! Rotary position embedding, Hugging Face rotate-half convention, in place; the backward is the
+//! inverse rotation. WGSL: `shaders/rope.wgsl`.
+
+use std::sync::Arc;
+
+use super::launch::{WG_1D, grid_1d, need, variant_1d};
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
+use crate::shaders::Variant;
+
+const OP: &str = "rope";
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    half: u32,
+    row_stride: u32,
+    max_pos: u32,
+    sign: f32,
+    stride_y: u32,
+    _pad: u32,
+}
+
+fn variant() -> Variant {
+    variant_1d("rope", "rope", vec![])
+}
+
+pub fn specializations() -> Vec<Variant> {
+    vec![variant()]
+}
+
+/// cos/sin tables `[max_pos, head_dim/2]`, computed the way `transformers` does in f32:
+/// `inv_freq = 1 / theta^(2i/d)`, angle = `f32(pos) · inv_freq` (one f32 product), then cos/sin
+/// correctly rounded to f32.
+pub fn tables(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(max_pos * half);
+    let mut sin = Vec::with_capacity(max_pos * half);
+    for pos in 0..max_pos {
+        for &f in &inv_freq {
+            let angle = (pos as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// GPU-resident tables for one model.
+pub struct RopeTables {
+    pub head_dim: usize,
+    pub max_pos: usize,
+    cos: GpuBuffer,
+    sin: GpuBuffer,
+}
+
+impl RopeTables {
+    pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> GpuResult<Self> {
+        if head_dim % 2 != 0 || head_dim == 0 || max_pos == 0 {
+            return Err(GpuError::shape(
+                OP,
+                format!("head_dim {head_dim} must be even and max_pos {max_pos} positive"),
+            ));
+        }
+        let (cos, sin) = tables(head_dim, theta, max_pos);
+        Ok(RopeTables {
+            head_dim,
+            max_pos,
+            cos: gpu.upload(OP, "cos table", &cos)?,
+            sin: gpu.upload(OP, "sin table", &sin)?,
+        })
+    }
+}
+
+pub struct Rope {
+    kernel: Arc<Kernel>,
+}
+
+impl Rope {
+    pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
+        use Access::*;
+        Ok(Rope { kernel: gpu.kernel(&variant(), &[Read, Read, Read, ReadWrite]).await? })
+    }
+
+    /// Rotates `x[rows, heads, head_dim]` (rows `row_stride` apart) in place by the angles of
+    /// `positions[rows]` (u32); `inverse` undoes it (the backward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        b: &mut Batch,
+        tables: &RopeTables,
+        positions: &GpuBuffer,
+        x: &GpuBuffer,
+        rows: usize,
+        heads: usize,
+        row_stride: usize,
+        inverse: bool,
+    ) -> GpuResult<()> {
+        let half = tables.head_dim / 2;
+        if row_stride < heads * tables.head_dim {
+            return Err(GpuError::shape(OP, format!("row stride {row_stride} < {heads} heads × {}", tables.head_dim)));
+        }
+        need(OP, "positions", positions, rows)?;
+        need(OP, "x", x, (rows.max(1) - 1) * row_stride + heads * tables.head_dim)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), OP, rows * heads * half, WG_1D)?;
+        let params = Params {
+            rows: rows as u32,
+            heads: heads as u32,
+            half: half as u32,
+            row_stride: row_stride as u32,
+            max_pos: tables.max_pos as u32,
+            sign: if inverse { -1.0 } else { 1.0 },
+            stride_y,
+            _pad: 0,
+        };
+        b.dispatch(&self.kernel, &params, &[positions, &tables.cos, &tables.sin, x], groups);
+        Ok(())
+    }
+}
+
+/// CPU reference (in place), from the same tables.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_ref(
+    x: &mut [f64],
+    positions: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+    heads: usize,
+    head_dim: usize,
+    row_stride: usize,
+    inverse: bool,
+) {
+    let half = head_dim / 2;
+    for (row, &pos) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let base = row * row_stride + h * head_dim;
+            for i in 0..half {
+                let (c, s) = (cos[pos as usize * half + i] as f64, sin[pos as usize * half + i] as f64);
+                let s = if inverse { -s } else { s };
+                let (x1, x2) = (x[base + i], x[base + i + half]);
+                x[base + i] = x1 * c - x2 * s;
+                x[base + i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, f32s, f64s, fd_grad, rel_err, rel_err64};
+
+    #[test]
+    fn tables_match_hand_values() {
+        let (cos, sin) = tables(4, 10000.0, 3);
+        // inv_freq = [1, 1/100]; position 2 → angles [2, 0.02]
+        assert!((cos[2 * 2] - 2f32.cos()).abs() < 1e-7 && (sin[2 * 2 + 1] - 0.02f32.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn backward_is_the_transpose_checked_by_finite_differences() {
+        let mut rng = testing::rng("rope fd");
+        let (heads, d, rows) = (2, 6, 3);
+        let (cos, sin) = tables(d, 10000.0, 16);
+        let pos = [0u32, 5, 11];
+        let x = f64s(&testing::normal(&mut rng, rows * heads * d));
+        let dy = f64s(&testing::normal(&mut rng, rows * heads * d));
+        let loss = |x: &[f64]| {
+            let mut y = x.to_vec();
+            rope_ref(&mut y, &pos, &cos, &sin, heads, d, heads * d, false);
+            y.iter().zip(&dy).map(|(a, b)| a * b).sum()
+        };
+        let mut dx = dy.clone();
+        rope_ref(&mut dx, &pos, &cos, &sin, heads, d, heads * d, true);
+        assert!(rel_err64(&dx, &fd_grad(&loss, &x)) < 1e-6);
+    }
+
+    #[test]
+    fn gpu_matches_reference_forward_and_inverse() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("rope gpu");
+        let op = pollster::block_on(Rope::new(&gpu)).unwrap();
+        for &(rows, heads, d, extra) in &[(1, 1, 2, 0), (5, 3, 64, 7), (37, 14, 64, 0), (9, 2, 10, 3)] {
+            let tables_gpu = RopeTables::new(&gpu, d, 1_000_000.0, 4096).unwrap();
+            let (cos, sin) = tables(d, 1_000_000.0, 4096);
+            let stride = heads * d + extra;
+            let x = testing::normal(&mut rng, rows * stride);
+            let pos: Vec<u32> = (0..rows).map(|_| rand::Rng::random_range(&mut rng, 0..4096)).collect();
+            for inverse in [false, true] {
+                let xb = gpu.upload("t", "x", &x).unwrap();
+                let pb = gpu.upload("t", "pos", &pos).unwrap();
+                let mut b = gpu.batch("t");
+                op.record(&mut b, &tables_gpu, &pb, &xb, rows, heads, stride, inverse).unwrap();
+                pollster::block_on(b.submit()).unwrap();
+                let got = pollster::block_on(gpu.read::<f32>("t", &xb)).unwrap();
+                let mut want = f64s(&x);
+                rope_ref(&mut want, &pos, &cos, &sin, heads, d, stride, inverse);
+                let err = rel_err(&got, &f32s(&want));
+                assert!(err <= 1e-6, "rows={rows} heads={heads} d={d}: {err:e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+// Embedding gather: out[r, :] = table[ids[r], :], the table stored f32 or as packed f16/bf16
+// pairs (see matmul.wgsl's load_b). An id past the vocabulary writes zeros (the host validates ids;
+// the GPU never reads out of bounds).
+// Specialisation: WG, DTYPE (0 f32, 1 f16, 2 bf16).
+
+struct Params {
+    rows: u32,
+    h: u32,
+    vocab: u32,
+    stride_y: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn load(i: u32) -> f32 {
+    if (DTYPE == 1u) {
+        return unpack2x16float(table[i >> 1u])[i & 1u];
+    } else if (DTYPE == 2u) {
+        let word = table[i >> 1u];
+        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+    }
+    return bitcast<f32>(table[i]);
+}
+
+@compute @workgroup_size(WG)
+fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    if (idx >= p.rows * p.h) {
+        return;
+    }
+    let row = idx / p.h;
+    let j = idx % p.h;
+    let id = ids[row];
+    out[idx] = select(0.0, load(id * p.h + j), id < p.vocab);
+}
