@@ -29,10 +29,12 @@ macro_rules! shader {
     };
 }
 
+shader!(ADAMW, "adamw");
 shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
 shader!(EMBEDDING, "embedding");
 shader!(MATMUL, "matmul");
+shader!(OUTPUT_HEAD, "output_head");
 shader!(RESIDUAL, "residual");
 shader!(RMSNORM, "rmsnorm");
 shader!(RMSNORM_BACKWARD, "rmsnorm_backward");
@@ -40,8 +42,19 @@ shader!(ROPE, "rope");
 shader!(SWIGLU, "swiglu");
 
 /// Every shader file the product ships; a test checks this matches `shaders/` exactly.
-pub static ALL: &[&Shader] =
-    &[&ATTENTION, &ATTENTION_BACKWARD, &EMBEDDING, &MATMUL, &RESIDUAL, &RMSNORM, &RMSNORM_BACKWARD, &ROPE, &SWIGLU];
+pub static ALL: &[&Shader] = &[
+    &ADAMW,
+    &ATTENTION,
+    &ATTENTION_BACKWARD,
+    &EMBEDDING,
+    &MATMUL,
+    &OUTPUT_HEAD,
+    &RESIDUAL,
+    &RMSNORM,
+    &RMSNORM_BACKWARD,
+    &ROPE,
+    &SWIGLU,
+];
 
 /// A compile-time value substituted into a shader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -427,6 +427,7 @@ fn create_arena(device: &wgpu::Device, capacity: u64) -> wgpu::Buffer {
 enum Step {
     Dispatch { kernel: Arc<Kernel>, buffers: Vec<GpuBuffer>, param_offset: u32, groups: [u32; 3] },
     Copy { from: GpuBuffer, to: GpuBuffer, bytes: u64 },
+    Clear { buf: GpuBuffer },
 }
 
 /// Recorded GPU work, submitted as one command buffer in one error scope. Dispatch parameters are
@@ -475,6 +476,11 @@ impl Batch {
         self.steps.push(Step::Copy { from: from.clone(), to: to.clone(), bytes });
     }
 
+    /// Records zeroing the bytes in use of `buf`.
+    pub fn clear(&mut self, buf: &GpuBuffer) {
+        self.steps.push(Step::Clear { buf: buf.clone() });
+    }
+
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
@@ -510,6 +516,10 @@ impl Batch {
                 match &self.steps[i] {
                     Step::Copy { from, to, bytes } => {
                         encoder.copy_buffer_to_buffer(from.raw(), 0, to.raw(), 0, *bytes);
+                        i += 1;
+                    }
+                    Step::Clear { buf } => {
+                        encoder.clear_buffer(buf.raw(), 0, Some(buf.binding_size()));
                         i += 1;
                     }
                     Step::Dispatch { .. } => {

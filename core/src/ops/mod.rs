@@ -1,11 +1,13 @@
 //! Ops: one module per op family, each with its launcher, its CPU reference and its tests; the
 //! WGSL lives in `shaders/` under the same name.
 
+pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod launch;
 pub mod linear;
 pub mod matmul;
+pub mod output_head;
 pub mod rmsnorm;
 pub mod rope;
 
@@ -14,7 +16,9 @@ use crate::shaders::Variant;
 /// Every shader specialisation any op can compile: the naga portability test covers all of them.
 pub fn all_specializations() -> Vec<Variant> {
     let mut all = Vec::new();
+    all.extend(adamw::specializations());
     all.extend(attention::specializations());
+    all.extend(output_head::specializations());
     all.extend(matmul::specializations());
     all.extend(rmsnorm::specializations());
     all.extend(rope::specializations());

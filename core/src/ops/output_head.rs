@@ -1,0 +1,309 @@
+//! The output head without full-vocabulary logits for a batch: log-prob of the chosen token,
+//! log-sum-exp and entropy per row, and the backward into the hidden state, computed over
+//! vocabulary chunks (a chunk's logits come from `ops::matmul`, then `shaders/output_head.wgsl`
+//! folds them into per-block statistics). Scratch memory is rows × chunk, whatever the vocabulary.
+
+use std::sync::Arc;
+
+use super::launch::{WG_1D, grid_1d, need, variant_1d};
+use super::matmul::{Matmul, MatmulShape, MatmulSpec, Operand};
+use crate::dtype::Dtype;
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
+use crate::shaders::{Def, Variant};
+
+const OP: &str = "output head";
+/// Columns each statistics invocation folds.
+const BLOCK: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    chunk_cols: u32,
+    vocab0: u32,
+    block0: u32,
+    blocks_total: u32,
+    stride_y: u32,
+    _pad: [u32; 2],
+}
+
+fn variant(entry: &'static str) -> Variant {
+    variant_1d("output_head", entry, vec![Def::U32("BLOCK", BLOCK)])
+}
+
+const ENTRIES: [&str; 3] = ["head_partial_stats", "head_finalize", "head_grad_logits"];
+
+pub fn specializations() -> Vec<Variant> {
+    ENTRIES.iter().map(|e| variant(e)).collect()
+}
+
+/// Shape of the head: `rows` hidden states of size `hidden`, vocabulary `vocab`, processed in
+/// chunks of `chunk` columns.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub rows: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub chunk: usize,
+}
+
+/// Prepared kernels and scratch for one head shape.
+pub struct OutputHead {
+    shape: HeadShape,
+    /// (vocab0, columns) of each chunk, and the matmuls for full and ragged last chunks.
+    chunks: Vec<(usize, usize)>,
+    logits_full: Matmul,
+    logits_last: Option<Matmul>,
+    dh_full: Matmul,
+    dh_last: Option<Matmul>,
+    kernels: [Arc<Kernel>; 3],
+    logits: GpuBuffer,
+    partials: GpuBuffer,
+    /// `[rows, 4]`: z_target, lse, logp, entropy.
+    pub row_stats: GpuBuffer,
+    blocks_total: usize,
+}
+
+impl OutputHead {
+    pub async fn new(gpu: &Gpu, shape: HeadShape, w_dtype: Dtype) -> GpuResult<Self> {
+        let HeadShape { rows, hidden, vocab, chunk } = shape;
+        if rows == 0 || hidden == 0 || vocab == 0 || chunk == 0 {
+            return Err(GpuError::shape(OP, format!("empty shape {shape:?}")));
+        }
+        let chunk = chunk.min(vocab);
+        let mut chunks = Vec::new();
+        let mut blocks_total = 0;
+        let mut v0 = 0;
+        while v0 < vocab {
+            let cols = chunk.min(vocab - v0);
+            chunks.push((v0, cols));
+            blocks_total += cols.div_ceil(BLOCK as usize);
+            v0 += cols;
+        }
+        let last_cols = chunks.last().expect("non-empty").1;
+        let logits_spec =
+            MatmulSpec { trans_a: false, trans_b: true, has_bias: false, accumulate: false, b_dtype: w_dtype };
+        let dh_spec =
+            MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: true, b_dtype: w_dtype };
+        let logits_mm = |cols| Matmul::new(gpu, logits_spec, MatmulShape::new(rows, cols, hidden));
+        let dh_mm = |cols| Matmul::new(gpu, dh_spec, MatmulShape::new(rows, hidden, cols));
+        let ragged = last_cols != chunk;
+        use Access::*;
+        let bindings = [Read, Read, ReadWrite, ReadWrite, ReadWrite];
+        Ok(OutputHead {
+            shape: HeadShape { chunk, ..shape },
+            logits_full: logits_mm(chunk).await?,
+            logits_last: if ragged { Some(logits_mm(last_cols).await?) } else { None },
+            dh_full: dh_mm(chunk).await?,
+            dh_last: if ragged { Some(dh_mm(last_cols).await?) } else { None },
+            kernels: [
+                gpu.kernel(&variant(ENTRIES[0]), &bindings).await?,
+                gpu.kernel(&variant(ENTRIES[1]), &bindings).await?,
+                gpu.kernel(&variant(ENTRIES[2]), &bindings).await?,
+            ],
+            logits: gpu.storage(OP, &format!("logits chunk {rows}×{chunk}"), (rows * chunk * 4) as u64)?,
+            partials: gpu.storage(OP, "partial statistics", (rows * blocks_total * 3 * 4) as u64)?,
+            row_stats: gpu.storage(OP, "row statistics", (rows * 4 * 4) as u64)?,
+            chunks,
+            blocks_total,
+        })
+    }
+
+    fn chunk_matmuls(&self, i: usize) -> (&Matmul, &Matmul) {
+        let last = i + 1 == self.chunks.len();
+        match (last, &self.logits_last, &self.dh_last) {
+            (true, Some(l), Some(d)) => (l, d),
+            _ => (&self.logits_full, &self.dh_full),
+        }
+    }
+
+    fn check(&self, h: &GpuBuffer, w: &GpuBuffer, targets: &GpuBuffer, w_dtype_bytes: u64) -> GpuResult<()> {
+        let s = self.shape;
+        need(OP, "hidden states", h, s.rows * s.hidden)?;
+        need(OP, "targets", targets, s.rows)?;
+        if w.len_bytes() < w_dtype_bytes {
+            return Err(GpuError::shape(OP, format!("W holds {} bytes, needs {w_dtype_bytes}", w.len_bytes())));
+        }
+        Ok(())
+    }
+
+    fn params(&self, gpu: &Gpu, n: usize, vocab0: usize, cols: usize, block0: usize) -> GpuResult<(Params, [u32; 3])> {
+        let (groups, stride_y) = grid_1d(gpu, OP, n, WG_1D)?;
+        let params = Params {
+            rows: self.shape.rows as u32,
+            chunk_cols: cols as u32,
+            vocab0: vocab0 as u32,
+            block0: block0 as u32,
+            blocks_total: self.blocks_total as u32,
+            stride_y,
+            _pad: [0; 2],
+        };
+        Ok((params, groups))
+    }
+
+    fn logits_chunk(&self, b: &mut Batch, i: usize, h: &GpuBuffer, w: &GpuBuffer, inv_temp: f32) -> GpuResult<()> {
+        let (v0, cols) = self.chunks[i];
+        let hd = self.shape.hidden;
+        let wop = Operand { buf: w, off: v0 * hd, ld: hd, batch_stride: 0 };
+        self.chunk_matmuls(i).0.record(
+            b,
+            Operand::dense(h, hd),
+            wop,
+            None,
+            Operand::dense(&self.logits, cols),
+            inv_temp,
+        )
+    }
+
+    /// Fills `row_stats` with (z_target, lse, logp, entropy) of `softmax(h·Wᵀ / temperature)`.
+    /// `w` is `[vocab, hidden]` in `w_dtype` storage; `targets` u32 per row.
+    pub fn forward(
+        &self,
+        b: &mut Batch,
+        h: &GpuBuffer,
+        w: &GpuBuffer,
+        w_dtype: Dtype,
+        targets: &GpuBuffer,
+        temperature: f32,
+    ) -> GpuResult<()> {
+        let s = self.shape;
+        self.check(h, w, targets, w_dtype.storage_bytes(s.vocab * s.hidden))?;
+        // z_target stays 0 for a target outside the vocabulary instead of a stale value.
+        b.clear(&self.row_stats);
+        let mut block0 = 0;
+        for (i, &(v0, cols)) in self.chunks.iter().enumerate() {
+            self.logits_chunk(b, i, h, w, 1.0 / temperature)?;
+            let blocks = cols.div_ceil(BLOCK as usize);
+            let (params, groups) = self.params(b.gpu(), s.rows * blocks, v0, cols, block0)?;
+            // Binding 2 (dlogp) is unused here: the read-only targets fill it.
+            b.dispatch(
+                &self.kernels[0],
+                &params,
+                &[targets, targets, &self.logits, &self.partials, &self.row_stats],
+                groups,
+            );
+            block0 += blocks;
+        }
+        let (params, groups) = self.params(b.gpu(), s.rows, 0, 0, 0)?;
+        b.dispatch(
+            &self.kernels[1],
+            &params,
+            &[targets, targets, &self.logits, &self.partials, &self.row_stats],
+            groups,
+        );
+        Ok(())
+    }
+
+    /// dh += Σ_v dlogp[r]·(1[v = target] − p_v)·W_v / temperature, after `forward` on the same
+    /// inputs (it reuses the log-sum-exp in `row_stats`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        b: &mut Batch,
+        h: &GpuBuffer,
+        w: &GpuBuffer,
+        w_dtype: Dtype,
+        targets: &GpuBuffer,
+        dlogp: &GpuBuffer,
+        temperature: f32,
+        dh: &GpuBuffer,
+    ) -> GpuResult<()> {
+        let s = self.shape;
+        self.check(h, w, targets, w_dtype.storage_bytes(s.vocab * s.hidden))?;
+        need(OP, "dlogp", dlogp, s.rows)?;
+        need(OP, "dh", dh, s.rows * s.hidden)?;
+        for (i, &(v0, cols)) in self.chunks.iter().enumerate() {
+            self.logits_chunk(b, i, h, w, 1.0 / temperature)?;
+            let (params, groups) = self.params(b.gpu(), s.rows * cols, v0, cols, 0)?;
+            b.dispatch(
+                &self.kernels[2],
+                &params,
+                &[targets, dlogp, &self.logits, &self.partials, &self.row_stats],
+                groups,
+            );
+            let hd = s.hidden;
+            let wop = Operand { buf: w, off: v0 * hd, ld: hd, batch_stride: 0 };
+            self.chunk_matmuls(i).1.record(
+                b,
+                Operand::dense(&self.logits, cols),
+                wop,
+                None,
+                Operand::dense(dh, hd),
+                1.0 / temperature,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// CPU reference: per row (lse, logp of target, entropy), from explicit logits in f64.
+pub fn head_ref(h: &[f64], w: &[f64], targets: &[u32], s: HeadShape, temperature: f64) -> Vec<[f64; 3]> {
+    (0..s.rows)
+        .map(|r| {
+            let z: Vec<f64> = (0..s.vocab)
+                .map(|v| (0..s.hidden).map(|j| h[r * s.hidden + j] * w[v * s.hidden + j]).sum::<f64>() / temperature)
+                .collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = z.iter().map(|x| (x - m).exp()).sum();
+            let lse = m + sum.ln();
+            let entropy = lse - z.iter().map(|x| (x - lse).exp() * x).sum::<f64>();
+            [lse, z[targets[r] as usize] - lse, entropy]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype;
+    use crate::testing::{self, f32s, f64s, fd_grad, rel_err};
+
+    #[test]
+    fn chunked_head_matches_full_softmax_and_its_gradient() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("output head");
+        for &(rows, hidden, vocab, chunk, dt, temp) in &[
+            (1, 7, 5, 5, Dtype::F32, 1.0),
+            (5, 33, 1001, 300, Dtype::F32, 1.0),
+            (3, 16, 700, 256, Dtype::Bf16, 0.7),
+            (9, 20, 3000, 4096, Dtype::F16, 1.3),
+        ] {
+            let s = HeadShape { rows, hidden, vocab, chunk };
+            let h = testing::normal(&mut rng, rows * hidden);
+            let w = dtype::round_trip(dt, &testing::normal(&mut rng, vocab * hidden));
+            let targets: Vec<u32> = (0..rows).map(|_| rand::Rng::random_range(&mut rng, 0..vocab as u32)).collect();
+            let dlogp = testing::normal(&mut rng, rows);
+            let dh0 = testing::normal(&mut rng, rows * hidden);
+
+            let head = pollster::block_on(OutputHead::new(&gpu, s, dt)).unwrap();
+            let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
+            let (hb, db, dhb) = (up(&h), up(&dlogp), up(&dh0));
+            let wb = gpu.upload("t", "w", &dtype::pack(dt, &w)).unwrap();
+            let tb = gpu.upload("t", "targets", &targets).unwrap();
+            let mut b = gpu.batch("t");
+            head.forward(&mut b, &hb, &wb, dt, &tb, temp).unwrap();
+            head.backward(&mut b, &hb, &wb, dt, &tb, &db, temp, &dhb).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let stats = pollster::block_on(gpu.read::<f32>("t", &head.row_stats)).unwrap();
+            let want = head_ref(&f64s(&h), &f64s(&w), &targets, s, temp as f64);
+            for r in 0..rows {
+                let got = [stats[r * 4 + 1], stats[r * 4 + 2], stats[r * 4 + 3]];
+                let err = rel_err(&got, &f32s(&want[r]));
+                assert!(err <= 1e-5, "{s:?} row {r}: got {got:?} want {:?}", want[r]);
+            }
+            // dh = dh0 + ∂(Σ_r dlogp_r · logp_r)/∂h, the gradient by finite differences.
+            let loss = |hh: &[f64]| -> f64 {
+                head_ref(hh, &f64s(&w), &targets, s, temp as f64)
+                    .iter()
+                    .zip(&dlogp)
+                    .map(|(v, &g)| v[1] * g as f64)
+                    .sum()
+            };
+            let fd = fd_grad(&loss, &f64s(&h));
+            let want_dh: Vec<f32> = fd.iter().zip(&dh0).map(|(a, b)| (*a + *b as f64) as f32).collect();
+            let got_dh = pollster::block_on(gpu.read::<f32>("t", &dhb)).unwrap();
+            let err = rel_err(&got_dh, &want_dh);
+            assert!(err <= 1e-4, "{s:?} dh: {err:e}");
+        }
+    }
+}
