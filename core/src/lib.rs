@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod gpu;
 pub mod numeric;
 pub mod ops;
+pub mod rec;
 pub mod selfcheck;
 pub mod shaders;
 #[cfg(not(target_arch = "wasm32"))]

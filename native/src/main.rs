@@ -27,6 +27,9 @@ enum Command {
     Devices(commands::devices::Args),
     /// The main job: SFT then Rank-GRPO on the default model and data, evaluated before and after.
     Demo(commands::demo::Args),
+    /// Score completions: parse each into items and print its per-rank rewards and Recall/NDCG@k
+    /// as one JSON line (no GPU needed).
+    Score(commands::score::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Devices(args) => commands::devices::run(&gpu_options, args),
         Command::Demo(args) => commands::demo::run(&gpu_options, args),
+        Command::Score(args) => commands::score::run(args),
     }
 }

@@ -1,0 +1,82 @@
+//! The recommendation domain's scoring side: catalog, dataset rows, the completion parser, the
+//! per-rank rewards and the evaluation metrics of Rank-GRPO (see `docs/DOMAIN.md`).
+//!
+//! Everything takes text, never paths, so it runs the same in the CLI and in the browser.
+
+pub mod catalog;
+pub mod dataset;
+pub mod metrics;
+pub mod parse;
+pub mod reward;
+pub mod text;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod proptests;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod real_data_tests;
+
+use std::fmt;
+
+pub use catalog::Catalog;
+pub use dataset::{Completion, GroundTruth, Message, Row, ScoreRow, parse_dataset, parse_score_rows};
+pub use metrics::{KS, MeanSe, Metrics, evaluate, mean_se};
+pub use parse::parse_completion;
+pub use reward::{MatchConfig, dcg, relevance, reward_exp_inf, reward_log};
+
+/// One recommendation as parsed: a title and a release year.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Item {
+    pub title: String,
+    pub year: i64,
+}
+
+/// Where in an input a problem was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Whole,
+    /// 1-based line number.
+    Line(usize),
+    /// 1-based position in a JSON list.
+    Entry(usize),
+}
+
+/// Bad input: names the source (a file name or other label), where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InputError {
+    pub origin: String,
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Location::Whole => write!(f, "{}: {}", self.origin, self.message),
+            Location::Line(n) => write!(f, "{}: line {n}: {}", self.origin, self.message),
+            Location::Entry(n) => write!(f, "{}: entry {n}: {}", self.origin, self.message),
+        }
+    }
+}
+
+impl InputError {
+    pub fn new(origin: &str, line: usize, message: impl Into<String>) -> Self {
+        Self { origin: origin.to_string(), location: Location::Line(line), message: message.into() }
+    }
+
+    pub fn whole(origin: &str, message: impl Into<String>) -> Self {
+        Self { origin: origin.to_string(), location: Location::Whole, message: message.into() }
+    }
+
+    /// `index` is 0-based; the message counts from 1.
+    pub fn entry(origin: &str, index: usize, message: impl Into<String>) -> Self {
+        Self { origin: origin.to_string(), location: Location::Entry(index + 1), message: message.into() }
+    }
+
+    /// A JSON syntax or type error at `line` of the source. serde_json's own "at line L column C"
+    /// counts within the text it was given (for JSONL, always line 1), so only the column is kept.
+    pub(crate) fn json(origin: &str, line: usize, e: &serde_json::Error) -> Self {
+        let full = e.to_string();
+        let what = full.rfind(" at line ").map_or(full.as_str(), |i| &full[..i]);
+        Self::new(origin, line.max(1), format!("invalid JSON: {what} (column {})", e.column()))
+    }
+}
