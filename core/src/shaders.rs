@@ -34,6 +34,7 @@ shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
 shader!(EMBEDDING, "embedding");
 shader!(MATMUL, "matmul");
+shader!(MATMUL_VEC4, "matmul_vec4");
 shader!(OUTPUT_HEAD, "output_head");
 shader!(RESIDUAL, "residual");
 shader!(RMSNORM, "rmsnorm");
@@ -48,6 +49,7 @@ pub static ALL: &[&Shader] = &[
     &ATTENTION_BACKWARD,
     &EMBEDDING,
     &MATMUL,
+    &MATMUL_VEC4,
     &OUTPUT_HEAD,
     &RESIDUAL,
     &RMSNORM,
@@ -61,6 +63,78 @@ pub static ALL: &[&Shader] = &[
 pub enum Def {
     U32(&'static str, u32),
     Bool(&'static str, bool),
+}
+
+/// Unrolls `//#for NAME in COUNT` … `//#end` blocks (COUNT: a number, a definition, or a
+/// definition divided by a number, rounded down), substituting `${NAME}` in the body; blocks nest.
+fn expand_loops(lines: &[&str], defs: &[Def], vars: &mut Vec<(String, u32)>, out: &mut String) -> Result<(), String> {
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix("//#for ") {
+            let (name, count) =
+                header.split_once(" in ").ok_or_else(|| format!("malformed loop header '{trimmed}'"))?;
+            let count = loop_count(count.trim(), defs)?;
+            let mut depth = 1;
+            let mut end = i + 1;
+            while end < lines.len() {
+                let t = lines[end].trim_start();
+                if t.starts_with("//#for ") {
+                    depth += 1;
+                } else if t.starts_with("//#end") {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                end += 1;
+            }
+            if depth != 0 {
+                return Err(format!("'{trimmed}' has no matching //#end"));
+            }
+            for v in 0..count {
+                vars.push((name.trim().to_string(), v));
+                expand_loops(&lines[i + 1..end], defs, vars, out)?;
+                vars.pop();
+            }
+            i = end + 1;
+        } else if trimmed.starts_with("//#end") {
+            return Err("//#end without //#for".into());
+        } else {
+            let mut text = line.to_string();
+            for (name, v) in vars.iter() {
+                text = text.replace(&format!("${{{name}}}"), &v.to_string());
+            }
+            out.push_str(&text);
+            out.push('\n');
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+fn loop_count(expr: &str, defs: &[Def]) -> Result<u32, String> {
+    let (name, divisor) = match expr.split_once('/') {
+        Some((n, d)) => (n.trim(), d.trim().parse::<u32>().map_err(|e| format!("bad divisor in '{expr}': {e}"))?),
+        None => (expr, 1),
+    };
+    let value = match name.parse::<u32>() {
+        Ok(v) => v,
+        Err(_) => defs
+            .iter()
+            .find_map(|d| match d {
+                Def::U32(n, v) if *n == name => Some(*v),
+                _ => None,
+            })
+            .ok_or_else(|| format!("loop count '{name}' is not a u32 definition"))?,
+    };
+    if divisor == 0 {
+        return Err(format!("loop count {expr} divides by zero"));
+    }
+    // Integer division: an entry point whose block does not fit a specialisation compiles to
+    // nothing for it (every entry point of a file is compiled with the file's definitions).
+    Ok(value / divisor)
 }
 
 /// The specialisation of one shader entry point: what a pipeline is compiled from and cached by.
@@ -90,7 +164,8 @@ impl Variant {
                 Def::Bool(name, v) => writeln!(out, "const {name}: bool = {v};"),
             };
         }
-        out.push_str(shader.source);
+        let lines: Vec<&str> = shader.source.lines().collect();
+        expand_loops(&lines, &self.defs, &mut Vec::new(), &mut out).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
         out
     }
 
@@ -105,5 +180,23 @@ impl Variant {
             })
             .collect();
         format!("{}::{}[{}]", self.shader, self.entry, defs.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_unroll_with_nesting_and_definitions() {
+        let lines = ["a", "//#for i in N/2", "  x${i}", "  //#for j in 2", "  y${i}${j}", "  //#end", "//#end", "b"];
+        let mut out = String::new();
+        expand_loops(&lines, &[Def::U32("N", 4)], &mut Vec::new(), &mut out).unwrap();
+        assert_eq!(out, "a\n  x0\n  y00\n  y01\n  x1\n  y10\n  y11\nb\n");
+        let mut out = String::new();
+        expand_loops(&["//#for i in 3/2", "${i}", "//#end"], &[], &mut Vec::new(), &mut out).unwrap();
+        assert_eq!(out, "0\n");
+        assert!(expand_loops(&["//#for i in M", "//#end"], &[], &mut Vec::new(), &mut out).is_err());
+        assert!(expand_loops(&["//#for i in 2"], &[], &mut Vec::new(), &mut out).is_err());
     }
 }

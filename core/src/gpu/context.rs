@@ -371,6 +371,18 @@ impl Gpu {
         Batch { gpu: self.clone(), op: op.to_string(), steps: Vec::new(), params: Vec::new() }
     }
 
+    /// Waits until all submitted work has finished (benchmarks, progress reporting).
+    pub async fn finish(&self) -> GpuResult<()> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.inner.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.inner.device.poll(wgpu::PollType::wait_indefinitely());
+        let _ = receiver.await;
+        self.check_health("finish")
+    }
+
     /// Reads `buffer` back as a vector of `T`.
     pub async fn read<T: bytemuck::Pod>(&self, op: &str, buffer: &GpuBuffer) -> GpuResult<Vec<T>> {
         let bytes = buffer.binding_size();

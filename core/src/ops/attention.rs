@@ -88,7 +88,7 @@ impl AttentionShape {
         if !HEAD_DIMS.contains(&s.head_dim) {
             return bad(format!("head_dim {} has no compiled kernel (supported: {HEAD_DIMS:?})", s.head_dim));
         }
-        if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} key/value heads", s.heads, s.kv_heads));
         }
         if s.batch == 0 || s.tq == 0 || s.tk < s.q_pos0 + s.tq {

@@ -134,6 +134,77 @@ pub fn variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
     }
 }
 
+/// Which vec4 fast path (shaders/matmul_vec4.wgsl) a spec has, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FastPath {
+    /// C = A·Bᵀ (dot products along K)
+    Nt,
+    /// C = A·B
+    Nn,
+    /// C = Aᵀ·B (outer products)
+    Tn,
+}
+
+impl FastPath {
+    pub fn of(spec: MatmulSpec) -> Option<FastPath> {
+        match (spec.trans_a, spec.trans_b) {
+            (false, true) => Some(FastPath::Nt),
+            (false, false) => Some(FastPath::Nn),
+            (true, false) if spec.b_dtype == Dtype::F32 => Some(FastPath::Tn),
+            _ => None,
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            FastPath::Nt => "matmul_nt",
+            FastPath::Nn => "matmul_nn",
+            FastPath::Tn => "matmul_tn",
+        }
+    }
+
+    /// Whether a shape can take the path: the dimensions read as vec4 are multiples of 4.
+    fn fits(self, shape: MatmulShape) -> bool {
+        match self {
+            FastPath::Nt => shape.k.is_multiple_of(4),
+            FastPath::Nn => shape.k.is_multiple_of(4) && shape.n.is_multiple_of(4),
+            FastPath::Tn => shape.m.is_multiple_of(4) && shape.n.is_multiple_of(4),
+        }
+    }
+
+    /// Register blocks: large on CPU adapters (llvmpipe measured ~2× from 4×4 to 8×8), few
+    /// rows for decode-sized M.
+    pub fn tiling(self, cpu_adapter: bool, m: usize) -> Tiling {
+        let (tm, tn, wg_m, wg_n) = if cpu_adapter { (8, 8, 8, 8) } else { (4, 4, 16, 16) };
+        let tm = match self {
+            FastPath::Tn => tm, // row quads: M is a multiple of 4 here
+            _ => (m.max(1).next_power_of_two() as u32).min(tm),
+        };
+        Tiling { tm, tn, wg_m, wg_n }
+    }
+
+    fn tilings(self) -> Vec<Tiling> {
+        let mut out = Vec::new();
+        for cpu in [true, false] {
+            for m in [1, 2, 4, 8] {
+                let t = self.tiling(cpu, m);
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn fast_variant(spec: MatmulSpec, path: FastPath, tiling: Tiling) -> Variant {
+    let mut v = variant(spec, tiling);
+    v.shader = "matmul_vec4";
+    v.entry = path.entry();
+    v.defs.retain(|d| !matches!(d, Def::Bool("TRANS_A", _) | Def::Bool("TRANS_B", _)));
+    v
+}
+
 /// The specs the product uses (linear forward/backward, LoRA, attention-free products); the
 /// portability test compiles each with every tiling.
 pub fn used_specs() -> Vec<MatmulSpec> {
@@ -156,18 +227,32 @@ pub fn used_specs() -> Vec<MatmulSpec> {
 }
 
 pub fn specializations() -> Vec<Variant> {
-    used_specs().into_iter().flat_map(|s| Tiling::all().into_iter().map(move |t| variant(s, t))).collect()
+    let mut out = Vec::new();
+    for spec in used_specs() {
+        out.extend(Tiling::all().into_iter().map(|t| variant(spec, t)));
+        if let Some(path) = FastPath::of(spec) {
+            out.extend(path.tilings().into_iter().map(|t| fast_variant(spec, path, t)));
+        }
+    }
+    out
 }
 
 const OP: &str = "matmul";
 
-/// A prepared product for one shape: compiled once, recorded every step.
-pub struct Matmul {
+/// One compiled kernel of a product and its grid.
+struct Prepared {
     kernel: Arc<Kernel>,
-    spec: MatmulSpec,
-    shape: MatmulShape,
     tiling: Tiling,
     groups: [u32; 3],
+}
+
+/// A prepared product for one shape: compiled once, recorded every step. Aligned operands take
+/// the vec4 fast path when the shape allows it; anything else the general kernel.
+pub struct Matmul {
+    spec: MatmulSpec,
+    shape: MatmulShape,
+    general: Prepared,
+    fast: Option<Prepared>,
 }
 
 /// Elements a strided matrix spans: `off + (batch−1)·bs + (rows−1)·ld + cols`.
@@ -177,9 +262,31 @@ fn extent(op: &Operand, rows: usize, cols: usize, batch: usize) -> usize {
 
 impl Matmul {
     pub async fn new(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Self> {
-        Self::with_tiling(gpu, spec, shape, Tiling::choose(gpu.summary().is_cpu(), shape.m)).await
+        let cpu = gpu.summary().is_cpu();
+        let mut mm = Self::with_tiling(gpu, spec, shape, Tiling::choose(cpu, shape.m)).await?;
+        if let Some(path) = FastPath::of(spec).filter(|p| p.fits(shape)) {
+            let tiling = path.tiling(cpu, shape.m);
+            let groups = Self::grid(gpu, shape, tiling)?;
+            let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
+            mm.fast = Some(Prepared { kernel, tiling, groups });
+        }
+        Ok(mm)
     }
 
+    fn grid(gpu: &Gpu, shape: MatmulShape, tiling: Tiling) -> GpuResult<[u32; 3]> {
+        let MatmulShape { m, n, k, batch } = shape;
+        gpu.check_workgroups(
+            OP,
+            &format!("m={m} n={n} k={k} batch={batch}"),
+            [
+                (n as u64).div_ceil(tiling.tn as u64 * tiling.wg_n as u64),
+                (m as u64).div_ceil(tiling.tm as u64 * tiling.wg_m as u64),
+                batch as u64,
+            ],
+        )
+    }
+
+    /// The general kernel only, with a given tiling (tests and benchmarks).
     pub async fn with_tiling(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
         let MatmulShape { m, n, k, batch } = shape;
         if m == 0 || n == 0 || k == 0 || batch == 0 {
@@ -188,21 +295,30 @@ impl Matmul {
         if spec.b_dtype != Dtype::F32 && spec.trans_a {
             return Err(GpuError::shape(OP, "packed B is only for frozen weights (TRANS_A products are gradients)"));
         }
-        let groups = gpu.check_workgroups(
-            OP,
-            &format!("m={m} n={n} k={k} batch={batch}"),
-            [
-                (n as u64).div_ceil(tiling.tn as u64 * tiling.wg_n as u64),
-                (m as u64).div_ceil(tiling.tm as u64 * tiling.wg_m as u64),
-                batch as u64,
-            ],
-        )?;
+        let groups = Self::grid(gpu, shape, tiling)?;
         let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
-        Ok(Matmul { kernel, spec, shape, tiling, groups })
+        Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups }, fast: None })
     }
 
+    /// The vec4 fast path alone, with a given tiling (tests and benchmarks); fails if the shape
+    /// does not fit it.
+    pub async fn fast_with_tiling(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
+        let path = FastPath::of(spec)
+            .filter(|p| p.fits(shape))
+            .ok_or_else(|| GpuError::shape(OP, format!("{spec:?} {shape:?} has no vec4 fast path")))?;
+        let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
+        let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
+        mm.fast = Some(Prepared { kernel, tiling, groups: mm.general.groups });
+        Ok(mm)
+    }
+
+    /// The tiling of the kernel aligned operands get.
     pub fn tiling(&self) -> Tiling {
-        self.tiling
+        self.fast.as_ref().unwrap_or(&self.general).tiling
+    }
+
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
     }
     pub fn shape(&self) -> MatmulShape {
         self.shape
@@ -268,7 +384,14 @@ impl Matmul {
             alpha,
             _pad: [0; 3],
         };
-        batch_rec.dispatch(&self.kernel, &params, &[a.buf, b.buf, bias, c.buf], self.groups);
+        // The fast path reads A as vec4 and B in aligned quads.
+        let aligned =
+            |o: &Operand| o.off.is_multiple_of(4) && o.ld.is_multiple_of(4) && o.batch_stride.is_multiple_of(4);
+        let prepared = match &self.fast {
+            Some(fast) if aligned(&a) && aligned(&b) => fast,
+            _ => &self.general,
+        };
+        batch_rec.dispatch(&prepared.kernel, &params, &[a.buf, b.buf, bias, c.buf], prepared.groups);
         Ok(())
     }
 }
@@ -328,12 +451,21 @@ mod tests {
 
     /// Runs one random case of `spec` on the GPU and the reference, with padding around every
     /// operand (offsets, leading dimensions larger than the matrix, batch strides).
-    fn check_case(gpu: &Gpu, rng: &mut rand::rngs::StdRng, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) {
+    fn check_case(
+        gpu: &Gpu,
+        rng: &mut rand::rngs::StdRng,
+        spec: MatmulSpec,
+        shape: MatmulShape,
+        tiling: Option<Tiling>,
+    ) {
         let MatmulShape { m, n, k, batch } = shape;
+        // `None`: the product as `Matmul::new` prepares it, with 4-aligned operands so the fast
+        // path runs where the shape allows.
+        let step = if tiling.is_none() { 4 } else { 1 };
         let mut operand = |rows: usize, cols: usize| {
-            let ld = cols + rng.random_range(0..3);
-            let off = rng.random_range(0..5);
-            let bs = rows * ld + rng.random_range(0..4);
+            let ld = (cols + rng.random_range(0..3)).next_multiple_of(step);
+            let off = rng.random_range(0..5) * step;
+            let bs = (rows * ld + rng.random_range(0..4)).next_multiple_of(step);
             let len = off + (batch - 1) * bs + (rows - 1) * ld + cols + rng.random_range(0..3);
             (HostOperand { off, ld, batch_stride: bs }, len)
         };
@@ -348,7 +480,10 @@ mod tests {
         let c0 = testing::normal(rng, c_len);
         let alpha = if rng.random::<bool>() { 1.0 } else { 0.37 };
 
-        let op = pollster::block_on(Matmul::with_tiling(gpu, spec, shape, tiling)).expect("prepare");
+        let op = match tiling {
+            Some(t) => pollster::block_on(Matmul::with_tiling(gpu, spec, shape, t)).expect("prepare"),
+            None => pollster::block_on(Matmul::new(gpu, spec, shape)).expect("prepare"),
+        };
         let ab = gpu.upload("t", "a", &a).unwrap();
         let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
         let biasb = gpu.upload("t", "bias", &bias).unwrap();
@@ -363,7 +498,8 @@ mod tests {
         let mut want = c0.clone();
         matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, alpha);
         let err = rel_err(&got, &want);
-        assert!(err <= 1e-5, "{spec:?} {shape:?} {tiling:?}: ‖gpu−ref‖/‖ref‖ = {err:e}");
+        let path = if tiling.is_none() && op.has_fast_path() { "vec4" } else { "general" };
+        assert!(err <= 1e-5, "{spec:?} {shape:?} {path} {:?}: ‖gpu−ref‖/‖ref‖ = {err:e}", op.tiling());
     }
 
     #[test]
@@ -374,7 +510,14 @@ mod tests {
             for &(m, n, k, batch) in &[(1, 37, 19, 1), (7, 66, 33, 2), (19, 9, 70, 1)] {
                 let shape = MatmulShape { m, n, k, batch };
                 let tiling = Tiling::choose(rng.random(), m);
-                check_case(&gpu, &mut rng, spec, shape, tiling);
+                check_case(&gpu, &mut rng, spec, shape, Some(tiling));
+            }
+            // Shapes the vec4 paths take (K, N, M multiples of 4 where they need it), with
+            // ragged edges against the register blocks.
+            for &(m, n, k, batch) in
+                &[(1, 36, 20, 1), (3, 44, 12, 1), (12, 68, 36, 2), (20, 12, 68, 1), (36, 132, 8, 1)]
+            {
+                check_case(&gpu, &mut rng, spec, MatmulShape { m, n, k, batch }, None);
             }
         }
     }
@@ -386,9 +529,52 @@ mod tests {
         let spec = MatmulSpec { trans_b: true, ..MatmulSpec::plain() };
         for tiling in Tiling::all() {
             for &(m, n, k) in &[(1, 1, 1), (3, 70, 33), (9, 129, 65), (67, 45, 100), (130, 200, 3)] {
-                check_case(&gpu, &mut rng, spec, MatmulShape::new(m, n, k), tiling);
+                check_case(&gpu, &mut rng, spec, MatmulShape::new(m, n, k), Some(tiling));
             }
         }
+    }
+
+    #[test]
+    fn every_fast_path_tiling_matches_the_reference() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul fast tilings");
+        for spec in used_specs() {
+            let Some(path) = FastPath::of(spec) else { continue };
+            for tiling in path.tilings() {
+                // Aligned operands only (the fast path's contract); ragged M and N edges.
+                let shape = MatmulShape { m: 20, n: 44, k: 36, batch: 2 };
+                let mm = pollster::block_on(Matmul::fast_with_tiling(&gpu, spec, shape, tiling)).unwrap();
+                assert!(mm.has_fast_path());
+                check_fast(&gpu, &mut rng, spec, shape, &mm);
+            }
+        }
+    }
+
+    fn check_fast(gpu: &Gpu, rng: &mut rand::rngs::StdRng, spec: MatmulSpec, shape: MatmulShape, op: &Matmul) {
+        let MatmulShape { m, n, k, batch } = shape;
+        let dense =
+            |rows: usize, cols: usize| HostOperand { off: 4, ld: cols + 4, batch_stride: rows * (cols + 4) + 8 };
+        let (a_rows, a_cols) = if spec.trans_a { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if spec.trans_b { (n, k) } else { (k, n) };
+        let (ao, bo, co) = (dense(a_rows, a_cols), dense(b_rows, b_cols), dense(m, n));
+        let len = |o: HostOperand, rows: usize| o.off + batch * o.batch_stride + rows * o.ld;
+        let a = testing::normal(rng, len(ao, a_rows));
+        let b = dtype::round_trip(spec.b_dtype, &testing::normal(rng, len(bo, b_rows)));
+        let c0 = testing::normal(rng, len(co, m));
+        let bias = testing::normal(rng, n);
+        let ab = gpu.upload("t", "a", &a).unwrap();
+        let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
+        let cb = gpu.upload("t", "c", &c0).unwrap();
+        let biasb = gpu.upload("t", "bias", &bias).unwrap();
+        let gop = |o: HostOperand, buf| Operand { buf, off: o.off, ld: o.ld, batch_stride: o.batch_stride };
+        let mut rec = gpu.batch("t");
+        op.record(&mut rec, gop(ao, &ab), gop(bo, &bb), spec.has_bias.then_some(&biasb), gop(co, &cb), 0.5).unwrap();
+        pollster::block_on(rec.submit()).unwrap();
+        let got = pollster::block_on(gpu.read::<f32>("t", &cb)).unwrap();
+        let mut want = c0.clone();
+        matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, 0.5);
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-5, "fast {spec:?} {:?}: {err:e}", op.tiling());
     }
 
     #[test]

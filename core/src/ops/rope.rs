@@ -58,7 +58,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> GpuResult<Self> {
-        if head_dim % 2 != 0 || head_dim == 0 || max_pos == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 || max_pos == 0 {
             return Err(GpuError::shape(
                 OP,
                 format!("head_dim {head_dim} must be even and max_pos {max_pos} positive"),
