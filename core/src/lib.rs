@@ -4,6 +4,7 @@
 
 pub mod dtype;
 pub mod gpu;
+pub mod model;
 pub mod numeric;
 pub mod ops;
 pub mod rec;

