@@ -33,6 +33,7 @@ shader!(ADAMW, "adamw");
 shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
 shader!(EMBEDDING, "embedding");
+shader!(KV_CACHE, "kv_cache");
 shader!(MATMUL, "matmul");
 shader!(MATMUL_VEC4, "matmul_vec4");
 shader!(OUTPUT_HEAD, "output_head");
@@ -40,6 +41,7 @@ shader!(RESIDUAL, "residual");
 shader!(RMSNORM, "rmsnorm");
 shader!(RMSNORM_BACKWARD, "rmsnorm_backward");
 shader!(ROPE, "rope");
+shader!(SAMPLING, "sampling");
 shader!(SWIGLU, "swiglu");
 
 /// Every shader file the product ships; a test checks this matches `shaders/` exactly.
@@ -48,6 +50,7 @@ pub static ALL: &[&Shader] = &[
     &ATTENTION,
     &ATTENTION_BACKWARD,
     &EMBEDDING,
+    &KV_CACHE,
     &MATMUL,
     &MATMUL_VEC4,
     &OUTPUT_HEAD,
@@ -55,6 +58,7 @@ pub static ALL: &[&Shader] = &[
     &RMSNORM,
     &RMSNORM_BACKWARD,
     &ROPE,
+    &SAMPLING,
     &SWIGLU,
 ];
 

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod decode;
 pub mod elementwise;
 pub mod launch;
 pub mod linear;
@@ -23,5 +24,6 @@ pub fn all_specializations() -> Vec<Variant> {
     all.extend(rmsnorm::specializations());
     all.extend(rope::specializations());
     all.extend(elementwise::specializations());
+    all.extend(decode::specializations());
     all
 }

@@ -1,0 +1,51 @@
+// Writes token-major keys or values [batch·t, kv_heads·head_dim] into a head-major cache
+// [batch, kv_heads, capacity, head_dim] at cache positions pos0 … pos0 + t − 1, and copies one
+// sequence's cache to other rows (G samples sharing a prompt's prefill).
+// Specialisation: WG.
+
+struct Params {
+    batch: u32,
+    t: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    capacity: u32,
+    pos0: u32,
+    stride_y: u32,
+    src_row: u32, // kv_broadcast: the sequence whose cache is copied to every row
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cache: array<f32>;
+
+@compute @workgroup_size(WG)
+fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    let row_len = p.kv_heads * p.head_dim;
+    if (idx >= p.batch * p.t * row_len) {
+        return;
+    }
+    let d = idx % p.head_dim;
+    let g = (idx / p.head_dim) % p.kv_heads;
+    let token = idx / row_len; // b·t + i
+    let i = token % p.t;
+    let b = token / p.t;
+    cache[((b * p.kv_heads + g) * p.capacity + p.pos0 + i) * p.head_dim + d] = src[idx];
+}
+
+// Copies positions [0, t) of row src_row of `src` (a cache) into every row of `cache`.
+@compute @workgroup_size(WG)
+fn kv_broadcast(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    let per_row = p.kv_heads * p.t * p.head_dim;
+    if (idx >= p.batch * per_row) {
+        return;
+    }
+    let b = idx / per_row;
+    let r = idx % per_row;
+    let d = r % p.head_dim;
+    let i = (r / p.head_dim) % p.t;
+    let g = r / (p.head_dim * p.t);
+    let source = ((p.src_row * p.kv_heads + g) * p.capacity + i) * p.head_dim + d;
+    cache[((b * p.kv_heads + g) * p.capacity + i) * p.head_dim + d] = src[source];
+}
