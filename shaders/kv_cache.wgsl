@@ -9,9 +9,9 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     capacity: u32,
-    pos0: u32,
+    pos0: u32,    // kv_write: first cache position; kv_broadcast: first destination row
     stride_y: u32,
-    src_row: u32, // kv_broadcast: the sequence whose cache is copied to every row
+    src_row: u32, // kv_broadcast: the sequence whose cache is copied
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,7 +33,8 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
     cache[((b * p.kv_heads + g) * p.capacity + p.pos0 + i) * p.head_dim + d] = src[idx];
 }
 
-// Copies positions [0, t) of row src_row of `src` (a cache) into every row of `cache`.
+// Copies positions [0, t) of row src_row of `src` (a cache) into rows pos0 … pos0 + batch − 1
+// of `cache`.
 @compute @workgroup_size(WG)
 fn kv_broadcast(@builtin(global_invocation_id) gid: vec3<u32>) {
     let idx = gid.x + gid.y * p.stride_y;
@@ -47,5 +48,5 @@ fn kv_broadcast(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = (r / p.head_dim) % p.t;
     let g = r / (p.head_dim * p.t);
     let source = ((p.src_row * p.kv_heads + g) * p.capacity + i) * p.head_dim + d;
-    cache[((b * p.kv_heads + g) * p.capacity + i) * p.head_dim + d] = src[source];
+    cache[(((p.pos0 + b) * p.kv_heads + g) * p.capacity + i) * p.head_dim + d] = src[source];
 }

@@ -2,7 +2,12 @@
 //! folders and GGUF files, tokenizer and chat templates, and (as it lands) the GPU forward.
 
 pub mod config;
+pub mod generate;
+pub mod gpu;
 pub mod tensor;
+
+#[cfg(test)]
+pub(crate) mod tests;
 
 pub use config::{Architecture, ModelConfig};
 pub use tensor::{HostTensor, TensorData};

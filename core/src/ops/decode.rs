@@ -105,14 +105,15 @@ impl KvOps {
         Ok(())
     }
 
-    /// Copies the first `t` positions of row `src_row` of `src` (shape `src_shape`) to every row
-    /// of `dst` (shape `dst_shape`; same heads and capacity).
+    /// Copies the first `t` positions of row `src_row` of `src` (shape `src_shape`) to rows
+    /// `dst_rows` of `dst` (shape `dst_shape`; same heads and capacity).
     pub fn broadcast(
         &self,
         b: &mut Batch,
         src_shape: CacheShape,
         src_row: usize,
         dst_shape: CacheShape,
+        dst_rows: std::ops::Range<usize>,
         t: usize,
         src: &GpuBuffer,
         dst: &GpuBuffer,
@@ -121,6 +122,8 @@ impl KvOps {
             || src_shape.kv_heads != dst_shape.kv_heads
             || src_row >= src_shape.batch
             || t > src_shape.capacity
+            || dst_rows.end > dst_shape.batch
+            || dst_rows.is_empty()
         {
             return Err(GpuError::shape(
                 KV,
@@ -129,15 +132,15 @@ impl KvOps {
         }
         need(KV, "source cache", src, src_shape.elems())?;
         need(KV, "cache", dst, dst_shape.elems())?;
-        let n = dst_shape.batch * dst_shape.kv_heads * t * dst_shape.head_dim;
+        let n = dst_rows.len() * dst_shape.kv_heads * t * dst_shape.head_dim;
         let (groups, stride_y) = grid_1d(b.gpu(), KV, n, WG_1D)?;
         let p = KvParams {
-            batch: dst_shape.batch as u32,
+            batch: dst_rows.len() as u32,
             t: t as u32,
             kv_heads: dst_shape.kv_heads as u32,
             head_dim: dst_shape.head_dim as u32,
             capacity: dst_shape.capacity as u32,
-            pos0: 0,
+            pos0: dst_rows.start as u32,
             stride_y,
             src_row: src_row as u32,
         };
@@ -271,7 +274,7 @@ mod tests {
         let dst = gpu.upload("t", "dst", &vec![f32::NAN; dst_shape.elems()]).unwrap();
         let mut b = gpu.batch("t");
         ops.write(&mut b, s, t, pos0, &srcb, &cache).unwrap();
-        ops.broadcast(&mut b, s, 1, dst_shape, pos0 + t, &cache, &dst).unwrap();
+        ops.broadcast(&mut b, s, 1, dst_shape, 0..3, pos0 + t, &cache, &dst).unwrap();
         pollster::block_on(b.submit()).unwrap();
         let got = pollster::block_on(gpu.read::<f32>("t", &cache)).unwrap();
         let at = |b: usize, g: usize, pos: usize, d: usize| ((b * s.kv_heads + g) * s.capacity + pos) * s.head_dim + d;

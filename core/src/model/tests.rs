@@ -1,0 +1,144 @@
+//! Model-level consistency on small random models: the decode path (KV cache, broadcast, left
+//! padding, GPU argmax) must agree with the full forward. Parity with Hugging Face lives in the
+//! cross-crate tests, against fixtures.
+
+use super::config::{Architecture, ModelConfig};
+use super::generate::{GenerateRequest, generate};
+use super::gpu::{GpuModel, sequence_logits};
+use super::tensor::HostTensor;
+use crate::ops::decode::SamplingConfig;
+use crate::testing;
+
+pub fn tiny_config(arch: Architecture, tied: bool) -> ModelConfig {
+    ModelConfig {
+        architecture: arch,
+        vocab_size: 97,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: tied,
+        attention_bias: arch == Architecture::Qwen2,
+        max_position_embeddings: 128,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+pub fn random_tensors(config: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Vec<(String, HostTensor)> {
+    config
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let scale = if name.ends_with("norm.weight") { 0.2 } else { 0.3 };
+            let mut v: Vec<f32> = testing::normal(rng, n).into_iter().map(|x| x * scale).collect();
+            if name.ends_with("norm.weight") {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            (name, HostTensor::f32(shape, v))
+        })
+        .collect()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap() as u32
+}
+
+#[test]
+fn greedy_decode_matches_the_full_forward_for_left_padded_batches() {
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("model decode consistency");
+    for (arch, tied) in [(Architecture::Llama, false), (Architecture::Qwen2, true)] {
+        let config = tiny_config(arch, tied);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 3, 88, 42], vec![9], vec![60, 61, 2]];
+        let req = GenerateRequest {
+            prompts: prompts.clone(),
+            num_samples: 2,
+            max_new_tokens: 6,
+            sampling: SamplingConfig::greedy(),
+            stop_ids: vec![],
+        };
+        let out = pollster::block_on(generate(&gpu, &model, &req, |_, _| {})).unwrap();
+        assert_eq!(out.len(), 6);
+        for c in &out {
+            // Reference: extend the sequence one greedy token at a time with the full forward.
+            let mut seq = prompts[c.prompt].clone();
+            for &tok in &c.tokens {
+                let logits = pollster::block_on(sequence_logits(&gpu, &model, &seq)).unwrap();
+                let last = &logits[(seq.len() - 1) * config.vocab_size..];
+                let want = argmax(last);
+                // A near-tie may legitimately flip between two summation orders.
+                let mut sorted = last.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                if sorted[0] - sorted[1] > 1e-4 {
+                    assert_eq!(tok, want, "{arch:?}: prompt {} sample {} after {:?}", c.prompt, c.sample, seq);
+                }
+                seq.push(want);
+            }
+        }
+    }
+}
+
+#[test]
+fn sampled_generation_is_reproducible_and_stops_at_stop_ids() {
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("model sampling");
+    let config = tiny_config(Architecture::Llama, true);
+    let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+    let req = GenerateRequest {
+        prompts: vec![vec![1, 2, 3], vec![4, 5]],
+        num_samples: 4,
+        max_new_tokens: 12,
+        sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 11 },
+        stop_ids: vec![],
+    };
+    let a = pollster::block_on(generate(&gpu, &model, &req, |_, _| {})).unwrap();
+    let b = pollster::block_on(generate(&gpu, &model, &req, |_, _| {})).unwrap();
+    assert_eq!(a, b, "same seed, same completions");
+    assert!(a.iter().any(|c| c.tokens != a[0].tokens), "samples of a prompt differ at temperature 1");
+    // Stop on the first token the first completion produced: that completion ends there.
+    let stop = a[0].tokens[0];
+    let stopped =
+        pollster::block_on(generate(&gpu, &model, &GenerateRequest { stop_ids: vec![stop], ..req }, |_, _| {}))
+            .unwrap();
+    assert_eq!(stopped[0].tokens, vec![stop]);
+    assert!(stopped[0].stopped);
+    for c in &stopped {
+        let first_stop = c.tokens.iter().position(|&t| t == stop);
+        assert!(first_stop.is_none_or(|i| i + 1 == c.tokens.len()), "tokens continue after a stop id");
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("model errors");
+    let config = tiny_config(Architecture::Llama, true);
+    let mut tensors = random_tensors(&config, &mut rng);
+    tensors.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight");
+    let err = GpuModel::upload(&gpu, config.clone(), tensors, 64).err().unwrap().to_string();
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight is missing"), "{err}");
+    let mut tensors = random_tensors(&config, &mut rng);
+    let q = tensors.iter_mut().find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    q.1.shape.reverse();
+    let err = GpuModel::upload(&gpu, config.clone(), tensors, 64).err().unwrap().to_string();
+    assert!(err.contains("has shape"), "{err}");
+    let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 8).unwrap();
+    let err = pollster::block_on(sequence_logits(&gpu, &model, &[1, 500])).unwrap_err().to_string();
+    assert!(err.contains("token id 500 is outside the vocabulary of 97"), "{err}");
+    let long = GenerateRequest {
+        prompts: vec![vec![1; 5]],
+        num_samples: 1,
+        max_new_tokens: 10,
+        sampling: SamplingConfig::greedy(),
+        stop_ids: vec![],
+    };
+    let err = pollster::block_on(generate(&gpu, &model, &long, |_, _| {})).unwrap_err().to_string();
+    assert!(err.contains("exceeds the 8 positions"), "{err}");
+}
