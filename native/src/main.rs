@@ -2,7 +2,6 @@
 
 mod commands;
 
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -12,9 +11,10 @@ use clap::{Parser, Subcommand};
     about = "Train LLM conversational recommenders (SFT + Rank-GRPO) with hand-written WGSL on any GPU"
 )]
 struct Cli {
-    /// GPU adapter to use: an index from `convrec devices` or part of its name.
+    /// GPU adapter to use: an index from `convrec devices` or part of its name. (`--adapter`
+    /// names a LoRA adapter folder in the model commands, so the GPU is chosen with `--gpu`.)
     #[arg(long, global = true, env = "CONVREC_ADAPTER")]
-    adapter: Option<String>,
+    gpu: Option<String>,
     /// Use no optional GPU features (shader-f16, subgroups, timestamps): the portable path.
     #[arg(long, global = true)]
     portable: bool,
@@ -31,15 +31,22 @@ enum Command {
     /// Score completions: parse each into items and print its per-rank rewards and Recall/NDCG@k
     /// as one JSON line (no GPU needed).
     Score(commands::score::Args),
+    /// Run one sequence of token ids (no chat template) and write every position's logits.
+    Logits(commands::logits::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let gpu_options = convrec_core::GpuOptions { adapter: cli.adapter, portable: cli.portable };
+    let gpu_options = convrec_core::GpuOptions { adapter: cli.gpu, portable: cli.portable };
     match cli.command {
-        Command::Devices(args) => commands::devices::run(&gpu_options, args),
+        Command::Devices(args) => {
+            let gpu_options =
+                convrec_core::GpuOptions { adapter: args.adapter.clone().or(gpu_options.adapter), ..gpu_options };
+            commands::devices::run(&gpu_options, args)
+        }
         Command::Demo(args) => commands::demo::run(&gpu_options, args),
         Command::Score(args) => commands::score::run(args),
+        Command::Logits(args) => commands::logits::run(&gpu_options, args),
     }
 }

@@ -95,7 +95,9 @@ impl ModelConfig {
             }
         };
         if let Some(scaling) = c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(ConfigError::Unsupported(format!("rope_scaling {scaling} is not implemented (only plain RoPE is)")));
+            return Err(ConfigError::Unsupported(format!(
+                "rope_scaling {scaling} is not implemented (only plain RoPE is)"
+            )));
         }
         if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(ConfigError::Unsupported(format!("hidden_act {act} is not implemented (only silu is)")));
@@ -137,7 +139,10 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Unsupported(m));
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
-            return bad(format!("{} attention heads are not a multiple of {} key/value heads", self.num_heads, self.num_kv_heads));
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return bad(format!("head_dim {} must be even", self.head_dim));
@@ -152,7 +157,10 @@ impl ModelConfig {
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, f, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (qd, kvd) = (self.num_heads * d, self.num_kv_heads * d);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
         if !self.tie_word_embeddings {
             out.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
         }
@@ -188,7 +196,10 @@ mod tests {
             "rope_theta":1000000.0,"rms_norm_eps":1e-6,"tie_word_embeddings":true,"max_position_embeddings":32768,
             "eos_token_id":151645,"bos_token_id":151643,"hidden_act":"silu","rope_scaling":null,"use_sliding_window":false}"#;
         let c = ModelConfig::from_hf_json(text).unwrap();
-        assert_eq!((c.architecture, c.head_dim, c.attention_bias, c.eos_token_ids.clone()), (Architecture::Qwen2, 64, true, vec![151645]));
+        assert_eq!(
+            (c.architecture, c.head_dim, c.attention_bias, c.eos_token_ids.clone()),
+            (Architecture::Qwen2, 64, true, vec![151645])
+        );
         assert_eq!(c.expected_tensors().len(), 2 + 24 * 12);
         let scaled = text.replace(r#""rope_scaling":null"#, r#""rope_scaling":{"type":"yarn","factor":4.0}"#);
         let err = ModelConfig::from_hf_json(&scaled).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod generate;
 pub mod gpu;
+pub mod safetensors_io;
 pub mod tensor;
 
 #[cfg(test)]

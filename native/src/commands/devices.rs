@@ -5,6 +5,9 @@ use convrec_core::{GpuOptions, selfcheck};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The adapter `--check` runs on (same as the global `--gpu`).
+    #[arg(long)]
+    pub adapter: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,

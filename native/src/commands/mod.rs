@@ -1,5 +1,6 @@
 pub mod demo;
 pub mod devices;
+pub mod logits;
 pub mod score;
 
 use anyhow::Context;
