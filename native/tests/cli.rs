@@ -39,11 +39,15 @@ fn an_unknown_adapter_is_a_clear_error_naming_the_alternatives() {
     if !has_gpu() {
         return;
     }
-    let out = convrec().args(["--adapter", "no-such-gpu-xyz", "devices", "--check"]).output().expect("run convrec");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("available adapters: [0]"),
-        "{stderr}"
-    );
+    for args in
+        [["devices", "--adapter", "no-such-gpu-xyz", "--check"], ["--gpu", "no-such-gpu-xyz", "devices", "--check"]]
+    {
+        let out = convrec().args(args).output().expect("run convrec");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("available adapters: [0]"),
+            "{stderr}"
+        );
+    }
 }
