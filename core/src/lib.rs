@@ -12,5 +12,6 @@ pub mod selfcheck;
 pub mod shaders;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod train;
 
 pub use gpu::{Gpu, GpuError, GpuOptions, GpuResult};

@@ -603,3 +603,26 @@ mod tests {
         assert!(err.to_string().contains(&format!("{}", limit + 1)), "{err}");
     }
 }
+
+/// Products prepared ahead of recording (preparation compiles kernels and is async; recording
+/// is not), keyed by spec and shape.
+#[derive(Default)]
+pub struct MatmulSet {
+    products: std::collections::HashMap<(MatmulSpec, (usize, usize, usize, usize)), Matmul>,
+}
+
+impl MatmulSet {
+    pub async fn prepare(&mut self, gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<()> {
+        let key = (spec, (shape.m, shape.n, shape.k, shape.batch));
+        if !self.products.contains_key(&key) {
+            self.products.insert(key, Matmul::new(gpu, spec, shape).await?);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<&Matmul> {
+        self.products
+            .get(&(spec, (shape.m, shape.n, shape.k, shape.batch)))
+            .ok_or_else(|| GpuError::shape(OP, format!("{spec:?} {shape:?} was not prepared")))
+    }
+}

@@ -1,0 +1,161 @@
+//! LoRA adapters (PEFT's conventions): for each targeted projection W `[out, in]` of each layer,
+//! A `[r, in]` and B `[out, r]`, adding `(alpha / r) · B (A x)` to the output without ever forming
+//! `B·A`. All factors live in one flat f32 buffer so one AdamW dispatch updates them all; each
+//! factor starts at a 4-aligned offset so the vec4 matmul paths apply.
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelConfig;
+
+/// A projection LoRA can target, with PEFT's module name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::QProj,
+        Target::KProj,
+        Target::VProj,
+        Target::OProj,
+        Target::GateProj,
+        Target::UpProj,
+        Target::DownProj,
+    ];
+
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Target::QProj => "q_proj",
+            Target::KProj => "k_proj",
+            Target::VProj => "v_proj",
+            Target::OProj => "o_proj",
+            Target::GateProj => "gate_proj",
+            Target::UpProj => "up_proj",
+            Target::DownProj => "down_proj",
+        }
+    }
+
+    pub fn from_module_name(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.module_name() == name)
+    }
+
+    /// `self_attn` or `mlp`: the parent module in HF's layer.
+    pub fn parent(self) -> &'static str {
+        match self {
+            Target::QProj | Target::KProj | Target::VProj | Target::OProj => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    /// (in, out) features of the projection.
+    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, f, qd, kvd) =
+            (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        match self {
+            Target::QProj => (h, qd),
+            Target::KProj | Target::VProj => (h, kvd),
+            Target::OProj => (qd, h),
+            Target::GateProj | Target::UpProj => (h, f),
+            Target::DownProj => (f, h),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f32,
+    pub targets: Vec<Target>,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.r as f32
+    }
+}
+
+/// Where one factor lives in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Factor {
+    pub layer: usize,
+    pub target: Target,
+    /// True for A `[r, in]`, false for B `[out, r]`.
+    pub is_a: bool,
+    pub offset: usize,
+    pub shape: [usize; 2],
+}
+
+impl Factor {
+    pub fn len(&self) -> usize {
+        self.shape[0] * self.shape[1]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// PEFT's key in `adapter_model.safetensors`.
+    pub fn peft_key(&self) -> String {
+        format!(
+            "base_model.model.model.layers.{}.{}.{}.lora_{}.weight",
+            self.layer,
+            self.target.parent(),
+            self.target.module_name(),
+            if self.is_a { "A" } else { "B" }
+        )
+    }
+}
+
+/// The flat layout of every factor of an adapter on a model.
+#[derive(Clone, Debug)]
+pub struct LoraLayout {
+    pub config: LoraConfig,
+    pub factors: Vec<Factor>,
+    pub len: usize,
+}
+
+impl LoraLayout {
+    pub fn new(model: &ModelConfig, config: LoraConfig) -> Self {
+        let mut factors = Vec::new();
+        let mut offset = 0;
+        let mut targets = config.targets.clone();
+        targets.sort();
+        targets.dedup();
+        for layer in 0..model.num_layers {
+            for &target in &targets {
+                let (inp, out) = target.dims(model);
+                for (is_a, shape) in [(true, [config.r, inp]), (false, [out, config.r])] {
+                    factors.push(Factor { layer, target, is_a, offset, shape });
+                    offset = (offset + shape[0] * shape[1]).next_multiple_of(4);
+                }
+            }
+        }
+        LoraLayout { config: LoraConfig { targets, ..config }, factors, len: offset }
+    }
+
+    pub fn factor(&self, layer: usize, target: Target, is_a: bool) -> Option<&Factor> {
+        self.factors.iter().find(|f| f.layer == layer && f.target == target && f.is_a == is_a)
+    }
+
+    /// PEFT's initialisation: A Kaiming-uniform with a = √5 (bound 1/√in), B zero, so the
+    /// adapter starts as the identity.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut params = vec![0f32; self.len];
+        for f in self.factors.iter().filter(|f| f.is_a) {
+            let bound = 1.0 / (f.shape[1] as f32).sqrt();
+            for v in &mut params[f.offset..f.offset + f.len()] {
+                *v = rng.random_range(-bound..bound);
+            }
+        }
+        params
+    }
+}

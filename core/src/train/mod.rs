@@ -1,0 +1,6 @@
+//! Training: LoRA adapters, the backward pass through the model, and the objectives (SFT now;
+//! Rank-GRPO as it lands).
+
+pub mod backprop;
+pub mod grads;
+pub mod lora;
