@@ -126,6 +126,37 @@ impl GpuModel {
         Ok(GpuModel { config, embed, final_norm, lm_head, layers, rope })
     }
 
+    /// Another handle on the same GPU weights (buffers are shared, not copied), so that a view
+    /// can replace some projections (an adapter merged in) and keep the rest.
+    pub fn share(&self) -> GpuModel {
+        let w = |x: &Weight| Weight { buf: x.buf.clone(), dtype: x.dtype, shape: x.shape.clone() };
+        GpuModel {
+            config: self.config.clone(),
+            embed: w(&self.embed),
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(w),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    input_norm: l.input_norm.clone(),
+                    post_norm: l.post_norm.clone(),
+                    q: w(&l.q),
+                    k: w(&l.k),
+                    v: w(&l.v),
+                    o: w(&l.o),
+                    gate: w(&l.gate),
+                    up: w(&l.up),
+                    down: w(&l.down),
+                    q_bias: l.q_bias.clone(),
+                    k_bias: l.k_bias.clone(),
+                    v_bias: l.v_bias.clone(),
+                })
+                .collect(),
+            rope: self.rope.clone(),
+        }
+    }
+
     /// The output projection (the embedding when tied).
     pub fn head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)

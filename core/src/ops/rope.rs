@@ -49,6 +49,7 @@ pub fn tables(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>, Vec<f32
 }
 
 /// GPU-resident tables for one model.
+#[derive(Clone)]
 pub struct RopeTables {
     pub head_dim: usize,
     pub max_pos: usize,

@@ -4,3 +4,5 @@
 pub mod backprop;
 pub mod grads;
 pub mod lora;
+pub mod merge;
+pub mod peft;
