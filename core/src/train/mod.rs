@@ -6,3 +6,4 @@ pub mod grads;
 pub mod lora;
 pub mod merge;
 pub mod peft;
+pub mod trainer;

@@ -1,0 +1,287 @@
+//! The LoRA training loop's GPU side, shared by SFT and RL: micro-batches of token sequences with
+//! per-token loss weights on log-probs, gradient accumulation, global-norm clipping and AdamW,
+//! all on the GPU. Only per-row statistics (log-probs, entropies) and the gradient norm come back.
+
+use std::collections::HashMap;
+
+use super::backprop::{LoraState, TrainInputs, TrainPlan};
+use super::lora::LoraLayout;
+use crate::gpu::{Gpu, GpuBuffer};
+use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids};
+use crate::ops::adamw::{AdamW, AdamWConfig};
+
+/// One micro-batch, left-padded to `t` tokens per sequence (host side).
+#[derive(Clone, Debug, Default)]
+pub struct MicroBatch {
+    pub batch: usize,
+    pub t: usize,
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub key_start: Vec<u32>,
+    /// Per row: the token whose log-prob row p scores (the next token).
+    pub targets: Vec<u32>,
+    /// Per row: ∂loss/∂logp(target) (0 for rows outside the loss).
+    pub weights: Vec<f32>,
+}
+
+impl MicroBatch {
+    /// Sequences `prompt ++ completion` with the next-token loss on the completion tokens,
+    /// each weighted by `weight_of(sequence, completion token index)`. Sequences are left-padded
+    /// to a length rounded up to `round_to` (fewer distinct shapes, fewer plans).
+    pub fn from_sequences(
+        seqs: &[(Vec<u32>, Vec<u32>)],
+        round_to: usize,
+        weight_of: impl Fn(usize, usize) -> f32,
+    ) -> Self {
+        let longest = seqs.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+        let t = longest.next_multiple_of(round_to.max(1));
+        let mut mb = MicroBatch { batch: seqs.len(), t, ..Default::default() };
+        for (s, (prompt, completion)) in seqs.iter().enumerate() {
+            let len = prompt.len() + completion.len();
+            let pad = t - len;
+            mb.key_start.push(pad as u32);
+            let seq: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+            for p in 0..t {
+                let (id, pos) = if p < pad { (0, 0) } else { (seq[p - pad], (p - pad) as u32) };
+                mb.ids.push(id);
+                mb.positions.push(pos);
+                // Row p predicts the token at p + 1; it is a completion token when its index in
+                // the sequence is ≥ prompt length.
+                let next = p + 1;
+                if next < t && next >= pad + prompt.len() {
+                    mb.targets.push(seq[next - pad]);
+                    mb.weights.push(weight_of(s, next - pad - prompt.len()));
+                } else {
+                    mb.targets.push(0);
+                    mb.weights.push(0.0);
+                }
+            }
+        }
+        mb
+    }
+}
+
+/// Per-row statistics of the last forward: log-prob of the target and entropy.
+#[derive(Clone, Debug)]
+pub struct RowStats {
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+}
+
+pub struct LoraTrainer {
+    pub layout: LoraLayout,
+    pub params: GpuBuffer,
+    pub grads: GpuBuffer,
+    pub optimizer: AdamW,
+    /// Optimiser steps taken.
+    pub step: u64,
+    plans: HashMap<(usize, usize), TrainPlan>,
+    vocab_chunk: usize,
+}
+
+const OP: &str = "train";
+
+impl LoraTrainer {
+    pub async fn new(gpu: &Gpu, layout: LoraLayout, params: &[f32], config: AdamWConfig) -> ModelResult<Self> {
+        if params.len() != layout.len {
+            return Err(ModelError::Invalid(format!(
+                "{} parameters for an adapter layout of {}",
+                params.len(),
+                layout.len
+            )));
+        }
+        Ok(LoraTrainer {
+            params: gpu.upload(OP, "adapter", params)?,
+            grads: gpu.upload(OP, "adapter gradients", &vec![0f32; layout.len])?,
+            optimizer: AdamW::new(gpu, layout.len, config).await?,
+            layout,
+            step: 0,
+            plans: HashMap::new(),
+            vocab_chunk: 8192,
+        })
+    }
+
+    async fn plan(&mut self, gpu: &Gpu, model: &GpuModel, batch: usize, t: usize) -> ModelResult<&TrainPlan> {
+        if !self.plans.contains_key(&(batch, t)) {
+            // One live plan: activations for every layer are large, shapes rarely repeat.
+            self.plans.clear();
+            let plan = TrainPlan::new(gpu, model, &self.layout, batch, t, self.vocab_chunk).await?;
+            self.plans.insert((batch, t), plan);
+        }
+        Ok(&self.plans[&(batch, t)])
+    }
+
+    /// Forward (+ backward when `train`) of one micro-batch; gradients accumulate into `grads`.
+    /// Returns each row's target log-prob and entropy.
+    pub async fn run(
+        &mut self,
+        gpu: &Gpu,
+        model: &GpuModel,
+        mb: &MicroBatch,
+        train: bool,
+        temperature: f32,
+    ) -> ModelResult<RowStats> {
+        check_ids(model, &mb.ids)?;
+        check_ids(model, &mb.targets)?;
+        let rows = mb.batch * mb.t;
+        let up32 = |what: &str, v: &[u32]| gpu.upload(OP, what, v);
+        let ids = up32("ids", &mb.ids)?;
+        let positions = up32("positions", &mb.positions)?;
+        let key_start = up32("key start", &mb.key_start)?;
+        let targets = up32("targets", &mb.targets)?;
+        let dlogp = gpu.upload(OP, "loss weights", &mb.weights)?;
+        let (params, grads) = (self.params.clone(), self.grads.clone());
+        let layout = self.layout.clone();
+        let plan = self.plan(gpu, model, mb.batch, mb.t).await?;
+        let lora = LoraState { layout: &layout, params: &params, grads: &grads };
+        let inputs = TrainInputs { ids: &ids, positions: &positions, key_start: &key_start, targets: &targets };
+        let mut b = gpu.batch(OP);
+        plan.forward(&mut b, model, &lora, &inputs, temperature)?;
+        if train {
+            plan.backward(&mut b, model, &lora, &inputs, &dlogp, temperature)?;
+        }
+        b.submit().await?;
+        let stats = gpu.read::<f32>(OP, &plan.head.row_stats).await?;
+        Ok(RowStats {
+            logp: (0..rows).map(|r| stats[r * 4 + 2]).collect(),
+            entropy: (0..rows).map(|r| stats[r * 4 + 3]).collect(),
+        })
+    }
+
+    /// Zeroes the accumulated gradients.
+    pub async fn zero_grads(&self, gpu: &Gpu) -> ModelResult<()> {
+        let mut b = gpu.batch(OP);
+        b.clear(&self.grads);
+        b.submit().await?;
+        Ok(())
+    }
+
+    /// One optimiser step on the accumulated gradients (scaled by `grad_scale`); returns the
+    /// gradient norm before clipping.
+    pub async fn optimizer_step(&mut self, gpu: &Gpu, lr: f32, grad_scale: f32) -> ModelResult<f32> {
+        self.step += 1;
+        let mut b = gpu.batch(OP);
+        self.optimizer.step(&mut b, &self.params, &self.grads, self.step, lr, grad_scale)?;
+        b.clear(&self.grads);
+        b.submit().await?;
+        let norm = gpu.read::<f32>(OP, &self.optimizer.norm).await?;
+        Ok(norm[self.optimizer.norm_index()])
+    }
+
+    pub async fn read_params(&self, gpu: &Gpu) -> ModelResult<Vec<f32>> {
+        Ok(gpu.read::<f32>(OP, &self.params).await?)
+    }
+
+    /// Adam moments (m, v) for checkpoints.
+    pub async fn read_moments(&self, gpu: &Gpu) -> ModelResult<(Vec<f32>, Vec<f32>)> {
+        Ok((gpu.read::<f32>(OP, &self.optimizer.m).await?, gpu.read::<f32>(OP, &self.optimizer.v).await?))
+    }
+
+    /// Restores parameters, moments and step from a checkpoint.
+    pub fn restore(&mut self, gpu: &Gpu, params: &[f32], m: &[f32], v: &[f32], step: u64) -> ModelResult<()> {
+        for (what, x) in [("parameters", params), ("first moments", m), ("second moments", v)] {
+            if x.len() != self.layout.len {
+                return Err(ModelError::Invalid(format!(
+                    "checkpoint {what}: {} values for a layout of {}",
+                    x.len(),
+                    self.layout.len
+                )));
+            }
+        }
+        gpu.write(&self.params, bytemuck::cast_slice(params));
+        gpu.write(&self.optimizer.m, bytemuck::cast_slice(m));
+        gpu.write(&self.optimizer.v, bytemuck::cast_slice(v));
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Learning-rate schedules (Hugging Face's definitions).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    /// Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`.
+    Cosine {
+        warmup: u64,
+        total: u64,
+    },
+}
+
+impl Schedule {
+    /// The multiplier of the base learning rate at 0-based `step`.
+    pub fn factor(&self, step: u64) -> f32 {
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine { warmup, total } => {
+                if step < warmup {
+                    return step as f32 / warmup.max(1) as f32;
+                }
+                let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+                (0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())) as f32
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Architecture;
+    use crate::model::tests::{random_tensors, tiny_config};
+    use crate::testing;
+    use crate::train::lora::{LoraConfig, Target};
+
+    #[test]
+    fn micro_batches_put_targets_on_completion_tokens_only() {
+        let mb =
+            MicroBatch::from_sequences(&[(vec![1, 2], vec![3, 4]), (vec![5], vec![6])], 1, |_, i| -(i as f32 + 1.0));
+        assert_eq!((mb.t, mb.key_start.clone()), (4, vec![0, 2]));
+        assert_eq!(mb.ids, vec![1, 2, 3, 4, 0, 0, 5, 6]);
+        assert_eq!(mb.positions, vec![0, 1, 2, 3, 0, 0, 0, 1]);
+        // Row 1 predicts 3 (completion token 0), row 2 predicts 4; second sequence: row 6 → 6.
+        assert_eq!(mb.weights, vec![0.0, -1.0, -2.0, 0.0, 0.0, 0.0, -1.0, 0.0]);
+        assert_eq!(mb.targets[1..3], [3, 4]);
+        assert_eq!(mb.targets[6], 6);
+    }
+
+    #[test]
+    fn schedules_follow_hugging_face() {
+        let s = Schedule::Cosine { warmup: 10, total: 110 };
+        assert_eq!(s.factor(0), 0.0);
+        assert!((s.factor(5) - 0.5).abs() < 1e-6);
+        assert!((s.factor(10) - 1.0).abs() < 1e-6);
+        assert!((s.factor(60) - 0.5).abs() < 1e-6);
+        assert!(s.factor(110).abs() < 1e-6);
+        assert_eq!(Schedule::Constant.factor(1000), 1.0);
+    }
+
+    #[test]
+    fn training_lowers_the_loss_on_a_memorisable_batch() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("trainer");
+        let config = tiny_config(Architecture::Llama, true);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 32).unwrap();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 8, alpha: 16.0, targets: Target::ALL.to_vec() });
+        let init = layout.init(3);
+        let mut trainer = pollster::block_on(LoraTrainer::new(
+            &gpu,
+            layout,
+            &init,
+            AdamWConfig { weight_decay: 0.0, ..Default::default() },
+        ))
+        .unwrap();
+        let seqs = vec![(vec![1, 2, 3], vec![10, 20, 30, 40]), (vec![4, 5], vec![50, 60, 70])];
+        let n = 7.0;
+        let mb = MicroBatch::from_sequences(&seqs, 4, |_, _| -1.0 / n);
+        let loss = |s: &RowStats| -> f32 { s.logp.iter().zip(&mb.weights).map(|(l, w)| l * w).sum() };
+        let first = pollster::block_on(trainer.run(&gpu, &model, &mb, true, 1.0)).unwrap();
+        let mut last = loss(&first);
+        let start = last;
+        for _ in 0..30 {
+            pollster::block_on(trainer.optimizer_step(&gpu, 1e-2, 1.0)).unwrap();
+            last = loss(&pollster::block_on(trainer.run(&gpu, &model, &mb, true, 1.0)).unwrap());
+        }
+        assert!(last < 0.5 * start, "loss went from {start} to {last}");
+    }
+}
