@@ -1,6 +1,7 @@
 //! The native side of convrec shared by the `convrec` binary, its tests and the cross-crate
 //! tests: files, caches and fetching. Everything platform-neutral lives in `convrec-core`.
 
+pub mod adapter_files;
 pub mod fetch;
 pub mod model_files;
 

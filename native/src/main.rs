@@ -33,6 +33,8 @@ enum Command {
     Score(commands::score::Args),
     /// Run one sequence of token ids (no chat template) and write every position's logits.
     Logits(commands::logits::Args),
+    /// Mean next-token NLL of one sequence and the gradient of every LoRA tensor (PEFT keys).
+    LoraGrads(commands::lora_grads::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => commands::demo::run(&gpu_options, args),
         Command::Score(args) => commands::score::run(args),
         Command::Logits(args) => commands::logits::run(&gpu_options, args),
+        Command::LoraGrads(args) => commands::lora_grads::run(&gpu_options, args),
     }
 }

@@ -1,6 +1,7 @@
 pub mod demo;
 pub mod devices;
 pub mod logits;
+pub mod lora_grads;
 pub mod score;
 
 use anyhow::Context;
