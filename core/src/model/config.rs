@@ -62,6 +62,8 @@ struct HfConfig {
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 writes `{rope_theta, rope_type}` here instead of a top-level rope_theta.
+    rope_parameters: Option<serde_json::Value>,
     hidden_act: Option<String>,
     use_sliding_window: Option<bool>,
     pretraining_tp: Option<usize>,
@@ -99,6 +101,18 @@ impl ModelConfig {
                 "rope_scaling {scaling} is not implemented (only plain RoPE is)"
             )));
         }
+        let mut rope_theta = c.rope_theta;
+        if let Some(params) = c.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+            let rope_type = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+            if rope_type != "default" {
+                return Err(ConfigError::Unsupported(format!(
+                    "rope_parameters.rope_type {rope_type} is not implemented (only default RoPE is)"
+                )));
+            }
+            if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
+                rope_theta = Some(theta as f32);
+            }
+        }
         if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(ConfigError::Unsupported(format!("hidden_act {act} is not implemented (only silu is)")));
         }
@@ -122,7 +136,7 @@ impl ModelConfig {
             num_heads: heads,
             num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
             head_dim: c.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
-            rope_theta: c.rope_theta.unwrap_or(10000.0),
+            rope_theta: rope_theta.unwrap_or(10000.0),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             // Qwen2 always has q/k/v biases; Llama has them only with attention_bias.
@@ -204,6 +218,14 @@ mod tests {
         let scaled = text.replace(r#""rope_scaling":null"#, r#""rope_scaling":{"type":"yarn","factor":4.0}"#);
         let err = ModelConfig::from_hf_json(&scaled).unwrap_err().to_string();
         assert!(err.contains("rope_scaling") && err.contains("yarn"), "{err}");
+        // transformers 5 layout
+        let v5 = text.replace(
+            r#""rope_theta":1000000.0,"#,
+            r#""rope_parameters":{"rope_theta":500000.0,"rope_type":"default"},"#,
+        );
+        assert_eq!(ModelConfig::from_hf_json(&v5).unwrap().rope_theta, 500000.0);
+        let v5_yarn = v5.replace(r#""rope_type":"default""#, r#""rope_type":"yarn""#);
+        assert!(ModelConfig::from_hf_json(&v5_yarn).unwrap_err().to_string().contains("rope_type yarn"));
         let bad = text.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#);
         assert!(ModelConfig::from_hf_json(&bad).unwrap_err().to_string().contains("not a multiple"));
         assert!(ModelConfig::from_hf_json("{").unwrap_err().to_string().contains("not valid JSON"));
