@@ -8,6 +8,7 @@ pub mod model;
 pub mod numeric;
 pub mod ops;
 pub mod rec;
+pub mod rl;
 pub mod selfcheck;
 pub mod shaders;
 #[cfg(not(target_arch = "wasm32"))]

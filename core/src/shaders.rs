@@ -33,6 +33,7 @@ shader!(ADAMW, "adamw");
 shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
 shader!(EMBEDDING, "embedding");
+shader!(GRPO_LOSS, "grpo_loss");
 shader!(KV_CACHE, "kv_cache");
 shader!(MATMUL, "matmul");
 shader!(MATMUL_VEC4, "matmul_vec4");
@@ -50,6 +51,7 @@ pub static ALL: &[&Shader] = &[
     &ATTENTION,
     &ATTENTION_BACKWARD,
     &EMBEDDING,
+    &GRPO_LOSS,
     &KV_CACHE,
     &MATMUL,
     &MATMUL_VEC4,

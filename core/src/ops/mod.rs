@@ -25,5 +25,6 @@ pub fn all_specializations() -> Vec<Variant> {
     all.extend(rope::specializations());
     all.extend(elementwise::specializations());
     all.extend(decode::specializations());
+    all.extend(crate::rl::objective::specializations());
     all
 }
