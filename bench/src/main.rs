@@ -3,6 +3,7 @@
 
 mod baseline;
 mod kernels;
+mod model;
 mod timing;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// GFLOP/s and GB/s of each op at SmolLM2-135M and Qwen2.5-0.5B shapes.
     Kernels(kernels::Args),
+    /// Prefill/decode tokens/s and a LoRA training step at SmolLM2-135M's shape, with PyTorch.
+    Model(model::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     }))?;
     match cli.command {
         Command::Kernels(args) => kernels::run(&gpu, args),
+        Command::Model(args) => model::run(&gpu, args),
     }
 }

@@ -435,6 +435,7 @@ pub fn left_pad(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>, Vec<u32>, usize) {
 pub async fn sequence_logits(gpu: &Gpu, model: &GpuModel, ids: &[u32]) -> ModelResult<Vec<f32>> {
     let t = ids.len();
     check_ids(model, ids)?;
+    check_length(model, t)?;
     let plan = ForwardPlan::new(gpu, model, 1, t).await?;
     let logits = LogitsOp::new(gpu, model, t).await?;
     let (ids, positions, key_start, _) = left_pad(&[ids.to_vec()]);
@@ -458,12 +459,13 @@ pub fn check_ids(model: &GpuModel, ids: &[u32]) -> ModelResult<()> {
             model.config.vocab_size
         )));
     }
-    if ids.len() > model.rope.max_pos {
-        return Err(ModelError::Invalid(format!(
-            "{} tokens exceed the {} positions prepared",
-            ids.len(),
-            model.rope.max_pos
-        )));
+    Ok(())
+}
+
+/// Fails when sequences of `t` tokens do not fit the positions the model was prepared for.
+pub fn check_length(model: &GpuModel, t: usize) -> ModelResult<()> {
+    if t > model.rope.max_pos {
+        return Err(ModelError::Invalid(format!("{t} tokens exceed the {} positions prepared", model.rope.max_pos)));
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use super::backprop::{LoraState, TrainInputs, TrainPlan};
 use super::lora::LoraLayout;
 use crate::gpu::Gpu;
-use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, left_pad};
+use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length, left_pad};
 
 /// (loss, gradient of every factor in the flat layout).
 pub async fn lora_loss_and_grads(
@@ -17,6 +17,7 @@ pub async fn lora_loss_and_grads(
     labels_from: usize,
 ) -> ModelResult<(f64, Vec<f32>)> {
     check_ids(model, ids)?;
+    check_length(model, ids.len())?;
     let t = ids.len();
     if labels_from < 1 || labels_from >= t {
         return Err(ModelError::Invalid(format!(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::backprop::{LoraState, TrainInputs, TrainPlan};
 use super::lora::LoraLayout;
 use crate::gpu::{Gpu, GpuBuffer};
-use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids};
+use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 
 /// One micro-batch, left-padded to `t` tokens per sequence (host side).
@@ -123,6 +123,7 @@ impl LoraTrainer {
     ) -> ModelResult<RowStats> {
         check_ids(model, &mb.ids)?;
         check_ids(model, &mb.targets)?;
+        check_length(model, mb.t)?;
         let rows = mb.batch * mb.t;
         let up32 = |what: &str, v: &[u32]| gpu.upload(OP, what, v);
         let ids = up32("ids", &mb.ids)?;
