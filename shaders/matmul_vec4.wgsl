@@ -196,3 +196,41 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     //#end
     //#end
 }
+
+// Decode-sized products (few rows): C = α·A·Bᵀ with K split across KL lanes of a workgroup, so
+// neighbouring invocations read neighbouring vec4s of the same row of B (contiguous loads) instead
+// of one row each (gathers); the KL partial sums meet in workgroup memory. Workgroup (KL, WG_N):
+// WG_N columns per workgroup, all TM rows per invocation.
+var<workgroup> partial: array<f32, TM * KL * WG_N>;
+
+@compute @workgroup_size(KL, WG_N, 1)
+fn matmul_nt_splitk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let lane = lid.x;
+    let col = wid.x * WG_N + lid.y;
+    let z = wid.z;
+    let col_c = min(col, p.n - 1u);
+    let b_row = p.b_off + z * p.batch_b + col_c * p.ldb;
+    //#for i in TM
+    let a${i} = (p.a_off + z * p.batch_a + min(${i}u, p.m - 1u) * p.lda) / 4u;
+    var acc${i} = 0.0;
+    //#end
+    for (var kk = lane; kk < p.k / 4u; kk += KL) {
+        let w = load_b4(b_row + 4u * kk);
+        //#for i in TM
+        acc${i} += dot(a[a${i} + kk], w);
+        //#end
+    }
+    //#for i in TM
+    partial[(${i}u * WG_N + lid.y) * KL + lane] = acc${i};
+    //#end
+    workgroupBarrier();
+    if (lane == 0u && col < p.n) {
+        //#for i in TM
+        var s${i} = 0.0;
+        for (var l = 0u; l < KL; l++) {
+            s${i} += partial[(${i}u * WG_N + lid.y) * KL + l];
+        }
+        store(${i}u, col, z, s${i});
+        //#end
+    }
+}

@@ -197,11 +197,26 @@ impl FastPath {
     }
 }
 
+/// Split-K decode variant of `matmul_nt` for `rows` ≤ 8 (see `shaders/matmul_vec4.wgsl`).
+pub fn splitk_variant(spec: MatmulSpec, rows: u32) -> Variant {
+    let mut v = fast_variant(spec, FastPath::Nt, Tiling { tm: rows, tn: 4, wg_m: 1, wg_n: SPLITK_COLUMNS });
+    v.entry = "matmul_nt_splitk";
+    v
+}
+
+/// Lanes sharing one column's K, and columns per workgroup, of the split-K decode path.
+pub const SPLITK_LANES: u32 = 8;
+pub const SPLITK_COLUMNS: u32 = 8;
+/// Rows up to which NT products take the split-K path.
+pub const SPLITK_MAX_ROWS: usize = 8;
+
 pub fn fast_variant(spec: MatmulSpec, path: FastPath, tiling: Tiling) -> Variant {
     let mut v = variant(spec, tiling);
     v.shader = "matmul_vec4";
     v.entry = path.entry();
     v.defs.retain(|d| !matches!(d, Def::Bool("TRANS_A", _) | Def::Bool("TRANS_B", _)));
+    // The file's split-K entry point sizes its workgroup memory with KL.
+    v.defs.push(Def::U32("KL", SPLITK_LANES));
     v
 }
 
@@ -232,6 +247,9 @@ pub fn specializations() -> Vec<Variant> {
         out.extend(Tiling::all().into_iter().map(|t| variant(spec, t)));
         if let Some(path) = FastPath::of(spec) {
             out.extend(path.tilings().into_iter().map(|t| fast_variant(spec, path, t)));
+            if path == FastPath::Nt {
+                out.extend((1..=SPLITK_MAX_ROWS as u32).map(|rows| splitk_variant(spec, rows)));
+            }
         }
     }
     out
@@ -265,12 +283,29 @@ impl Matmul {
         let cpu = gpu.summary().is_cpu();
         let mut mm = Self::with_tiling(gpu, spec, shape, Tiling::choose(cpu, shape.m)).await?;
         if let Some(path) = FastPath::of(spec).filter(|p| p.fits(shape)) {
-            let tiling = path.tiling(cpu, shape.m);
-            let groups = Self::grid(gpu, shape, tiling)?;
-            let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
-            mm.fast = Some(Prepared { kernel, tiling, groups });
+            // Split-K reads B coalesced, which GPUs need for decode; llvmpipe measured it 2–4×
+            // slower than register blocks (bench/RESULTS.md), so CPU adapters keep those.
+            if path == FastPath::Nt && shape.m <= SPLITK_MAX_ROWS && !cpu {
+                mm.fast = Some(Self::prepare_splitk(gpu, spec, shape).await?);
+            } else {
+                let tiling = path.tiling(cpu, shape.m);
+                let groups = Self::grid(gpu, shape, tiling)?;
+                let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
+                mm.fast = Some(Prepared { kernel, tiling, groups });
+            }
         }
         Ok(mm)
+    }
+
+    async fn prepare_splitk(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Prepared> {
+        let rows = shape.m as u32;
+        let kernel = gpu.kernel(&splitk_variant(spec, rows), &BINDINGS).await?;
+        let groups = gpu.check_workgroups(
+            OP,
+            &format!("m={} n={} k={} batch={}", shape.m, shape.n, shape.k, shape.batch),
+            [(shape.n as u64).div_ceil(SPLITK_COLUMNS as u64), 1, shape.batch as u64],
+        )?;
+        Ok(Prepared { kernel, tiling: Tiling { tm: rows, tn: 1, wg_m: 1, wg_n: SPLITK_COLUMNS }, groups })
     }
 
     fn grid(gpu: &Gpu, shape: MatmulShape, tiling: Tiling) -> GpuResult<[u32; 3]> {
@@ -575,6 +610,25 @@ mod tests {
         matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, 0.5);
         let err = rel_err(&got, &want);
         assert!(err <= 1e-5, "fast {spec:?} {:?}: {err:e}", op.tiling());
+    }
+
+    #[test]
+    fn decode_rows_take_the_split_k_path_and_match() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul split-k");
+        for dt in Dtype::ALL {
+            for has_bias in [false, true] {
+                let spec = MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate: has_bias, b_dtype: dt };
+                for m in 1..=SPLITK_MAX_ROWS {
+                    let shape = MatmulShape { m, n: 37, k: 4 * 29, batch: 1 };
+                    // Forced here: on CPU adapters `Matmul::new` prefers register blocks.
+                    let mut mm =
+                        pollster::block_on(Matmul::with_tiling(&gpu, spec, shape, Tiling::choose(true, m))).unwrap();
+                    mm.fast = Some(pollster::block_on(Matmul::prepare_splitk(&gpu, spec, shape)).unwrap());
+                    check_fast(&gpu, &mut rng, spec, shape, &mm);
+                }
+            }
+        }
     }
 
     #[test]
