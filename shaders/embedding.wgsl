@@ -1,6 +1,8 @@
 // Embedding gather: out[r, :] = table[ids[r], :], the table stored f32 or as packed f16/bf16
-// pairs (see matmul.wgsl's load_b). An id past the vocabulary writes zeros (the host validates ids;
-// the GPU never reads out of bounds).
+// pairs (see matmul.wgsl's load_b). A table larger than one binding is split into row shards, one
+// dispatch each: a dispatch writes the rows whose id falls in its shard [vocab0, vocab0 + shard_rows).
+// An id past the whole vocabulary gets zeros from the first shard's dispatch (the host validates
+// ids; the GPU never reads out of bounds).
 // Specialisation: WG, DTYPE (0 f32, 1 f16, 2 bf16).
 
 struct Params {
@@ -8,6 +10,10 @@ struct Params {
     h: u32,
     vocab: u32,
     stride_y: u32,
+    vocab0: u32,
+    shard_rows: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,5 +40,9 @@ fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = idx / p.h;
     let j = idx % p.h;
     let id = ids[row];
-    out[idx] = select(0.0, load(id * p.h + j), id < p.vocab);
+    if (id >= p.vocab0 && id < p.vocab0 + p.shard_rows) {
+        out[idx] = load((id - p.vocab0) * p.h + j);
+    } else if (id >= p.vocab && p.vocab0 == 0u) {
+        out[idx] = 0.0;
+    }
 }

@@ -10,7 +10,7 @@ use crate::gpu::{Batch, Gpu, GpuBuffer, GpuError};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
 use crate::ops::decode::{CacheShape, KvOps};
 use crate::ops::elementwise::{Embedding, SwiGlu};
-use crate::ops::matmul::{Matmul, MatmulShape, MatmulSpec, Operand};
+use crate::ops::matmul::{Matmul, MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::rmsnorm::RmsNorm;
 use crate::ops::rope::{Rope, RopeTables};
 
@@ -30,9 +30,67 @@ pub type ModelResult<T> = Result<T, ModelError>;
 
 /// A weight matrix on the GPU in its storage type.
 pub struct Weight {
+    /// The whole matrix, or its first row shard when it is split.
     pub buf: GpuBuffer,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
+    /// (first row, buffer) of each row shard: matrices larger than one storage binding (a
+    /// 152k-row vocabulary on a 128 MiB-binding adapter) are split; only the embedding and the
+    /// head, whose kernels take shards, may be.
+    pub shards: Vec<(usize, GpuBuffer)>,
+}
+
+impl Weight {
+    pub fn row_shards(&self) -> Vec<(usize, &GpuBuffer)> {
+        self.shards.iter().map(|(r, b)| (*r, b)).collect()
+    }
+    pub fn shard_starts(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.0).collect()
+    }
+
+    /// Uploads a 2-D tensor, split into row shards when `shardable` and larger than a binding
+    /// (or than `shard_rows` rows, when given).
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        t: HostTensor,
+        shardable: bool,
+        shard_rows: Option<usize>,
+    ) -> ModelResult<Weight> {
+        let dtype = t.dtype();
+        let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+        let row_bytes = dtype.storage_bytes(cols).max(4);
+        let limit = match shard_rows {
+            Some(r) => r as u64 * row_bytes,
+            None => gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size),
+        };
+        let whole = dtype.storage_bytes(rows * cols);
+        let words = t.gpu_words();
+        if whole <= limit || !shardable {
+            let buf = gpu.upload("load model", name, &words)?;
+            return Ok(Weight { shards: vec![(0, buf.clone())], buf, dtype, shape: t.shape });
+        }
+        if dtype != Dtype::F32 && cols % 2 != 0 {
+            return Err(ModelError::Invalid(format!("{name}: an odd row length cannot be split between 16-bit pairs")));
+        }
+        let rows_per_shard = (limit / row_bytes).max(1) as usize;
+        let words_per_row = row_bytes as usize / 4;
+        let mut shards = Vec::new();
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rows_per_shard).min(rows);
+            shards.push((
+                r0,
+                gpu.upload(
+                    "load model",
+                    &format!("{name} rows {r0}..{r1}"),
+                    &words[r0 * words_per_row..r1 * words_per_row],
+                )?,
+            ));
+            r0 = r1;
+        }
+        Ok(Weight { buf: shards[0].1.clone(), dtype, shape: t.shape, shards })
+    }
 }
 
 pub struct LayerWeights {
@@ -68,6 +126,18 @@ impl GpuModel {
         tensors: Vec<(String, HostTensor)>,
         max_positions: usize,
     ) -> ModelResult<Self> {
+        Self::upload_with(gpu, config, tensors, max_positions, None)
+    }
+
+    /// As `upload`, with the embedding and head split every `vocab_shard_rows` rows (tests, and
+    /// rehearsing small-binding adapters such as browsers' default 128 MiB).
+    pub fn upload_with(
+        gpu: &Gpu,
+        config: ModelConfig,
+        tensors: Vec<(String, HostTensor)>,
+        max_positions: usize,
+        vocab_shard_rows: Option<usize>,
+    ) -> ModelResult<Self> {
         let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
         let expected: HashMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
         let mut take = |name: &str| -> ModelResult<HostTensor> {
@@ -79,16 +149,22 @@ impl GpuModel {
             }
             Ok(t)
         };
-        let matrix = |name: &str, t: HostTensor| -> ModelResult<Weight> {
-            let buf = gpu.upload("load model", name, &t.gpu_words())?;
-            Ok(Weight { buf, dtype: t.dtype(), shape: t.shape })
-        };
+        let matrix = |name: &str, t: HostTensor| -> ModelResult<Weight> { Weight::upload(gpu, name, t, false, None) };
         let vector =
             |name: &str, t: HostTensor| -> ModelResult<GpuBuffer> { Ok(gpu.upload("load model", name, &t.to_f32())?) };
-        let embed = matrix("model.embed_tokens.weight", take("model.embed_tokens.weight")?)?;
+        let embed = Weight::upload(
+            gpu,
+            "model.embed_tokens.weight",
+            take("model.embed_tokens.weight")?,
+            true,
+            vocab_shard_rows,
+        )?;
         let final_norm = vector("model.norm.weight", take("model.norm.weight")?)?;
-        let lm_head =
-            if config.tie_word_embeddings { None } else { Some(matrix("lm_head.weight", take("lm_head.weight")?)?) };
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Weight::upload(gpu, "lm_head.weight", take("lm_head.weight")?, true, vocab_shard_rows)?)
+        };
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
             let p = format!("model.layers.{l}");
@@ -129,7 +205,12 @@ impl GpuModel {
     /// Another handle on the same GPU weights (buffers are shared, not copied), so that a view
     /// can replace some projections (an adapter merged in) and keep the rest.
     pub fn share(&self) -> GpuModel {
-        let w = |x: &Weight| Weight { buf: x.buf.clone(), dtype: x.dtype, shape: x.shape.clone() };
+        let w = |x: &Weight| Weight {
+            buf: x.buf.clone(),
+            dtype: x.dtype,
+            shape: x.shape.clone(),
+            shards: x.shards.clone(),
+        };
         GpuModel {
             config: self.config.clone(),
             embed: w(&self.embed),
@@ -318,7 +399,7 @@ impl ForwardPlan {
     ) -> ModelResult<()> {
         let c = &model.config;
         let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        self.embedding.record(b, inputs.ids, self.rows, &model.embed.buf, &self.x)?;
+        self.embedding.record(b, inputs.ids, self.rows, &model.embed.row_shards(), &self.x)?;
         let attention_shape = match mode {
             AttentionMode::SelfOnly => AttentionShape::token_major(self.batch, self.t, heads, kv_heads, d),
             AttentionMode::Cache { cache, pos0 } => {
@@ -370,7 +451,7 @@ impl ForwardPlan {
 /// Logits `[rows, vocab]` of selected hidden rows: every `stride`-th row starting at `first`
 /// (the last position of each left-padded sequence is `first = t − 1, stride = t`).
 pub struct LogitsOp {
-    product: Matmul,
+    products: MatmulSet,
     rows: usize,
     pub logits: GpuBuffer,
 }
@@ -378,19 +459,22 @@ pub struct LogitsOp {
 impl LogitsOp {
     pub async fn new(gpu: &Gpu, model: &GpuModel, rows: usize) -> ModelResult<Self> {
         let c = &model.config;
-        let spec = MatmulSpec {
-            trans_a: false,
-            trans_b: true,
-            has_bias: false,
-            accumulate: false,
-            b_dtype: model.head().dtype,
-        };
-        let product = Matmul::new(gpu, spec, MatmulShape::new(rows, c.vocab_size, c.hidden_size)).await?;
+        let mut products = MatmulSet::default();
+        for (i, &(row0, _)) in model.head().shards.iter().enumerate() {
+            let end = model.head().shards.get(i + 1).map_or(c.vocab_size, |n| n.0);
+            products.prepare(gpu, Self::spec(model), MatmulShape::new(rows, end - row0, c.hidden_size)).await?;
+        }
         let logits =
             gpu.storage("logits", &format!("logits {rows}×{}", c.vocab_size), (rows * c.vocab_size * 4) as u64)?;
-        Ok(LogitsOp { product, rows, logits })
+        Ok(LogitsOp { products, rows, logits })
     }
 
+    fn spec(model: &GpuModel) -> MatmulSpec {
+        MatmulSpec { trans_a: false, trans_b: true, has_bias: false, accumulate: false, b_dtype: model.head().dtype }
+    }
+
+    /// Logits of hidden rows `first, first + stride, …` (one per output row); each row shard of
+    /// the head fills its own columns.
     pub fn record(
         &self,
         b: &mut Batch,
@@ -399,18 +483,21 @@ impl LogitsOp {
         first: usize,
         stride: usize,
     ) -> ModelResult<()> {
-        let h = model.config.hidden_size;
+        let (h, vocab) = (model.config.hidden_size, model.config.vocab_size);
         let a = Operand { buf: hidden, off: first * h, ld: stride * h, batch_stride: 0 };
-        let head = model.head();
-        self.product.record(
-            b,
-            a,
-            Operand::dense(&head.buf, h),
-            None,
-            Operand::dense(&self.logits, model.config.vocab_size),
-            1.0,
-        )?;
-        let _ = self.rows;
+        let shards = &model.head().shards;
+        for (i, (row0, buf)) in shards.iter().enumerate() {
+            let end = shards.get(i + 1).map_or(vocab, |n| n.0);
+            let c = Operand { buf: &self.logits, off: *row0, ld: vocab, batch_stride: 0 };
+            self.products.get(Self::spec(model), MatmulShape::new(self.rows, end - row0, h))?.record(
+                b,
+                a,
+                Operand::dense(buf, h),
+                None,
+                c,
+                1.0,
+            )?;
+        }
         Ok(())
     }
 }

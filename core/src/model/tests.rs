@@ -142,3 +142,32 @@ fn bad_inputs_are_errors() {
     let err = pollster::block_on(generate(&gpu, &model, &long, |_, _| {})).unwrap_err().to_string();
     assert!(err.contains("exceeds the 8 positions"), "{err}");
 }
+
+#[test]
+fn vocabulary_shards_change_nothing() {
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("vocab shards");
+    for tied in [true, false] {
+        let config = tiny_config(Architecture::Llama, tied);
+        let tensors = random_tensors(&config, &mut rng);
+        let whole = GpuModel::upload(&gpu, config.clone(), tensors.clone(), 32).unwrap();
+        let split = GpuModel::upload_with(&gpu, config.clone(), tensors, 32, Some(30)).unwrap();
+        assert_eq!(split.head().shard_starts(), vec![0, 30, 60, 90]);
+        let ids = [3u32, 96, 31, 60, 59, 7];
+        let a = pollster::block_on(sequence_logits(&gpu, &whole, &ids)).unwrap();
+        let b = pollster::block_on(sequence_logits(&gpu, &split, &ids)).unwrap();
+        assert!(crate::numeric::rel_err(&b, &a) < 1e-6, "tied={tied}");
+        let layout = crate::train::lora::LoraLayout::new(
+            &config,
+            crate::train::lora::LoraConfig { r: 4, alpha: 8.0, targets: vec![crate::train::lora::Target::QProj] },
+        );
+        let params: Vec<f32> = (0..layout.len).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
+        let (la, ga) =
+            pollster::block_on(crate::train::grads::lora_loss_and_grads(&gpu, &whole, &layout, &params, &ids, 2))
+                .unwrap();
+        let (lb, gb) =
+            pollster::block_on(crate::train::grads::lora_loss_and_grads(&gpu, &split, &layout, &params, &ids, 2))
+                .unwrap();
+        assert!((la - lb).abs() < 1e-5 && crate::numeric::rel_err(&gb, &ga) < 1e-5, "tied={tied}: loss {la} vs {lb}");
+    }
+}

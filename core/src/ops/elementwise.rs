@@ -102,6 +102,9 @@ struct EmbeddingParams {
     h: u32,
     vocab: u32,
     stride_y: u32,
+    vocab0: u32,
+    shard_rows: u32,
+    _pad: [u32; 2],
 }
 
 impl Embedding {
@@ -110,20 +113,35 @@ impl Embedding {
         Ok(Embedding { kernel: gpu.kernel(&embedding_variant(dtype), &[Read, Read, ReadWrite]).await?, vocab, h })
     }
 
-    /// out[rows, h] = table[ids[rows], :]; ids past the vocabulary give zero rows.
+    /// out[rows, h] = table[ids[rows], :]; ids past the vocabulary give zero rows. The table is
+    /// given as row shards (first row, buffer), the first at row 0 (`&[(0, &table)]` when whole).
     pub fn record(
         &self,
         b: &mut Batch,
         ids: &GpuBuffer,
         rows: usize,
-        table: &GpuBuffer,
+        table: &[(usize, &GpuBuffer)],
         out: &GpuBuffer,
     ) -> GpuResult<()> {
         need("embedding", "ids", ids, rows)?;
         need("embedding", "out", out, rows * self.h)?;
+        if table.first().map(|t| t.0) != Some(0) {
+            return Err(GpuError::shape("embedding", "table shards must start at row 0"));
+        }
         let (groups, stride_y) = grid_1d(b.gpu(), "embedding", rows * self.h, WG_1D)?;
-        let params = EmbeddingParams { rows: rows as u32, h: self.h as u32, vocab: self.vocab as u32, stride_y };
-        b.dispatch(&self.kernel, &params, &[ids, table, out], groups);
+        for (i, &(row0, buf)) in table.iter().enumerate() {
+            let end = table.get(i + 1).map_or(self.vocab, |n| n.0);
+            let params = EmbeddingParams {
+                rows: rows as u32,
+                h: self.h as u32,
+                vocab: self.vocab as u32,
+                stride_y,
+                vocab0: row0 as u32,
+                shard_rows: end.saturating_sub(row0) as u32,
+                _pad: [0; 2],
+            };
+            b.dispatch(&self.kernel, &params, &[ids, buf, out], groups);
+        }
         Ok(())
     }
 }
@@ -225,7 +243,7 @@ mod tests {
             let ib = gpu.upload("t", "ids", &ids).unwrap();
             let ob = gpu.upload("t", "out", &vec![f32::NAN; ids.len() * h]).unwrap();
             let mut b = gpu.batch("t");
-            op.record(&mut b, &ib, ids.len(), &tb, &ob).unwrap();
+            op.record(&mut b, &ib, ids.len(), &[(0, &tb)], &ob).unwrap();
             pollster::block_on(b.submit()).unwrap();
             let got = pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap();
             let want: Vec<f32> = ids
@@ -236,6 +254,36 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{dt:?}");
         }
+    }
+
+    #[test]
+    fn sharded_tables_gather_the_same_rows() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("embedding shards");
+        let (vocab, h) = (50, 6);
+        let table = testing::normal(&mut rng, vocab * h);
+        let ids: Vec<u32> = vec![0, 49, 16, 17, 33, 34, 60, 5];
+        let op = pollster::block_on(Embedding::new(&gpu, vocab, h, Dtype::F32)).unwrap();
+        let starts = [0usize, 17, 34];
+        let bufs: Vec<GpuBuffer> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &r0)| {
+                gpu.upload("t", "shard", &table[r0 * h..starts.get(i + 1).copied().unwrap_or(vocab) * h]).unwrap()
+            })
+            .collect();
+        let shards: Vec<(usize, &GpuBuffer)> = starts.iter().copied().zip(bufs.iter()).collect();
+        let ib = gpu.upload("t", "ids", &ids).unwrap();
+        let ob = gpu.upload("t", "out", &vec![f32::NAN; ids.len() * h]).unwrap();
+        let mut b = gpu.batch("t");
+        op.record(&mut b, &ib, ids.len(), &shards, &ob).unwrap();
+        pollster::block_on(b.submit()).unwrap();
+        let got = pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

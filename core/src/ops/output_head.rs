@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::launch::{WG_1D, grid_1d, need, variant_1d};
-use super::matmul::{Matmul, MatmulShape, MatmulSpec, Operand};
+use super::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::dtype::Dtype;
 use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
 use crate::shaders::{Def, Variant};
@@ -47,15 +47,24 @@ pub struct HeadShape {
     pub chunk: usize,
 }
 
+/// A `[vocab, hidden]` matrix stored as row ranges in separate buffers (each within the
+/// adapter's binding limit): (first row, buffer), in increasing row order, the first at row 0.
+pub type RowShards<'a> = &'a [(usize, &'a GpuBuffer)];
+
+fn logits_spec(w_dtype: Dtype) -> MatmulSpec {
+    MatmulSpec { trans_a: false, trans_b: true, has_bias: false, accumulate: false, b_dtype: w_dtype }
+}
+fn dh_spec(w_dtype: Dtype) -> MatmulSpec {
+    MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: true, b_dtype: w_dtype }
+}
+
 /// Prepared kernels and scratch for one head shape.
 pub struct OutputHead {
     shape: HeadShape,
-    /// (vocab0, columns) of each chunk, and the matmuls for full and ragged last chunks.
+    w_dtype: Dtype,
+    /// (vocab0, columns) of each chunk; a chunk never straddles two shards.
     chunks: Vec<(usize, usize)>,
-    logits_full: Matmul,
-    logits_last: Option<Matmul>,
-    dh_full: Matmul,
-    dh_last: Option<Matmul>,
+    products: MatmulSet,
     kernels: [Arc<Kernel>; 3],
     logits: GpuBuffer,
     partials: GpuBuffer,
@@ -65,43 +74,42 @@ pub struct OutputHead {
 }
 
 impl OutputHead {
-    pub async fn new(gpu: &Gpu, shape: HeadShape, w_dtype: Dtype) -> GpuResult<Self> {
+    /// `shard_starts`: the first row of each shard of W (`[0]` for a single buffer).
+    pub async fn new(gpu: &Gpu, shape: HeadShape, w_dtype: Dtype, shard_starts: &[usize]) -> GpuResult<Self> {
         let HeadShape { rows, hidden, vocab, chunk } = shape;
-        if rows == 0 || hidden == 0 || vocab == 0 || chunk == 0 {
-            return Err(GpuError::shape(OP, format!("empty shape {shape:?}")));
+        if rows == 0 || hidden == 0 || vocab == 0 || chunk == 0 || shard_starts.first() != Some(&0) {
+            return Err(GpuError::shape(OP, format!("empty shape {shape:?}, or shards not starting at row 0")));
         }
-        let chunk = chunk.min(vocab);
         let mut chunks = Vec::new();
         let mut blocks_total = 0;
-        let mut v0 = 0;
-        while v0 < vocab {
-            let cols = chunk.min(vocab - v0);
-            chunks.push((v0, cols));
-            blocks_total += cols.div_ceil(BLOCK as usize);
-            v0 += cols;
+        for (i, &start) in shard_starts.iter().enumerate() {
+            let end = shard_starts.get(i + 1).copied().unwrap_or(vocab).min(vocab);
+            let mut v0 = start;
+            while v0 < end {
+                let cols = chunk.min(end - v0);
+                chunks.push((v0, cols));
+                blocks_total += cols.div_ceil(BLOCK as usize);
+                v0 += cols;
+            }
         }
-        let last_cols = chunks.last().expect("non-empty").1;
-        let logits_spec =
-            MatmulSpec { trans_a: false, trans_b: true, has_bias: false, accumulate: false, b_dtype: w_dtype };
-        let dh_spec =
-            MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: true, b_dtype: w_dtype };
-        let logits_mm = |cols| Matmul::new(gpu, logits_spec, MatmulShape::new(rows, cols, hidden));
-        let dh_mm = |cols| Matmul::new(gpu, dh_spec, MatmulShape::new(rows, hidden, cols));
-        let ragged = last_cols != chunk;
+        let widest = chunks.iter().map(|c| c.1).max().expect("non-empty");
+        let mut products = MatmulSet::default();
+        for &(_, cols) in &chunks {
+            products.prepare(gpu, logits_spec(w_dtype), MatmulShape::new(rows, cols, hidden)).await?;
+            products.prepare(gpu, dh_spec(w_dtype), MatmulShape::new(rows, hidden, cols)).await?;
+        }
         use Access::*;
         let bindings = [Read, Read, ReadWrite, ReadWrite, ReadWrite];
         Ok(OutputHead {
-            shape: HeadShape { chunk, ..shape },
-            logits_full: logits_mm(chunk).await?,
-            logits_last: if ragged { Some(logits_mm(last_cols).await?) } else { None },
-            dh_full: dh_mm(chunk).await?,
-            dh_last: if ragged { Some(dh_mm(last_cols).await?) } else { None },
+            shape: HeadShape { chunk: widest, ..shape },
+            w_dtype,
+            products,
             kernels: [
                 gpu.kernel(&variant(ENTRIES[0]), &bindings).await?,
                 gpu.kernel(&variant(ENTRIES[1]), &bindings).await?,
                 gpu.kernel(&variant(ENTRIES[2]), &bindings).await?,
             ],
-            logits: gpu.storage(OP, &format!("logits chunk {rows}×{chunk}"), (rows * chunk * 4) as u64)?,
+            logits: gpu.storage(OP, &format!("logits chunk {rows}×{widest}"), (rows * widest * 4) as u64)?,
             partials: gpu.storage(OP, "partial statistics", (rows * blocks_total * 3 * 4) as u64)?,
             row_stats: gpu.storage(OP, "row statistics", (rows * 4 * 4) as u64)?,
             chunks,
@@ -109,20 +117,22 @@ impl OutputHead {
         })
     }
 
-    fn chunk_matmuls(&self, i: usize) -> (&Matmul, &Matmul) {
-        let last = i + 1 == self.chunks.len();
-        match (last, &self.logits_last, &self.dh_last) {
-            (true, Some(l), Some(d)) => (l, d),
-            _ => (&self.logits_full, &self.dh_full),
-        }
-    }
-
-    fn check(&self, h: &GpuBuffer, w: &GpuBuffer, targets: &GpuBuffer, w_dtype_bytes: u64) -> GpuResult<()> {
+    fn check(&self, h: &GpuBuffer, w: RowShards, targets: &GpuBuffer) -> GpuResult<()> {
         let s = self.shape;
         need(OP, "hidden states", h, s.rows * s.hidden)?;
         need(OP, "targets", targets, s.rows)?;
-        if w.len_bytes() < w_dtype_bytes {
-            return Err(GpuError::shape(OP, format!("W holds {} bytes, needs {w_dtype_bytes}", w.len_bytes())));
+        if w.first().map(|f| f.0) != Some(0) {
+            return Err(GpuError::shape(OP, "W shards must start at row 0"));
+        }
+        for (i, &(row0, buf)) in w.iter().enumerate() {
+            let end = w.get(i + 1).map_or(s.vocab, |n| n.0);
+            let bytes = self.w_dtype.storage_bytes(end.saturating_sub(row0) * s.hidden);
+            if buf.len_bytes() < bytes {
+                return Err(GpuError::shape(
+                    OP,
+                    format!("W rows {row0}..{end} hold {} bytes, need {bytes}", buf.len_bytes()),
+                ));
+            }
         }
         Ok(())
     }
@@ -141,14 +151,19 @@ impl OutputHead {
         Ok((params, groups))
     }
 
-    fn logits_chunk(&self, b: &mut Batch, i: usize, h: &GpuBuffer, w: &GpuBuffer, inv_temp: f32) -> GpuResult<()> {
+    /// W's rows from `v0` as an operand: the shard that holds them, offset inside it.
+    fn rows_from<'a>(&self, w: RowShards<'a>, v0: usize) -> Operand<'a> {
+        let &(row0, buf) = w.iter().rev().find(|(row0, _)| *row0 <= v0).expect("checked: shards start at row 0");
+        Operand { buf, off: (v0 - row0) * self.shape.hidden, ld: self.shape.hidden, batch_stride: 0 }
+    }
+
+    fn logits_chunk(&self, b: &mut Batch, i: usize, h: &GpuBuffer, w: RowShards, inv_temp: f32) -> GpuResult<()> {
         let (v0, cols) = self.chunks[i];
         let hd = self.shape.hidden;
-        let wop = Operand { buf: w, off: v0 * hd, ld: hd, batch_stride: 0 };
-        self.chunk_matmuls(i).0.record(
+        self.products.get(logits_spec(self.w_dtype), MatmulShape::new(self.shape.rows, cols, hd))?.record(
             b,
             Operand::dense(h, hd),
-            wop,
+            self.rows_from(w, v0),
             None,
             Operand::dense(&self.logits, cols),
             inv_temp,
@@ -156,18 +171,17 @@ impl OutputHead {
     }
 
     /// Fills `row_stats` with (z_target, lse, logp, entropy) of `softmax(h·Wᵀ / temperature)`.
-    /// `w` is `[vocab, hidden]` in `w_dtype` storage; `targets` u32 per row.
+    /// `w` is `[vocab, hidden]` in the storage type given at preparation; `targets` u32 per row.
     pub fn forward(
         &self,
         b: &mut Batch,
         h: &GpuBuffer,
-        w: &GpuBuffer,
-        w_dtype: Dtype,
+        w: RowShards,
         targets: &GpuBuffer,
         temperature: f32,
     ) -> GpuResult<()> {
         let s = self.shape;
-        self.check(h, w, targets, w_dtype.storage_bytes(s.vocab * s.hidden))?;
+        self.check(h, w, targets)?;
         // z_target stays 0 for a target outside the vocabulary instead of a stale value.
         b.clear(&self.row_stats);
         let mut block0 = 0;
@@ -201,15 +215,14 @@ impl OutputHead {
         &self,
         b: &mut Batch,
         h: &GpuBuffer,
-        w: &GpuBuffer,
-        w_dtype: Dtype,
+        w: RowShards,
         targets: &GpuBuffer,
         dlogp: &GpuBuffer,
         temperature: f32,
         dh: &GpuBuffer,
     ) -> GpuResult<()> {
         let s = self.shape;
-        self.check(h, w, targets, w_dtype.storage_bytes(s.vocab * s.hidden))?;
+        self.check(h, w, targets)?;
         need(OP, "dlogp", dlogp, s.rows)?;
         need(OP, "dh", dh, s.rows * s.hidden)?;
         for (i, &(v0, cols)) in self.chunks.iter().enumerate() {
@@ -222,11 +235,10 @@ impl OutputHead {
                 groups,
             );
             let hd = s.hidden;
-            let wop = Operand { buf: w, off: v0 * hd, ld: hd, batch_stride: 0 };
-            self.chunk_matmuls(i).1.record(
+            self.products.get(dh_spec(self.w_dtype), MatmulShape::new(s.rows, hd, cols))?.record(
                 b,
                 Operand::dense(&self.logits, cols),
-                wop,
+                self.rows_from(w, v0),
                 None,
                 Operand::dense(dh, hd),
                 1.0 / temperature,
@@ -275,14 +287,24 @@ mod tests {
             let dlogp = testing::normal(&mut rng, rows);
             let dh0 = testing::normal(&mut rng, rows * hidden);
 
-            let head = pollster::block_on(OutputHead::new(&gpu, s, dt)).unwrap();
+            // The vocabulary split over shards (not multiples of the chunk) must not change anything.
+            let starts: Vec<usize> = if vocab > 1000 { vec![0, vocab / 3 + 1, vocab / 2 + 7] } else { vec![0] };
+            let head = pollster::block_on(OutputHead::new(&gpu, s, dt, &starts)).unwrap();
             let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
             let (hb, db, dhb) = (up(&h), up(&dlogp), up(&dh0));
-            let wb = gpu.upload("t", "w", &dtype::pack(dt, &w)).unwrap();
+            let shard_bufs: Vec<GpuBuffer> = starts
+                .iter()
+                .enumerate()
+                .map(|(i, &r0)| {
+                    let r1 = starts.get(i + 1).copied().unwrap_or(vocab);
+                    gpu.upload("t", "w", &dtype::pack(dt, &w[r0 * hidden..r1 * hidden])).unwrap()
+                })
+                .collect();
+            let shards: Vec<(usize, &GpuBuffer)> = starts.iter().copied().zip(shard_bufs.iter()).collect();
             let tb = gpu.upload("t", "targets", &targets).unwrap();
             let mut b = gpu.batch("t");
-            head.forward(&mut b, &hb, &wb, dt, &tb, temp).unwrap();
-            head.backward(&mut b, &hb, &wb, dt, &tb, &db, temp, &dhb).unwrap();
+            head.forward(&mut b, &hb, &shards, &tb, temp).unwrap();
+            head.backward(&mut b, &hb, &shards, &tb, &db, temp, &dhb).unwrap();
             pollster::block_on(b.submit()).unwrap();
             let stats = pollster::block_on(gpu.read::<f32>("t", &head.row_stats)).unwrap();
             let want = head_ref(&f64s(&h), &f64s(&w), &targets, s, temp as f64);

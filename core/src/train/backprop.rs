@@ -181,7 +181,7 @@ impl TrainPlan {
             attention: Attention::new(gpu, c.head_dim, true, false).await?,
             swiglu: SwiGlu::new(gpu).await?,
             products,
-            head: OutputHead::new(gpu, head_shape, model.head().dtype).await?,
+            head: OutputHead::new(gpu, head_shape, model.head().dtype, &model.head().shard_starts()).await?,
             acts,
             x_final: buf("final residual", rows * h)?,
             rstd_final: buf("rms statistics", rows)?,
@@ -333,7 +333,7 @@ impl TrainPlan {
         let c = &model.config;
         let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let shape = self.attention_shape(model);
-        self.embedding.record(b, inputs.ids, self.rows, &model.embed.buf, &self.acts[0].x_in)?;
+        self.embedding.record(b, inputs.ids, self.rows, &model.embed.row_shards(), &self.acts[0].x_in)?;
         for l in 0..c.num_layers {
             let a = &self.acts[l];
             let lw = &model.layers[l];
@@ -359,7 +359,7 @@ impl TrainPlan {
         }
         self.norm.forward(b, &self.x_final, &model.final_norm, &self.hidden, &self.rstd_final)?;
         let head = model.head();
-        self.head.forward(b, &self.hidden, &head.buf, head.dtype, inputs.targets, temperature)?;
+        self.head.forward(b, &self.hidden, &head.row_shards(), inputs.targets, temperature)?;
         Ok(())
     }
 
@@ -379,16 +379,7 @@ impl TrainPlan {
         let shape = self.attention_shape(model);
         let head = model.head();
         b.clear(&self.dhidden);
-        self.head.backward(
-            b,
-            &self.hidden,
-            &head.buf,
-            head.dtype,
-            inputs.targets,
-            dlogp,
-            temperature,
-            &self.dhidden,
-        )?;
+        self.head.backward(b, &self.hidden, &head.row_shards(), inputs.targets, dlogp, temperature, &self.dhidden)?;
         b.clear(&self.dx);
         self.norm_backward.backward(
             b,

@@ -98,7 +98,8 @@ mod tests {
                 };
                 let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
                 let analytic: f64 = grads.iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
-                let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
+                // f32 losses differenced over a 2e-3 step carry ~1e-3 of absolute noise.
+                let err = (numeric - analytic).abs() / (analytic.abs() + 0.05);
                 assert!(
                     err < 2e-2,
                     "{arch:?} {}: directional derivative {analytic} vs finite difference {numeric} ({err:e})",

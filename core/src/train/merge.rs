@@ -55,6 +55,7 @@ impl LoraMerge {
                     (out * inp * 4) as u64,
                 )?;
                 jobs.push((l, target, w.buf.clone(), merged.clone(), inp, out));
+                w.shards = vec![(0, merged.clone())];
                 w.buf = merged;
                 products.prepare(gpu, spec(), MatmulShape::new(out, inp, layout.config.r)).await?;
             }
