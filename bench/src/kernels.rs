@@ -214,12 +214,20 @@ fn other_cases(gpu: &Gpu, m: &ModelShape, t: usize, budget: Duration, cases: &mu
     });
     // Output head: log-prob of a target over the full vocabulary, chunked.
     let hs = HeadShape { rows: t, hidden: h, vocab: m.vocab, chunk: 8192 };
-    let head = pollster::block_on(OutputHead::new(gpu, hs, Dtype::F32))?;
-    let (hid, wv) = (buf(gpu, t * h)?, buf(gpu, m.vocab * h)?);
+    // Split into row shards when the vocabulary exceeds one binding (Qwen2.5 on lavapipe).
+    let weight = convrec_core::model::gpu::Weight::upload(
+        gpu,
+        "head",
+        convrec_core::model::HostTensor::f32(vec![m.vocab, h], vec![0.01; m.vocab * h]),
+        true,
+        None,
+    )?;
+    let head = pollster::block_on(OutputHead::new(gpu, hs, Dtype::F32, &weight.shard_starts()))?;
+    let (hid, shards) = (buf(gpu, t * h)?, weight.row_shards());
     let targets = gpu.upload("bench", "targets", &vec![7u32; t])?;
-    let secs = crate::timing::time_op(gpu, budget, |b| head.forward(b, &hid, &wv, Dtype::F32, &targets, 1.0))?;
+    let secs = crate::timing::time_op(gpu, budget, |b| head.forward(b, &hid, &shards, &targets, 1.0))?;
     cases.push(Case {
-        op: "output head logp+entropy".into(),
+        op: format!("output head logp+entropy{}", if shards.len() > 1 { format!(" ({} shards)", shards.len()) } else { String::new() }),
         shape: format!("{t}x{h}·{}x{h}ᵀ", m.vocab),
         flops: Some(2.0 * (t * h * m.vocab) as f64),
         bytes: 4.0 * (m.vocab * h) as f64,
