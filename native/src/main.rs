@@ -31,10 +31,21 @@ enum Command {
     /// Score completions: parse each into items and print its per-rank rewards and Recall/NDCG@k
     /// as one JSON line (no GPU needed).
     Score(commands::score::Args),
+    /// Build data sets: `convrec data movielens` writes MovieLens-100K conversations in the
+    /// Reddit-v2 schema with their catalog (no GPU needed).
+    Data(commands::data::Args),
     /// Run one sequence of token ids (no chat template) and write every position's logits.
     Logits(commands::logits::Args),
+    /// Answer a chat prompt: greedy or sampled completions on the GPU.
+    Generate(commands::generate::Args),
+    /// Stage 1: supervised fine-tuning (behaviour cloning) of a LoRA adapter.
+    Sft(commands::sft::Args),
+    /// Greedy recommendations for held-out rows, scored with Recall/NDCG@k.
+    Eval(commands::eval::Args),
     /// Mean next-token NLL of one sequence and the gradient of every LoRA tensor (PEFT keys).
     LoraGrads(commands::lora_grads::Args),
+    /// Token ids of a text, or of a chat prompt with `--chat`, as one JSON line (no GPU needed).
+    Tokenize(commands::tokenize::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,7 +60,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => commands::demo::run(&gpu_options, args),
         Command::Score(args) => commands::score::run(args),
+        Command::Data(args) => commands::data::run(args),
         Command::Logits(args) => commands::logits::run(&gpu_options, args),
+        Command::Generate(args) => commands::generate::run(&gpu_options, args),
+        Command::Sft(args) => commands::sft::run(&gpu_options, args),
+        Command::Eval(args) => commands::eval::run(&gpu_options, args),
         Command::LoraGrads(args) => commands::lora_grads::run(&gpu_options, args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
     }
 }

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use convrec_core::model::gguf::GgufModel;
 use convrec_core::model::safetensors_io::read_tensors;
+use convrec_core::model::tokenizer::SpecialTokens;
 use convrec_core::model::{HostTensor, ModelConfig};
 
 /// A model's weights and configuration, as read from disk.
@@ -13,6 +15,8 @@ pub struct ModelFiles {
     pub source: PathBuf,
     pub config: ModelConfig,
     pub tensors: Vec<(String, HostTensor)>,
+    /// From a GGUF file: its tokenizer, special tokens and chat template.
+    pub gguf: Option<(tokenizers::Tokenizer, SpecialTokens, Option<String>)>,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -50,7 +54,7 @@ pub fn load_hf_folder(dir: &Path) -> anyhow::Result<ModelFiles> {
         let bytes = read(&file)?;
         tensors.extend(read_tensors(&bytes, &file.display().to_string())?);
     }
-    Ok(ModelFiles { source: dir.to_path_buf(), config, tensors })
+    Ok(ModelFiles { source: dir.to_path_buf(), config, tensors, gguf: None })
 }
 
 /// Reads a model from an HF folder or a GGUF file.
@@ -61,5 +65,12 @@ pub fn load(path: &Path) -> anyhow::Result<ModelFiles> {
     if !path.exists() {
         bail!("{}: no such file or folder (give an HF model folder or a .gguf file)", path.display());
     }
-    bail!("{}: GGUF loading is not wired yet", path.display())
+    let bytes = read(path)?;
+    let m = GgufModel::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(ModelFiles {
+        source: path.to_path_buf(),
+        config: m.config,
+        tensors: m.tensors,
+        gguf: Some((m.tokenizer, m.special_tokens, m.chat_template)),
+    })
 }

@@ -135,7 +135,7 @@ impl ModelConfig {
             num_layers: c.num_hidden_layers.ok_or(ConfigError::Missing("num_hidden_layers"))?,
             num_heads: heads,
             num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
-            head_dim: c.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            head_dim: c.head_dim.unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             rope_theta: rope_theta.unwrap_or(10000.0),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
@@ -152,13 +152,13 @@ impl ModelConfig {
     /// Checks the numbers fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Unsupported(m));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even", self.head_dim));
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.intermediate_size == 0 {

@@ -1,11 +1,14 @@
 //! Llama/Qwen2-family decoder models: configuration, host-side weights from Hugging Face
 //! folders and GGUF files, tokenizer and chat templates, and (as it lands) the GPU forward.
 
+pub mod chat;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod safetensors_io;
 pub mod tensor;
+pub mod tokenizer;
 
 #[cfg(test)]
 pub(crate) mod tests;

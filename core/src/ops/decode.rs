@@ -107,6 +107,7 @@ impl KvOps {
 
     /// Copies the first `t` positions of row `src_row` of `src` (shape `src_shape`) to rows
     /// `dst_rows` of `dst` (shape `dst_shape`; same heads and capacity).
+    #[allow(clippy::too_many_arguments)]
     pub fn broadcast(
         &self,
         b: &mut Batch,

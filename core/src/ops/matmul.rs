@@ -658,18 +658,21 @@ mod tests {
     }
 }
 
+/// A prepared product's identity: its spec and (m, n, k, batch).
+type ProductKey = (MatmulSpec, (usize, usize, usize, usize));
+
 /// Products prepared ahead of recording (preparation compiles kernels and is async; recording
 /// is not), keyed by spec and shape.
 #[derive(Default)]
 pub struct MatmulSet {
-    products: std::collections::HashMap<(MatmulSpec, (usize, usize, usize, usize)), Matmul>,
+    products: std::collections::HashMap<ProductKey, Matmul>,
 }
 
 impl MatmulSet {
     pub async fn prepare(&mut self, gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<()> {
         let key = (spec, (shape.m, shape.n, shape.k, shape.batch));
-        if !self.products.contains_key(&key) {
-            self.products.insert(key, Matmul::new(gpu, spec, shape).await?);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.products.entry(key) {
+            e.insert(Matmul::new(gpu, spec, shape).await?);
         }
         Ok(())
     }

@@ -3,9 +3,11 @@
 //!
 //! Everything takes text, never paths, so it runs the same in the CLI and in the browser.
 
+pub mod arrow;
 pub mod catalog;
 pub mod dataset;
 pub mod metrics;
+pub mod movielens;
 pub mod parse;
 pub mod reward;
 pub mod text;

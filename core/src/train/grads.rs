@@ -109,3 +109,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod long_tests {
+    use super::*;
+    use crate::model::Architecture;
+    use crate::model::tests::{random_tensors, tiny_config};
+    use crate::testing;
+    use crate::train::lora::{LoraConfig, Target};
+    use rand::Rng;
+
+    #[test]
+    fn long_sequences_keep_gradients_right() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("lora grads long");
+        let config = tiny_config(Architecture::Llama, true);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 600).unwrap();
+        let layout =
+            LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: vec![Target::QProj, Target::DownProj] });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        for t in [200usize, 300, 520] {
+            let ids: Vec<u32> = (0..t).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+            let (_, grads) =
+                pollster::block_on(lora_loss_and_grads(&gpu, &model, &layout, &params, &ids, t / 2)).unwrap();
+            for f in layout.factors.iter().take(2) {
+                let mut dir = vec![0f32; layout.len];
+                for d in &mut dir[f.offset..f.offset + f.len()] {
+                    *d = rng.random_range(-1.0..1.0);
+                }
+                let eps = 2e-3f32;
+                let shifted = |sign: f32| -> f64 {
+                    let p: Vec<f32> = params.iter().zip(&dir).map(|(p, d)| p + sign * eps * d).collect();
+                    pollster::block_on(lora_loss_and_grads(&gpu, &model, &layout, &p, &ids, t / 2)).unwrap().0
+                };
+                let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+                let analytic: f64 = grads.iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
+                let err = (numeric - analytic).abs() / (analytic.abs() + 0.05);
+                assert!(
+                    err < 5e-2,
+                    "t={t} {}: directional derivative {analytic} vs finite difference {numeric}",
+                    f.peft_key()
+                );
+            }
+        }
+    }
+}

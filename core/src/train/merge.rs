@@ -104,7 +104,7 @@ mod tests {
         let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
         let pb = gpu.upload("t", "params", &params).unwrap();
         let ids: Vec<u32> = (0..7).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
-        let (pad, pos, ks, t) = left_pad(&[ids.clone()]);
+        let (pad, pos, ks, t) = left_pad(std::slice::from_ref(&ids));
         let up = |v: &[u32]| gpu.upload("t", "t", v).unwrap();
         let (idb, posb, ksb) = (up(&pad), up(&pos), up(&ks));
 

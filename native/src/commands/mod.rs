@@ -1,8 +1,13 @@
+pub mod data;
 pub mod demo;
 pub mod devices;
+pub mod eval;
+pub mod generate;
 pub mod logits;
 pub mod lora_grads;
 pub mod score;
+pub mod sft;
+pub mod tokenize;
 
 use anyhow::Context;
 use convrec_core::{Gpu, GpuOptions};
