@@ -51,3 +51,37 @@ fn an_unknown_adapter_is_a_clear_error_naming_the_alternatives() {
         );
     }
 }
+
+#[test]
+fn logits_with_an_adapter_match_peft() {
+    if !has_gpu() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama_gqa");
+    let exp = std::fs::read(root.join("lora/expected.safetensors")).unwrap();
+    let ids: Vec<String> = convrec_core::model::safetensors_io::read_numbers(&exp, "expected", "input_ids")
+        .unwrap()
+        .1
+        .iter()
+        .map(|x| (*x as u32).to_string())
+        .collect();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_file = out_dir.path().join("logits.safetensors");
+    let out = convrec()
+        .args(["logits", "--model"])
+        .arg(&root)
+        .arg("--adapter")
+        .arg(root.join("lora"))
+        .args(["--ids", &ids.join(","), "--out"])
+        .arg(&out_file)
+        .output()
+        .expect("run convrec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = convrec_core::model::safetensors_io::read_numbers(&std::fs::read(&out_file).unwrap(), "out", "logits")
+        .unwrap()
+        .1;
+    let want = convrec_core::model::safetensors_io::read_numbers(&exp, "expected", "logits").unwrap().1;
+    let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+    let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+    assert!(convrec_core::numeric::rel_err(&got, &want) < 1e-4);
+}

@@ -13,6 +13,9 @@ pub struct Args {
     /// An HF model folder or a GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter folder, merged into the weights on the GPU.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Token ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     ids: Vec<u32>,
@@ -27,7 +30,20 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let vocab = files.config.vocab_size;
     let model = GpuModel::upload(&gpu, files.config, files.tensors, args.ids.len())
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let logits = pollster::block_on(sequence_logits(&gpu, &model, &args.ids))?;
+    let merged;
+    let model = match &args.adapter {
+        Some(dir) => {
+            let (layout, params) = convrec::adapter_files::load_adapter(dir, &model.config)?;
+            merged = pollster::block_on(convrec_core::train::merge::LoraMerge::new(&gpu, &model, &layout))?;
+            let pb = gpu.upload("adapter", "parameters", &params)?;
+            let mut b = gpu.batch("merge adapter");
+            merged.record(&mut b, &layout, &pb)?;
+            pollster::block_on(b.submit())?;
+            &merged.model
+        }
+        None => &model,
+    };
+    let logits = pollster::block_on(sequence_logits(&gpu, model, &args.ids))?;
     let bytes = write_f32(&[("logits".to_string(), vec![args.ids.len(), vocab], logits)])?;
     convrec::fetch::write_atomic(&args.out, &bytes)?;
     eprintln!("wrote logits [{}, {vocab}] to {}", args.ids.len(), args.out.display());
