@@ -1,7 +1,7 @@
 //! `convrec devices`: what GPUs this machine offers and what convrec can use on each.
 
+use convrec_core::GpuOptions;
 use convrec_core::gpu::{AdapterSummary, list_adapters};
-use convrec_core::{GpuOptions, selfcheck};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,17 +31,7 @@ pub fn run(options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     }
     if args.check {
         let gpu = super::open_gpu(options)?;
-        let report = pollster::block_on(selfcheck::run(&gpu))?;
-        for c in &report.cases {
-            println!(
-                "self-check {:<16} {:<28} rel.err {:.2e}  {}",
-                c.op,
-                c.shape,
-                c.rel_err,
-                if c.pass { "ok" } else { "FAIL" }
-            );
-        }
-        anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
+        super::self_check(&gpu)?;
     }
     Ok(())
 }

@@ -14,7 +14,6 @@ use convrec_core::model::gpu::GpuModel;
 use convrec_core::ops::decode::SamplingConfig;
 use convrec_core::rec::dataset::parse_dataset;
 use convrec_core::rec::{Catalog, KS, MatchConfig, evaluate, mean_se, parse_completion};
-use convrec_core::train::merge::LoraMerge;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -77,19 +76,8 @@ pub fn run_eval(gpu_options: &GpuOptions, args: &Args) -> anyhow::Result<serde_j
     let gpu = super::open_gpu(gpu_options)?;
     let base = GpuModel::upload(&gpu, tm.config.clone(), tm.tensors.clone(), longest + args.max_new_tokens + 1)
         .with_context(|| format!("loading {}", path.display()))?;
-    let merged;
-    let model = match &args.adapter {
-        Some(dir) => {
-            let (layout, params) = convrec::adapter_files::load_adapter(dir, &tm.config)?;
-            merged = pollster::block_on(LoraMerge::new(&gpu, &base, &layout))?;
-            let pb = gpu.upload("adapter", "parameters", &params)?;
-            let mut b = gpu.batch("merge adapter");
-            merged.record(&mut b, &layout, &pb)?;
-            pollster::block_on(b.submit())?;
-            &merged.model
-        }
-        None => &base,
-    };
+    let mut merged = None;
+    let model = super::with_adapter(&gpu, &base, args.adapter.as_deref(), &mut merged)?;
     let bar = indicatif::ProgressBar::new(unique.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} prompts · ETA {eta}")?

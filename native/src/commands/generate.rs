@@ -8,7 +8,6 @@ use convrec_core::model::chat::Message;
 use convrec_core::model::generate::{GenerateRequest, generate};
 use convrec_core::model::gpu::GpuModel;
 use convrec_core::ops::decode::SamplingConfig;
-use convrec_core::train::merge::LoraMerge;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,21 +51,10 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     messages.push(Message::user(args.prompt.clone()));
     let prompt = tm.prompt_ids(&messages)?;
     let gpu = super::open_gpu(gpu_options)?;
-    let adapter = args.adapter.as_ref().map(|dir| convrec::adapter_files::load_adapter(dir, &tm.config)).transpose()?;
     let base = GpuModel::upload(&gpu, tm.config.clone(), tm.tensors.clone(), prompt.len() + args.max_new_tokens + 1)
         .with_context(|| format!("loading {}", path.display()))?;
-    let merged;
-    let model = match &adapter {
-        Some((layout, params)) => {
-            merged = pollster::block_on(LoraMerge::new(&gpu, &base, layout))?;
-            let pb = gpu.upload("adapter", "parameters", params)?;
-            let mut b = gpu.batch("merge adapter");
-            merged.record(&mut b, layout, &pb)?;
-            pollster::block_on(b.submit())?;
-            &merged.model
-        }
-        None => &base,
-    };
+    let mut merged = None;
+    let model = super::with_adapter(&gpu, &base, args.adapter.as_deref(), &mut merged)?;
     let req = GenerateRequest {
         prompts: vec![prompt],
         num_samples: args.num_samples.max(1),

@@ -30,19 +30,8 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let vocab = files.config.vocab_size;
     let model = GpuModel::upload(&gpu, files.config, files.tensors, args.ids.len())
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let merged;
-    let model = match &args.adapter {
-        Some(dir) => {
-            let (layout, params) = convrec::adapter_files::load_adapter(dir, &model.config)?;
-            merged = pollster::block_on(convrec_core::train::merge::LoraMerge::new(&gpu, &model, &layout))?;
-            let pb = gpu.upload("adapter", "parameters", &params)?;
-            let mut b = gpu.batch("merge adapter");
-            merged.record(&mut b, &layout, &pb)?;
-            pollster::block_on(b.submit())?;
-            &merged.model
-        }
-        None => &model,
-    };
+    let mut merged = None;
+    let model = super::with_adapter(&gpu, &model, args.adapter.as_deref(), &mut merged)?;
     let logits = pollster::block_on(sequence_logits(&gpu, model, &args.ids))?;
     let bytes = write_f32(&[("logits".to_string(), vec![args.ids.len(), vocab], logits)])?;
     convrec::fetch::write_atomic(&args.out, &bytes)?;

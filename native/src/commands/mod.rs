@@ -19,3 +19,37 @@ pub fn open_gpu(options: &GpuOptions) -> anyhow::Result<Gpu> {
     eprintln!("convrec: using {} ({}, {}, driver {} {})", s.name, s.backend, s.device_type, s.driver, s.driver_info);
     Ok(gpu)
 }
+
+/// The base model, or a view of it with the adapter in `dir` merged in on the GPU (kept alive by
+/// `holder`).
+pub fn with_adapter<'a>(
+    gpu: &Gpu,
+    base: &'a convrec_core::model::gpu::GpuModel,
+    dir: Option<&std::path::Path>,
+    holder: &'a mut Option<convrec_core::train::merge::LoraMerge>,
+) -> anyhow::Result<&'a convrec_core::model::gpu::GpuModel> {
+    let Some(dir) = dir else { return Ok(base) };
+    let (layout, params) = convrec::adapter_files::load_adapter(dir, &base.config)?;
+    let merge = pollster::block_on(convrec_core::train::merge::LoraMerge::new(gpu, base, &layout))?;
+    let pb = gpu.upload("adapter", "parameters", &params)?;
+    let mut b = gpu.batch("merge adapter");
+    merge.record(&mut b, &layout, &pb)?;
+    pollster::block_on(b.submit())?;
+    Ok(&holder.insert(merge).model)
+}
+
+/// Prints the kernel self-check and fails if any kernel disagrees with its reference.
+pub fn self_check(gpu: &Gpu) -> anyhow::Result<()> {
+    let report = pollster::block_on(convrec_core::selfcheck::run(gpu))?;
+    for c in &report.cases {
+        println!(
+            "self-check {:<16} {:<28} rel.err {:.2e}  {}",
+            c.op,
+            c.shape,
+            c.rel_err,
+            if c.pass { "ok" } else { "FAIL" }
+        );
+    }
+    anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
+    Ok(())
+}
