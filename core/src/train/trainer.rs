@@ -286,3 +286,48 @@ mod tests {
         assert!(last < 0.5 * start, "loss went from {start} to {last}");
     }
 }
+
+#[cfg(test)]
+mod padding_tests {
+    use super::*;
+    use crate::model::Architecture;
+    use crate::model::tests::{random_tensors, tiny_config};
+    use crate::testing;
+    use crate::train::lora::{LoraConfig, Target};
+    use rand::Rng;
+
+    #[test]
+    fn left_padding_does_not_change_log_probs_of_long_sequences() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("padding long");
+        for (head_dim, vocab) in [(16usize, 97usize), (64, 97), (16, 20000)] {
+            let mut config = tiny_config(Architecture::Llama, true);
+            config.head_dim = head_dim;
+            config.vocab_size = vocab;
+            let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 700).unwrap();
+            let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: vec![Target::QProj] });
+            let mut trainer =
+                pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &layout.init(1), AdamWConfig::default()))
+                    .unwrap();
+            for len in [40usize, 300, 520] {
+                let seq: Vec<u32> = (0..len).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+                let ex = vec![(seq[..len / 2].to_vec(), seq[len / 2..].to_vec())];
+                let plain = MicroBatch::from_sequences(&ex, 1, |_, _| 1.0);
+                let padded = MicroBatch::from_sequences(&ex, 64, |_, _| 1.0);
+                let a = pollster::block_on(trainer.run(&gpu, &model, &plain, false, 1.0)).unwrap();
+                let b = pollster::block_on(trainer.run(&gpu, &model, &padded, false, 1.0)).unwrap();
+                let pick = |mb: &MicroBatch, s: &RowStats| -> Vec<f32> {
+                    mb.weights.iter().zip(&s.logp).filter(|(w, _)| **w != 0.0).map(|(_, l)| *l).collect()
+                };
+                let (la, lb) = (pick(&plain, &a), pick(&padded, &b));
+                assert_eq!(la.len(), lb.len());
+                let err = crate::numeric::rel_err(&lb, &la);
+                assert!(
+                    err < 1e-4,
+                    "head_dim {head_dim}, vocab {vocab}, {len} tokens (padded to {}): rel. error {err:e}",
+                    padded.t
+                );
+            }
+        }
+    }
+}
