@@ -1,4 +1,5 @@
-"""Same-run PyTorch baselines for convrec's model benchmarks (CPU, fp32, eager attention).
+"""Same-run PyTorch baselines for convrec's model benchmarks (fp32, eager attention; the CPU,
+or the device named by the config's "device", e.g. cuda, with TF32 off).
 
 Usage: python3 torch_model.py generate|train '<json config>'   → prints one JSON line.
 A random LlamaForCausalLM with the given shape stands in for the real checkpoint: speed does
@@ -19,21 +20,30 @@ def model_for(c):
         num_hidden_layers=c["layers"], num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"],
         max_position_embeddings=4096, tie_word_embeddings=True, attn_implementation="eager",
     )
-    return LlamaForCausalLM(cfg).float().eval()
+    return LlamaForCausalLM(cfg).float().eval().to(c.get("device", "cpu"))
+
+
+def sync(c):
+    if c.get("device", "cpu").startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def generate(c):
     m = model_for(c)
     out = {}
     for batch in c["batches"]:
-        ids = torch.randint(4, c["vocab"], (batch, c["prompt"]))
+        ids = torch.randint(4, c["vocab"], (batch, c["prompt"]), device=c.get("device", "cpu"))
         with torch.no_grad():
             m(ids)  # warm-up
+            m.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+            sync(c)
             t0 = time.perf_counter()
             m(ids)
+            sync(c)
             prefill = time.perf_counter() - t0
             t0 = time.perf_counter()
             m.generate(ids, max_new_tokens=c["new"], min_new_tokens=c["new"], do_sample=False, pad_token_id=0)
+            sync(c)
             total = time.perf_counter() - t0
         decode = max(total - prefill, 1e-9)
         out[str(batch)] = {"prefill_tok_s": batch * c["prompt"] / prefill, "decode_tok_s": batch * c["new"] / decode}
@@ -47,20 +57,23 @@ def train(c):
     m.train()
     m = get_peft_model(m, LoraConfig(r=c["r"], lora_alpha=2 * c["r"], target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], lora_dropout=0.0))
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(4, c["vocab"], (c["batch"], c["seq"]))
+    ids = torch.randint(4, c["vocab"], (c["batch"], c["seq"]), device=c.get("device", "cpu"))
     times = []
-    for _ in range(3):
+    for _ in range(4):  # the first is a warm-up
+        sync(c)
         t0 = time.perf_counter()
         loss = m(ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
+        sync(c)
         times.append(time.perf_counter() - t0)
-    step = sorted(times)[1]
+    step = sorted(times[1:])[1]
     return {"step_s": step, "tok_s": c["batch"] * c["seq"] / step}
 
 
 if __name__ == "__main__":
     torch.set_num_threads(int(__import__("os").environ.get("TORCH_THREADS", "2")))
+    torch.backends.cuda.matmul.allow_tf32 = False
     mode, cfg = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps({"torch": torch.__version__, **(generate(cfg) if mode == "generate" else train(cfg))}))

@@ -16,6 +16,8 @@ use convrec_core::ops::rmsnorm::RmsNorm;
 use convrec_core::ops::rope::{Rope, RopeTables};
 use serde::Serialize;
 
+use crate::baseline::Sgemm;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Models whose shapes to use: smollm2, qwen2.5.
@@ -36,6 +38,15 @@ pub struct Args {
     /// Only ops whose name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// Square products N×N×N (C = A·Bᵀ, f32) to measure against the card's peak, e.g. 2048,4096.
+    #[arg(long, value_delimiter = ',')]
+    square: Vec<usize>,
+    /// Run the matmul baseline with PyTorch on this device (e.g. cuda) instead of NumPy.
+    #[arg(long)]
+    torch_device: Option<String>,
+    /// The interpreter that has torch.
+    #[arg(long, env = "CONVREC_TORCH_PYTHON", default_value = "python3")]
+    python: String,
 }
 
 #[derive(Clone, Copy)]
@@ -57,6 +68,8 @@ const MODELS: [ModelShape; 2] = [
 #[derive(Serialize)]
 struct Row {
     adapter: String,
+    /// What `numpy_gflops` was measured with: NumPy on the CPU, or torch on a named device.
+    baseline: String,
     model: &'static str,
     op: String,
     tokens: usize,
@@ -240,6 +253,25 @@ fn other_cases(gpu: &Gpu, m: &ModelShape, t: usize, budget: Duration, cases: &mu
     Ok(())
 }
 
+/// Large square products, for the fraction of the card's fp32 peak.
+fn square_cases(gpu: &Gpu, sizes: &[usize], budget: Duration, cases: &mut Vec<Case>) -> anyhow::Result<()> {
+    for &n in sizes {
+        let s = LinearShape { rows: n, inp: n, out: n };
+        let op = pollster::block_on(LinearForward::new(gpu, s, Dtype::F32, false, false))?;
+        let (x, w, y) = (buf(gpu, n * n)?, buf(gpu, n * n)?, buf(gpu, n * n)?);
+        let secs = crate::timing::time_op(gpu, budget, |b| op.record(b, &x, &w, None, &y))?;
+        cases.push(Case {
+            op: "square matmul f32 A·Bᵀ".into(),
+            shape: format!("{n}x{n}·{n}x{n}ᵀ"),
+            flops: Some(s.flops()),
+            bytes: 12.0 * (n * n) as f64,
+            sgemm: Some((n, n, n)),
+            secs,
+        });
+    }
+    Ok(())
+}
+
 fn adamw_case(gpu: &Gpu, budget: Duration, cases: &mut Vec<Case>) -> anyhow::Result<()> {
     // LoRA r=16 on all seven projections of SmolLM2-135M: ≈4.9 M parameters.
     let n = 4_884_480;
@@ -270,71 +302,107 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let keep = |c: &Case| args.filter.as_ref().is_none_or(|f| c.op.contains(f.as_str()));
+    let baseline = match &args.torch_device {
+        Some(device) => Sgemm::Torch { python: args.python.clone(), device: device.clone() },
+        None => Sgemm::Numpy,
+    };
     let mut first = true;
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    if !args.square.is_empty() {
+        groups.push(("square", 0));
+    }
     for model in MODELS.iter().filter(|m| args.models.iter().any(|n| n == m.name)) {
-        for &t in &args.tokens {
-            let mut cases = Vec::new();
-            // An op the adapter cannot hold (e.g. a 152k-row head past a 128 MiB binding limit)
-            // is reported and skipped, not fatal.
-            if let Err(e) = linear_cases(gpu, model, t, budget, &mut cases) {
-                println!("{} · {t} tokens: some linear cases skipped: {e}", model.name);
-            }
-            if let Err(e) = other_cases(gpu, model, t, budget, &mut cases) {
-                println!("{} · {t} tokens: some cases skipped: {e}", model.name);
-            }
-            if first {
-                adamw_case(gpu, budget, &mut cases)?;
-                first = false;
-            }
-            cases.retain(keep);
-            let shapes: Vec<(usize, usize, usize)> = cases.iter().filter_map(|c| c.sgemm).collect();
-            let numpy = if args.no_baseline || shapes.is_empty() {
+        groups.extend(args.tokens.iter().map(|&t| (model.name, t)));
+    }
+    for (group, t) in groups {
+        let mut cases = Vec::new();
+        if group == "square" {
+            square_cases(gpu, &args.square, budget, &mut cases)?;
+            report(&args, &adapter, &baseline, group, t, cases, &mut out)?;
+            continue;
+        }
+        let model = MODELS.iter().find(|m| m.name == group).expect("listed above");
+        // An op the adapter cannot hold (e.g. a 152k-row head past a 128 MiB binding limit)
+        // is reported and skipped, not fatal.
+        if let Err(e) = linear_cases(gpu, model, t, budget, &mut cases) {
+            println!("{} · {t} tokens: some linear cases skipped: {e}", model.name);
+        }
+        if let Err(e) = other_cases(gpu, model, t, budget, &mut cases) {
+            println!("{} · {t} tokens: some cases skipped: {e}", model.name);
+        }
+        if first {
+            adamw_case(gpu, budget, &mut cases)?;
+            first = false;
+        }
+        cases.retain(keep);
+        report(&args, &adapter, &baseline, model.name, t, cases, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Prints one group of cases beside the same-run baseline, and appends them to the JSONL file.
+fn report(
+    args: &Args,
+    adapter: &str,
+    baseline: &Sgemm,
+    group: &'static str,
+    t: usize,
+    cases: Vec<Case>,
+    out: &mut Option<std::fs::File>,
+) -> anyhow::Result<()> {
+    let shapes: Vec<(usize, usize, usize)> = cases.iter().filter_map(|c| c.sgemm).collect();
+    let numpy = if args.no_baseline || shapes.is_empty() {
+        None
+    } else {
+        match crate::baseline::sgemm(baseline, &shapes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("baseline unavailable: {e}");
                 None
-            } else {
-                match crate::baseline::numpy_sgemm(&shapes) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        eprintln!("baseline unavailable: {e}");
-                        None
-                    }
-                }
-            };
-            let mut numpy_iter = numpy.iter().flatten();
-            println!("\n{} · {t} tokens", model.name);
-            println!(
-                "{:<28} {:<28} {:>10} {:>9} {:>8} {:>9} {:>7}",
-                "op", "shape", "ms", "GFLOP/s", "GB/s", "numpy", "ratio"
-            );
-            for c in cases {
-                let gflops = c.flops.map(|f| f / c.secs / 1e9);
-                let np = c.sgemm.and_then(|(m, k, n)| numpy_iter.next().map(|s| 2.0 * (m * k * n) as f64 / s / 1e9));
-                let row = Row {
-                    adapter: adapter.clone(),
-                    model: model.name,
-                    op: c.op.clone(),
-                    tokens: t,
-                    shape: c.shape.clone(),
-                    ms: c.secs * 1e3,
-                    gflops,
-                    gbps: Some(c.bytes / c.secs / 1e9),
-                    numpy_gflops: np,
-                    ratio_to_numpy: gflops.zip(np).map(|(g, n)| g / n),
-                };
-                let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
-                println!(
-                    "{:<28} {:<28} {:>10.3} {:>9} {:>8} {:>9} {:>7}",
-                    row.op,
-                    row.shape,
-                    row.ms,
-                    f(row.gflops, 1),
-                    f(row.gbps, 1),
-                    f(row.numpy_gflops, 1),
-                    f(row.ratio_to_numpy, 2)
-                );
-                if let Some(out) = out.as_mut() {
-                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
-                }
             }
+        }
+    };
+    let mut numpy_iter = numpy.iter().flatten();
+    println!("\n{group} · {t} tokens");
+    println!(
+        "{:<28} {:<28} {:>10} {:>9} {:>8} {:>9} {:>7}",
+        "op",
+        "shape",
+        "ms",
+        "GFLOP/s",
+        "GB/s",
+        baseline.label(),
+        "ratio"
+    );
+    for c in cases {
+        let gflops = c.flops.map(|f| f / c.secs / 1e9);
+        let np = c.sgemm.and_then(|(m, k, n)| numpy_iter.next().map(|s| 2.0 * (m * k * n) as f64 / s / 1e9));
+        let row = Row {
+            adapter: adapter.to_string(),
+            baseline: baseline.label(),
+            model: group,
+            op: c.op.clone(),
+            tokens: t,
+            shape: c.shape.clone(),
+            ms: c.secs * 1e3,
+            gflops,
+            gbps: Some(c.bytes / c.secs / 1e9),
+            numpy_gflops: np,
+            ratio_to_numpy: gflops.zip(np).map(|(g, n)| g / n),
+        };
+        let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        println!(
+            "{:<28} {:<28} {:>10.3} {:>9} {:>8} {:>9} {:>7}",
+            row.op,
+            row.shape,
+            row.ms,
+            f(row.gflops, 1),
+            f(row.gbps, 1),
+            f(row.numpy_gflops, 1),
+            f(row.ratio_to_numpy, 2)
+        );
+        if let Some(out) = out.as_mut() {
+            writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }
     }
     Ok(())

@@ -31,6 +31,9 @@ pub struct Args {
     /// Skip the PyTorch baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Run the PyTorch baseline on this device (e.g. cuda) instead of the CPU.
+    #[arg(long, default_value = "cpu")]
+    torch_device: String,
     /// Python with torch/transformers/peft for the baseline.
     #[arg(long, env = "CONVREC_TORCH_PYTHON", default_value = "python3")]
     python: String,
@@ -78,7 +81,9 @@ fn random_weights(c: &ModelConfig) -> Vec<(String, HostTensor)> {
 }
 
 fn baseline(python: &str, mode: &str, cfg: &serde_json::Value) -> Option<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines/torch_model.py");
+    // Beside the sources when run where it was built, else from the repository root (a copy).
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines/torch_model.py");
+    let script = if std::path::Path::new(built).exists() { built } else { "bench/baselines/torch_model.py" };
     let out = Command::new(python).args([script, mode, &cfg.to_string()]).output().ok()?;
     if !out.status.success() {
         eprintln!(
@@ -96,7 +101,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let model = GpuModel::upload(gpu, c.clone(), random_weights(&c), (args.prompt + args.new).max(args.train_seq) + 8)?;
     let shape = json!({"vocab": c.vocab_size, "hidden": c.hidden_size, "ffn": c.intermediate_size, "layers": c.num_layers,
         "heads": c.num_heads, "kv_heads": c.num_kv_heads, "prompt": args.prompt, "new": args.new, "batches": [1, 8],
-        "batch": args.train_batch, "seq": args.train_seq, "r": 16});
+        "batch": args.train_batch, "seq": args.train_seq, "r": 16, "device": args.torch_device});
     if args.parts.iter().any(|p| p == "generate") {
         let torch = if args.no_baseline { None } else { baseline(&args.python, "generate", &shape) };
         println!(
@@ -144,8 +149,9 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         }
         if let Some(t) = &torch {
             println!(
-                "(torch {} on the CPU, {} threads; G = 8 is compared with its batch-8 decode)",
+                "(torch {} on {} ({} CPU threads); G = 8 is compared with its batch-8 decode)",
                 t["torch"],
+                args.torch_device,
                 std::env::var("TORCH_THREADS").unwrap_or("2".into())
             );
         }
@@ -175,8 +181,11 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
             args.train_seq,
             best,
             tokens / best,
-            torch_rate
-                .map_or(String::new(), |t| format!("; torch+peft CPU {t:.0} tokens/s, ratio {:.2}", tokens / best / t))
+            torch_rate.map_or(String::new(), |t| format!(
+                "; torch+peft ({}) {t:.0} tokens/s, ratio {:.2}",
+                args.torch_device,
+                tokens / best / t
+            ))
         );
     }
     Ok(())

@@ -36,6 +36,7 @@ shader!(EMBEDDING, "embedding");
 shader!(GRPO_LOSS, "grpo_loss");
 shader!(KV_CACHE, "kv_cache");
 shader!(MATMUL, "matmul");
+shader!(MATMUL_TILED, "matmul_tiled");
 shader!(MATMUL_VEC4, "matmul_vec4");
 shader!(OUTPUT_HEAD, "output_head");
 shader!(RESIDUAL, "residual");
@@ -54,6 +55,7 @@ pub static ALL: &[&Shader] = &[
     &GRPO_LOSS,
     &KV_CACHE,
     &MATMUL,
+    &MATMUL_TILED,
     &MATMUL_VEC4,
     &OUTPUT_HEAD,
     &RESIDUAL,

@@ -153,11 +153,34 @@ struct Params {
     _pad: u32,
 }
 
-fn forward_variant(head_dim: usize) -> Variant {
+/// How the forward and backward spread rows over the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// One invocation per query row (CPU adapters: llvmpipe runs an invocation per SIMD lane
+    /// and pays for every barrier).
+    PerInvocation,
+    /// One workgroup of `ROW_LANES` per query row (GPUs: keys scored in parallel, value rows
+    /// read contiguously, no per-invocation HEAD_DIM accumulator to spill).
+    PerWorkgroup,
+}
+
+/// Lanes of the per-workgroup forward, and keys per block.
+const ROW_LANES: u32 = 64;
+
+fn forward_variant(head_dim: usize, kernel: AttentionKernel) -> Variant {
     Variant {
         shader: "attention",
-        entry: "attention_forward",
-        defs: vec![Def::U32("HEAD_DIM", head_dim as u32), Def::U32("WG", WG), Def::U32("BLOCK", BLOCK)],
+        entry: match kernel {
+            AttentionKernel::PerInvocation => "attention_forward",
+            AttentionKernel::PerWorkgroup => "attention_forward_rows",
+        },
+        defs: vec![
+            Def::U32("HEAD_DIM", head_dim as u32),
+            Def::U32("WG", WG),
+            Def::U32("BLOCK", BLOCK),
+            Def::U32("KB", ROW_LANES),
+            Def::U32("DPL", (head_dim as u32).div_ceil(ROW_LANES)),
+        ],
     }
 }
 
@@ -165,18 +188,35 @@ fn backward_variant(entry: &'static str, head_dim: usize, accumulate: bool) -> V
     Variant {
         shader: "attention_backward",
         entry,
-        defs: vec![Def::U32("HEAD_DIM", head_dim as u32), Def::U32("WG", WG), Def::Bool("ACCUMULATE", accumulate)],
+        defs: vec![
+            Def::U32("HEAD_DIM", head_dim as u32),
+            Def::U32("WG", WG),
+            Def::Bool("ACCUMULATE", accumulate),
+            Def::U32("KB", ROW_LANES),
+            Def::U32("DPL", (head_dim as u32).div_ceil(ROW_LANES)),
+        ],
     }
 }
 
-const BACKWARD_ENTRIES: [&str; 3] = ["attention_delta", "attention_backward_dq", "attention_backward_dkv"];
+/// delta (always per invocation: one dot product per row), dq, dk/dv.
+fn backward_entries(kind: AttentionKernel) -> [&'static str; 3] {
+    match kind {
+        AttentionKernel::PerInvocation => ["attention_delta", "attention_backward_dq", "attention_backward_dkv"],
+        AttentionKernel::PerWorkgroup => {
+            ["attention_delta", "attention_backward_dq_rows", "attention_backward_dkv_rows"]
+        }
+    }
+}
 
 pub fn specializations() -> Vec<Variant> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
-        v.push(forward_variant(d));
+        v.push(forward_variant(d, AttentionKernel::PerInvocation));
+        v.push(forward_variant(d, AttentionKernel::PerWorkgroup));
         for acc in [false, true] {
-            v.extend(BACKWARD_ENTRIES.map(|e| backward_variant(e, d, acc)));
+            for kind in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
+                v.extend(backward_entries(kind).map(|e| backward_variant(e, d, acc)));
+            }
         }
     }
     v
@@ -198,6 +238,7 @@ const BACKWARD_BINDINGS: [Access; 8] = [
 /// Forward (and, when prepared for training, backward) kernels for one head dimension.
 pub struct Attention {
     forward: Arc<Kernel>,
+    kernel_kind: AttentionKernel,
     backward: Option<[Arc<Kernel>; 3]>,
 }
 
@@ -216,23 +257,36 @@ pub struct AttentionIo<'a> {
 impl Attention {
     /// `backward`: also compile the backward kernels (`accumulate`: add into dq/dk/dv).
     pub async fn new(gpu: &Gpu, head_dim: usize, backward: bool, accumulate: bool) -> GpuResult<Self> {
+        let kernel =
+            if gpu.summary().is_cpu() { AttentionKernel::PerInvocation } else { AttentionKernel::PerWorkgroup };
+        Self::with_forward(gpu, head_dim, backward, accumulate, kernel).await
+    }
+
+    /// With a given forward kernel (tests run both on any adapter).
+    pub async fn with_forward(
+        gpu: &Gpu,
+        head_dim: usize,
+        backward: bool,
+        accumulate: bool,
+        kernel_kind: AttentionKernel,
+    ) -> GpuResult<Self> {
         if !HEAD_DIMS.contains(&head_dim) {
             return Err(GpuError::shape(
                 OP,
                 format!("head_dim {head_dim} has no compiled kernel (supported: {HEAD_DIMS:?})"),
             ));
         }
-        let forward = gpu.kernel(&forward_variant(head_dim), &FORWARD_BINDINGS).await?;
+        let forward = gpu.kernel(&forward_variant(head_dim, kernel_kind), &FORWARD_BINDINGS).await?;
         let backward = if backward {
             let mut ks = Vec::new();
-            for e in BACKWARD_ENTRIES {
+            for e in backward_entries(kernel_kind) {
                 ks.push(gpu.kernel(&backward_variant(e, head_dim, accumulate), &BACKWARD_BINDINGS).await?);
             }
             Some([ks[0].clone(), ks[1].clone(), ks[2].clone()])
         } else {
             None
         };
-        Ok(Attention { forward, backward })
+        Ok(Attention { forward, kernel_kind, backward })
     }
 
     fn check_io(s: &AttentionShape, io: &AttentionIo) -> GpuResult<()> {
@@ -249,9 +303,22 @@ impl Attention {
         gpu.check_workgroups(OP, &format!("{n} queries or keys"), [(n as u64).div_ceil(WG as u64), 1, 1])
     }
 
+    /// One workgroup per row, on a 2-D grid: the kernels read their row as y·(groups in x) + x.
+    fn row_groups(gpu: &Gpu, rows: usize) -> GpuResult<[u32; 3]> {
+        let x = rows.min(gpu.limits().max_compute_workgroups_per_dimension as usize);
+        gpu.check_workgroups(OP, &format!("{rows} rows"), [x as u64, rows.div_ceil(x) as u64, 1])
+    }
+
+    fn grid(&self, gpu: &Gpu, rows: usize) -> GpuResult<[u32; 3]> {
+        match self.kernel_kind {
+            AttentionKernel::PerInvocation => Self::groups(gpu, rows),
+            AttentionKernel::PerWorkgroup => Self::row_groups(gpu, rows),
+        }
+    }
+
     pub fn forward(&self, b: &mut Batch, s: &AttentionShape, io: &AttentionIo) -> GpuResult<()> {
         Self::check_io(s, io)?;
-        let groups = Self::groups(b.gpu(), s.batch * s.heads * s.tq)?;
+        let groups = self.grid(b.gpu(), s.batch * s.heads * s.tq)?;
         b.dispatch(&self.forward, &s.params(), &[io.q, io.k, io.v, io.key_start, io.out, io.stats], groups);
         Ok(())
     }
@@ -277,13 +344,53 @@ impl Attention {
         need(OP, "dk", dk, s.k_elems())?;
         need(OP, "dv", dv, s.k_elems())?;
         let params = s.params();
-        let queries = Self::groups(b.gpu(), s.batch * s.heads * s.tq)?;
-        let keys = Self::groups(b.gpu(), s.batch * s.kv_heads * s.tk)?;
-        b.dispatch(delta, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dq, io.out], queries);
+        let rows = s.batch * s.heads * s.tq;
+        let key_rows = s.batch * s.kv_heads * s.tk;
+        let queries = self.grid(b.gpu(), rows)?;
+        let keys = self.grid(b.gpu(), key_rows)?;
+        let delta_groups = Self::groups(b.gpu(), rows)?;
+        b.dispatch(delta, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dq, io.out], delta_groups);
         b.dispatch(dq_kernel, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dq, io.out], queries);
         b.dispatch(dkv_kernel, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dk, dv], keys);
         Ok(())
     }
+}
+
+/// CPU reference of the backward (f64), analytic: [dq, dk, dv] laid out like q, k, v.
+pub fn attention_backward_ref(
+    s: &AttentionShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    key_start: &[u32],
+    dout: &[f64],
+) -> [Vec<f64>; 3] {
+    let d = s.head_dim;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (out, lse) = attention_ref(s, q, k, v, key_start);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_elems()], vec![0.0; s.k_elems()], vec![0.0; s.k_elems()]);
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            let g = h / (s.heads / s.kv_heads);
+            for i in 0..s.tq {
+                let qb = (b * s.tq + i) * s.q_stride + h * d;
+                let delta: f64 = (0..d).map(|e| dout[qb + e] * out[qb + e]).sum();
+                for t in key_start[b] as usize..=s.q_pos0 + i {
+                    let kb = b * s.k_sb + g * s.k_sh + t * s.k_st;
+                    let sc = (0..d).map(|e| q[qb + e] * k[kb + e]).sum::<f64>() * scale;
+                    let pr = (sc - lse[(b * s.heads + h) * s.tq + i]).exp();
+                    let dp: f64 = (0..d).map(|e| dout[qb + e] * v[kb + e]).sum();
+                    let ds = pr * (dp - delta) * scale;
+                    for e in 0..d {
+                        dq[qb + e] += ds * k[kb + e];
+                        dk[kb + e] += ds * q[qb + e];
+                        dv[kb + e] += pr * dout[qb + e];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
 }
 
 /// CPU reference of the forward with an explicit score matrix (f64): (out, lse).
@@ -332,14 +439,28 @@ mod tests {
         [fd_grad(&|x| loss(x, k, v), q), fd_grad(&|x| loss(q, x, v), k), fd_grad(&|x| loss(q, k, x), v)]
     }
 
+    /// Checks both forward kernels (and the backward after each) on the same shape.
     fn run(gpu: &Gpu, s: &AttentionShape, key_start: &[u32], accumulate: bool, rng: &mut rand::rngs::StdRng) {
+        for kernel in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
+            run_with(gpu, s, key_start, accumulate, kernel, rng);
+        }
+    }
+
+    fn run_with(
+        gpu: &Gpu,
+        s: &AttentionShape,
+        key_start: &[u32],
+        accumulate: bool,
+        kernel: AttentionKernel,
+        rng: &mut rand::rngs::StdRng,
+    ) {
         let q = testing::normal(rng, s.q_elems());
         let k = testing::normal(rng, s.k_elems());
         let v = testing::normal(rng, s.k_elems());
         let dout = testing::normal(rng, s.q_elems());
         let (dq0, dk0, dv0) =
             (testing::normal(rng, s.q_elems()), testing::normal(rng, s.k_elems()), testing::normal(rng, s.k_elems()));
-        let op = pollster::block_on(Attention::new(gpu, s.head_dim, true, accumulate)).unwrap();
+        let op = pollster::block_on(Attention::with_forward(gpu, s.head_dim, true, accumulate, kernel)).unwrap();
         let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
         let (qb, kb, vb, doutb) = (up(&q), up(&k), up(&v), up(&dout));
         let ksb = gpu.upload("t", "key_start", key_start).unwrap();
@@ -366,9 +487,9 @@ mod tests {
         };
         let got_out = read(&outb);
         let err = rel_err(&mask_q(&got_out), &mask_q(&f32s(&out)));
-        assert!(err <= 1e-5, "{s:?} out: {err:e}");
+        assert!(err <= 1e-5, "{kernel:?} {s:?} out: {err:e}");
         let got_lse = &read(&statsb)[..lse.len()];
-        assert!(rel_err(got_lse, &f32s(&lse)) <= 1e-5, "{s:?} lse");
+        assert!(rel_err(got_lse, &f32s(&lse)) <= 1e-5, "{kernel:?} {s:?} lse");
 
         let [mut dq, mut dk, mut dv] = fd_backward(s, &qd, &kd, &vd, key_start, &f64s(&dout));
         if accumulate {
@@ -440,6 +561,83 @@ mod tests {
         // Prefill of 3 queries after a cached prefix of 4.
         let s = AttentionShape::cached(1, 3, 4, 8, 2, 1, 16);
         run(&gpu, &s, &[1], false, &mut rng);
+    }
+
+    /// Forward only, at lengths spanning several key blocks of the per-workgroup kernel.
+    fn forward_matches(gpu: &Gpu, s: &AttentionShape, key_start: &[u32], rng: &mut rand::rngs::StdRng) {
+        let q = testing::normal(rng, s.q_elems());
+        let k = testing::normal(rng, s.k_elems());
+        let v = testing::normal(rng, s.k_elems());
+        let dout = testing::normal(rng, s.q_elems());
+        let (want, lse) = attention_ref(s, &f64s(&q), &f64s(&k), &f64s(&v), key_start);
+        // Gradients at these lengths are too costly for finite differences: the analytic
+        // reference (itself checked by finite differences) stands in.
+        let mut grads: Vec<Vec<Vec<f32>>> = Vec::new();
+        for kernel in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
+            let op = pollster::block_on(Attention::with_forward(gpu, s.head_dim, true, false, kernel)).unwrap();
+            let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
+            let (qb, kb, vb) = (up(&q), up(&k), up(&v));
+            let ksb = gpu.upload("t", "key_start", key_start).unwrap();
+            let (outb, statsb) = (up(&vec![f32::NAN; s.q_elems()]), up(&vec![f32::NAN; s.stats_elems()]));
+            let io = AttentionIo { q: &qb, k: &kb, v: &vb, key_start: &ksb, out: &outb, stats: &statsb };
+            let (doutb, dqb, dkb, dvb) =
+                (up(&dout), up(&vec![0.0; s.q_elems()]), up(&vec![0.0; s.k_elems()]), up(&vec![0.0; s.k_elems()]));
+            let mut b = gpu.batch("t");
+            op.forward(&mut b, s, &io).unwrap();
+            op.backward(&mut b, s, &io, &doutb, &dqb, &dkb, &dvb).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let read = |x: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", x)).unwrap();
+            grads.push(vec![read(&dqb), read(&dkb), read(&dvb)]);
+            let got = read(&outb);
+            let err = rel_err(&got, &f32s(&want));
+            assert!(err <= 1e-5, "{kernel:?} {s:?} out: {err:e}");
+            let got_lse = pollster::block_on(gpu.read::<f32>("t", &statsb)).unwrap();
+            let err = rel_err(&got_lse[..lse.len()], &f32s(&lse));
+            assert!(err <= 1e-5, "{kernel:?} {s:?} lse: {err:e}");
+        }
+        let want = attention_backward_ref(s, &f64s(&q), &f64s(&k), &f64s(&v), key_start, &f64s(&dout));
+        for (kind, got) in ["per invocation", "per workgroup"].iter().zip(&grads) {
+            for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+                let err = rel_err(g, &f32s(w));
+                assert!(err <= 1e-5, "{s:?} {kind} {name}: {err:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_kernel_kinds_match_over_many_key_blocks_forward_and_backward() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("attention long forward");
+        // 150 tokens (3 blocks of 64, ragged), GQA, the second sequence left-padded by 77 so its
+        // first queries see no key; head_dim 128 (two dims per lane) and 64.
+        forward_matches(&gpu, &AttentionShape::token_major(2, 150, 4, 2, 128), &[0, 77], &mut rng);
+        for t in [260, 300, 400, 512] {
+            forward_matches(&gpu, &AttentionShape::token_major(1, t, 2, 1, 16), &[0], &mut rng);
+        }
+        forward_matches(&gpu, &AttentionShape::token_major(2, 150, 6, 2, 64), &[0, 77], &mut rng);
+        for t in [260, 300, 400, 512] {
+            forward_matches(&gpu, &AttentionShape::token_major(1, t, 9, 3, 64), &[0], &mut rng);
+        }
+        // Decode of 3 sequences against 200 cached keys, head_dim 96 (lanes past 96 idle).
+        forward_matches(&gpu, &AttentionShape::cached(3, 1, 200, 203, 6, 2, 96), &[0, 5, 130], &mut rng);
+    }
+
+    #[test]
+    fn analytic_backward_reference_matches_finite_differences() {
+        let mut rng = testing::rng("attention backward reference");
+        let s = AttentionShape::token_major(2, 6, 4, 2, 16);
+        let ks = [0, 2];
+        let (q, k, v, dout) = (
+            f64s(&testing::normal(&mut rng, s.q_elems())),
+            f64s(&testing::normal(&mut rng, s.k_elems())),
+            f64s(&testing::normal(&mut rng, s.k_elems())),
+            f64s(&testing::normal(&mut rng, s.q_elems())),
+        );
+        let analytic = attention_backward_ref(&s, &q, &k, &v, &ks, &dout);
+        let fd = fd_backward(&s, &q, &k, &v, &ks, &dout);
+        for (a, f) in analytic.iter().zip(&fd) {
+            assert!(testing::rel_err64(a, f) <= 1e-6, "{:e}", testing::rel_err64(a, f));
+        }
     }
 
     #[test]

@@ -204,6 +204,41 @@ pub fn splitk_variant(spec: MatmulSpec, rows: u32) -> Variant {
     v
 }
 
+/// Register blocks of the workgroup-tiled kernel (`shaders/matmul_tiled.wgsl`, GPU adapters):
+/// 16×16 invocations, each TM×TN outputs, so a workgroup owns a (16·TM)×(16·TN) block of C.
+pub const TILED_WG: u32 = 16;
+
+/// The tiled kernel's K step: panels of BK·(16·TM + 16·TN + 2) words must fit the WebGPU
+/// default of 16 KiB workgroup memory (8×8 blocks: BK 8 → 8.1 KiB; 4×4: BK 16 → 8.1 KiB).
+pub fn tiled_bk(tiling: Tiling) -> u32 {
+    if tiling.tm + tiling.tn > 8 { 8 } else { 16 }
+}
+
+/// The tiled kernel's register block for a shape: 8×8 (128×128 per workgroup, the most reuse)
+/// when that still gives at least 128 workgroups to spread over the GPU's cores, else 4×4 or
+/// fewer rows for short products, so small LLM-shaped products still fill the machine.
+pub fn tiled_tiling(shape: MatmulShape) -> Tiling {
+    let groups = |tm: usize, tn: usize| shape.m.div_ceil(16 * tm) * shape.n.div_ceil(16 * tn) * shape.batch;
+    let (tm, tn) = if groups(8, 8) >= 128 { (8, 8) } else { ((shape.m.div_ceil(16).next_power_of_two()).min(4), 4) };
+    Tiling { tm: tm as u32, tn, wg_m: TILED_WG, wg_n: TILED_WG }
+}
+
+/// Every tiling `tiled_tiling` can return.
+pub fn tiled_tilings() -> Vec<Tiling> {
+    [(1, 4), (2, 4), (4, 4), (8, 8)]
+        .into_iter()
+        .map(|(tm, tn)| Tiling { tm, tn, wg_m: TILED_WG, wg_n: TILED_WG })
+        .collect()
+}
+
+pub fn tiled_variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
+    let mut v = variant(spec, tiling);
+    v.shader = "matmul_tiled";
+    v.entry = "matmul_tiled";
+    v.defs.push(Def::U32("BK", tiled_bk(tiling)));
+    v
+}
+
 /// Lanes sharing one column's K, and columns per workgroup, of the split-K decode path.
 pub const SPLITK_LANES: u32 = 8;
 pub const SPLITK_COLUMNS: u32 = 8;
@@ -245,6 +280,7 @@ pub fn specializations() -> Vec<Variant> {
     let mut out = Vec::new();
     for spec in used_specs() {
         out.extend(Tiling::all().into_iter().map(|t| variant(spec, t)));
+        out.extend(tiled_tilings().into_iter().map(|t| tiled_variant(spec, t)));
         if let Some(path) = FastPath::of(spec) {
             out.extend(path.tilings().into_iter().map(|t| fast_variant(spec, path, t)));
             if path == FastPath::Nt {
@@ -281,13 +317,21 @@ fn extent(op: &Operand, rows: usize, cols: usize, batch: usize) -> usize {
 impl Matmul {
     pub async fn new(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Self> {
         let cpu = gpu.summary().is_cpu();
+        if !cpu {
+            // GPUs: the workgroup-tiled kernel for any operands, split-K for aligned decode rows.
+            let mut mm = Self::tiled(gpu, spec, shape, tiled_tiling(shape)).await?;
+            let splitk =
+                FastPath::of(spec).filter(|p| p.fits(shape)) == Some(FastPath::Nt) && shape.m <= SPLITK_MAX_ROWS;
+            if splitk {
+                // Split-K reads B coalesced, which GPUs need for decode; llvmpipe measured it
+                // 2–4× slower than register blocks (bench/RESULTS.md), so CPU adapters keep those.
+                mm.fast = Some(Self::prepare_splitk(gpu, spec, shape).await?);
+            }
+            return Ok(mm);
+        }
         let mut mm = Self::with_tiling(gpu, spec, shape, Tiling::choose(cpu, shape.m)).await?;
         if let Some(path) = FastPath::of(spec).filter(|p| p.fits(shape)) {
-            // Split-K reads B coalesced, which GPUs need for decode; llvmpipe measured it 2–4×
-            // slower than register blocks (bench/RESULTS.md), so CPU adapters keep those.
-            if path == FastPath::Nt && shape.m <= SPLITK_MAX_ROWS && !cpu {
-                mm.fast = Some(Self::prepare_splitk(gpu, spec, shape).await?);
-            } else {
+            {
                 let tiling = path.tiling(cpu, shape.m);
                 let groups = Self::grid(gpu, shape, tiling)?;
                 let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
@@ -333,6 +377,13 @@ impl Matmul {
         let groups = Self::grid(gpu, shape, tiling)?;
         let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
         Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups }, fast: None })
+    }
+
+    /// The workgroup-tiled kernel (GPU adapters) with a given register block, for any operands.
+    pub async fn tiled(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
+        let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
+        mm.general.kernel = gpu.kernel(&tiled_variant(spec, tiling), &BINDINGS).await?;
+        Ok(mm)
     }
 
     /// The vec4 fast path alone, with a given tiling (tests and benchmarks); fails if the shape
@@ -493,10 +544,27 @@ mod tests {
         shape: MatmulShape,
         tiling: Option<Tiling>,
     ) {
-        let MatmulShape { m, n, k, batch } = shape;
         // `None`: the product as `Matmul::new` prepares it, with 4-aligned operands so the fast
         // path runs where the shape allows.
         let step = if tiling.is_none() { 4 } else { 1 };
+        let op = match tiling {
+            Some(t) => pollster::block_on(Matmul::with_tiling(gpu, spec, shape, t)).expect("prepare"),
+            None => pollster::block_on(Matmul::new(gpu, spec, shape)).expect("prepare"),
+        };
+        check_with(gpu, rng, spec, shape, &op, step);
+    }
+
+    /// Runs a prepared product on random operands whose offsets and leading dimensions are
+    /// multiples of `step`, and compares it with the reference.
+    fn check_with(
+        gpu: &Gpu,
+        rng: &mut rand::rngs::StdRng,
+        spec: MatmulSpec,
+        shape: MatmulShape,
+        op: &Matmul,
+        step: usize,
+    ) {
+        let MatmulShape { m, n, k, batch } = shape;
         let mut operand = |rows: usize, cols: usize| {
             let ld = (cols + rng.random_range(0..3)).next_multiple_of(step);
             let off = rng.random_range(0..5) * step;
@@ -515,10 +583,6 @@ mod tests {
         let c0 = testing::normal(rng, c_len);
         let alpha = if rng.random::<bool>() { 1.0 } else { 0.37 };
 
-        let op = match tiling {
-            Some(t) => pollster::block_on(Matmul::with_tiling(gpu, spec, shape, t)).expect("prepare"),
-            None => pollster::block_on(Matmul::new(gpu, spec, shape)).expect("prepare"),
-        };
         let ab = gpu.upload("t", "a", &a).unwrap();
         let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
         let biasb = gpu.upload("t", "bias", &bias).unwrap();
@@ -533,7 +597,7 @@ mod tests {
         let mut want = c0.clone();
         matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, alpha);
         let err = rel_err(&got, &want);
-        let path = if tiling.is_none() && op.has_fast_path() { "vec4" } else { "general" };
+        let path = if step == 4 && op.has_fast_path() { "fast" } else { "general" };
         assert!(err <= 1e-5, "{spec:?} {shape:?} {path} {:?}: ‖gpu−ref‖/‖ref‖ = {err:e}", op.tiling());
     }
 
@@ -554,6 +618,46 @@ mod tests {
             {
                 check_case(&gpu, &mut rng, spec, MatmulShape { m, n, k, batch }, None);
             }
+        }
+    }
+
+    #[test]
+    fn the_tiled_gpu_kernel_matches_the_reference_for_every_spec_and_block() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul tiled");
+        for spec in used_specs() {
+            for tiling in tiled_tilings() {
+                // Ragged against the 16·TM × 16·TN block and the K step, unaligned operands.
+                for &(m, n, k, batch) in &[(1, 37, 19, 1), (19, 70, 33, 2), (130, 45, 41, 1)] {
+                    let shape = MatmulShape { m, n, k, batch };
+                    let op = pollster::block_on(Matmul::tiled(&gpu, spec, shape, tiling)).unwrap();
+                    check_with(&gpu, &mut rng, spec, shape, &op, 1);
+                }
+            }
+        }
+        // The choice `Matmul::new` makes on GPUs covers small and large products.
+        assert_eq!(tiled_tiling(MatmulShape::new(5, 576, 576)).tm, 1);
+        assert_eq!(tiled_tiling(MatmulShape::new(256, 576, 576)).tm, 4);
+        assert_eq!(tiled_tiling(MatmulShape::new(2048, 2048, 64)).tm, 8);
+    }
+
+    #[test]
+    fn long_k_products_are_complete() {
+        // llvmpipe stops every loop of an invocation after 65,535 iterations in total
+        // (gallivm's loop limiter): a kernel whose loop count grows with K must keep its
+        // per-invocation iterations far below that at model sizes.
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("matmul long k");
+        for spec in [
+            MatmulSpec { trans_b: true, ..MatmulSpec::plain() },
+            MatmulSpec { trans_a: true, trans_b: true, ..MatmulSpec::plain() },
+        ] {
+            for tiling in [Tiling::CPU, Tiling::GPU] {
+                check_case(&gpu, &mut rng, spec, MatmulShape::new(9, 13, 4099), Some(tiling));
+            }
+            let op = pollster::block_on(Matmul::tiled(&gpu, spec, MatmulShape::new(9, 13, 4099), tiled_tilings()[3]))
+                .unwrap();
+            check_with(&gpu, &mut rng, spec, MatmulShape::new(9, 13, 4099), &op, 1);
         }
     }
 

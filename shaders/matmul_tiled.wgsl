@@ -1,0 +1,150 @@
+// Workgroup-tiled matrix product for real GPUs: same product, parameters and bindings as
+// shaders/matmul.wgsl (C = α·op(A)·op(B) (+ C) (+ bias), strided, batched; any alignment).
+//
+// Each workgroup of WG_M×WG_N invocations owns a (WG_M·TM)×(WG_N·TN) block of C. It walks K in
+// steps of BK: the whole workgroup copies the A and B panels of the step into workgroup memory
+// (each panel read once from global memory, along its contiguous dimension so neighbouring
+// invocations read neighbouring addresses), then every invocation accumulates its TM×TN outputs
+// from the panels. An invocation's rows are ly, ly+WG_M, … and its columns lx, lx+WG_N, … so that
+// neighbouring invocations read neighbouring panel words and store neighbouring C columns.
+// CPU adapters do not get this kernel: llvmpipe pays heavily for barriers (bench/RESULTS.md).
+//
+// Specialisation: TM, TN, WG_M, WG_N, BK, TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE,
+// B_DTYPE (0 f32, 1 f16, 2 bf16 pairs packed in u32).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    batch_a: u32,
+    batch_b: u32,
+    batch_c: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+const BM: u32 = WG_M * TM;
+const BN: u32 = WG_N * TN;
+const THREADS: u32 = WG_M * WG_N;
+// Panel rows are padded by one word: the copy writes a K-major panel with a stride of BM (or BN)
+// words between neighbouring invocations, which would otherwise all hit one memory bank.
+const SA: u32 = BM + 1u;
+const SB: u32 = BN + 1u;
+
+var<workgroup> panel_a: array<f32, BK * SA>; // [kk][row]
+var<workgroup> panel_b: array<f32, BK * SB>; // [kk][col]
+
+fn load_b(i: u32) -> f32 {
+    if (B_DTYPE == 1u) {
+        return unpack2x16float(b[i >> 1u])[i & 1u];
+    } else if (B_DTYPE == 2u) {
+        let word = b[i >> 1u];
+        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+    }
+    return bitcast<f32>(b[i]);
+}
+
+fn store(row: u32, col: u32, z: u32, value: f32) {
+    if (row < p.m && col < p.n) {
+        let ci = p.c_off + z * p.batch_c + row * p.ldc + col;
+        var v = p.alpha * value;
+        if (HAS_BIAS) {
+            v += bias[col];
+        }
+        if (ACCUMULATE) {
+            v += c[ci];
+        }
+        c[ci] = v;
+    }
+}
+
+@compute @workgroup_size(WG_N, WG_M, 1)
+fn matmul_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let z = wid.z;
+    let row_base = wid.y * BM;
+    let col_base = wid.x * BN;
+    let a_base = p.a_off + z * p.batch_a;
+    let b_base = p.b_off + z * p.batch_b;
+    //#for i in TM
+    //#for j in TN
+    var acc${i}_${j} = 0.0;
+    //#end
+    //#end
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // Copy the panels; elements past M, N or K are zeros.
+        for (var e = li; e < BM * BK; e += THREADS) {
+            var r: u32;
+            var kk: u32;
+            if (TRANS_A) {
+                kk = e / BM;
+                r = e % BM;
+            } else {
+                r = e / BK;
+                kk = e % BK;
+            }
+            let row = row_base + r;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (row < p.m && k < p.k) {
+                v = a[a_base + select(row * p.lda + k, k * p.lda + row, TRANS_A)];
+            }
+            panel_a[kk * SA + r] = v;
+        }
+        for (var e = li; e < BN * BK; e += THREADS) {
+            var col: u32;
+            var kk: u32;
+            if (TRANS_B) {
+                col = e / BK;
+                kk = e % BK;
+            } else {
+                kk = e / BN;
+                col = e % BN;
+            }
+            let n = col_base + col;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (n < p.n && k < p.k) {
+                v = load_b(b_base + select(k * p.ldb + n, n * p.ldb + k, TRANS_B));
+            }
+            panel_b[kk * SB + col] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            //#for i in TM
+            let x${i} = panel_a[kk * SA + lid.y + ${i}u * WG_M];
+            //#end
+            //#for j in TN
+            let y${j} = panel_b[kk * SB + lid.x + ${j}u * WG_N];
+            //#end
+            //#for i in TM
+            //#for j in TN
+            acc${i}_${j} = fma(x${i}, y${j}, acc${i}_${j});
+            //#end
+            //#end
+        }
+        workgroupBarrier();
+    }
+    //#for i in TM
+    //#for j in TN
+    store(row_base + lid.y + ${i}u * WG_M, col_base + lid.x + ${j}u * WG_N, z, acc${i}_${j});
+    //#end
+    //#end
+}
