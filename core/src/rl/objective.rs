@@ -10,6 +10,9 @@ use crate::shaders::{Def, Variant};
 /// Bins: up to 63 ranks plus the overflow bin.
 const BINS: u32 = 64;
 
+/// The largest `rec_num` the kernel takes (one bin stays for the overflow tokens).
+pub const MAX_REC_NUM: usize = BINS as usize - 1;
+
 fn variant() -> Variant {
     Variant { shader: "grpo_loss", entry: "grpo_loss", defs: vec![Def::U32("BINS", BINS), Def::U32("WG", 64)] }
 }
@@ -51,6 +54,51 @@ pub struct GroupTokens {
     pub logp: Vec<f32>,
     pub old_logp: Vec<f32>,
     pub ref_logp: Vec<f32>,
+}
+
+impl GroupTokens {
+    /// A group's completions laid end to end, with token-mean ("bnpo") weights: the layout that
+    /// `Objective::run` and `loss_ref` read. Every argument holds one list per completion, and each
+    /// of a completion's lists must be as long as its `items` (checked: a mismatch would silently
+    /// shift every later completion's tokens).
+    pub fn concat(
+        items: &[Vec<usize>],
+        advantages: &[Vec<f32>],
+        logp: &[Vec<f32>],
+        old_logp: &[Vec<f32>],
+        ref_logp: &[Vec<f32>],
+    ) -> GpuResult<Self> {
+        const OP: &str = "group tokens";
+        let g = items.len();
+        for (what, lists) in
+            [("advantages", advantages), ("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp)]
+        {
+            if lists.len() != g {
+                return Err(GpuError::shape(OP, format!("{what} has {} completions, items {g}", lists.len())));
+            }
+            if let Some(i) = (0..g).find(|&i| lists[i].len() != items[i].len()) {
+                let (got, want) = (lists[i].len(), items[i].len());
+                return Err(GpuError::shape(OP, format!("completion {i}: {what} has {got} values for {want} tokens")));
+            }
+        }
+        let mut out = GroupTokens::default();
+        for (i, ids) in items.iter().enumerate() {
+            out.spans.push((out.items.len(), ids.len()));
+            // Ids past u32 cannot occur in practice; they would land in the overflow bin anyway.
+            out.items.extend(ids.iter().map(|&k| u32::try_from(k).unwrap_or(u32::MAX)));
+            out.advantages.extend(&advantages[i]);
+            out.logp.extend(&logp[i]);
+            out.old_logp.extend(&old_logp[i]);
+            out.ref_logp.extend(&ref_logp[i]);
+        }
+        out.weights = token_mean_weights(&out.spans.iter().map(|s| s.1).collect::<Vec<_>>());
+        Ok(out)
+    }
+
+    /// Splits a per-token vector (the gradient, say; one value per token) back into completions.
+    pub fn split<T: Clone>(&self, flat: &[T]) -> Vec<Vec<T>> {
+        self.spans.iter().map(|&(s, l)| flat[s..s + l].to_vec()).collect()
+    }
 }
 
 /// Token-mean ("bnpo") weights: 1 / total tokens.
@@ -112,8 +160,8 @@ impl Objective {
     pub async fn run(&self, gpu: &Gpu, cfg: &ObjectiveConfig, g: &GroupTokens) -> GpuResult<ObjectiveOutput> {
         const OP: &str = "grpo objective";
         let n = g.logp.len();
-        if cfg.rec_num + 1 > BINS as usize {
-            return Err(GpuError::shape(OP, format!("rec_num {} exceeds {}", cfg.rec_num, BINS - 1)));
+        if cfg.rec_num > MAX_REC_NUM {
+            return Err(GpuError::shape(OP, format!("rec_num {} exceeds {MAX_REC_NUM}", cfg.rec_num)));
         }
         for (what, len) in [
             ("items", g.items.len()),
@@ -277,6 +325,32 @@ mod tests {
                 assert!(err <= 1e-3, "{level:?} near {near}: gradient rel. error {err:e}");
             }
         }
+    }
+
+    #[test]
+    fn concat_lays_completions_end_to_end_and_split_undoes_it() {
+        let items = vec![vec![0, 0, 1], vec![], vec![0, 5]];
+        let per = |base: f32| -> Vec<Vec<f32>> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| (0..it.len()).map(|t| base + (10 * i + t) as f32).collect())
+                .collect()
+        };
+        let g = GroupTokens::concat(&items, &per(0.0), &per(100.0), &per(200.0), &per(300.0)).unwrap();
+        assert_eq!(g.spans, vec![(0, 3), (3, 0), (3, 2)], "an empty completion keeps its place");
+        assert_eq!(g.items, vec![0, 0, 1, 0, 5]);
+        assert_eq!(g.advantages, vec![0.0, 1.0, 2.0, 20.0, 21.0]);
+        assert_eq!(g.ref_logp[3], 320.0);
+        assert_eq!(g.weights, vec![0.2; 5], "bnpo: 1 / tokens in the group");
+        assert_eq!(g.split(&g.logp), per(100.0));
+
+        let mut short = per(100.0);
+        short[2].pop();
+        let err = GroupTokens::concat(&items, &per(0.0), &short, &per(200.0), &per(300.0)).unwrap_err().to_string();
+        assert!(err.contains("completion 2: logp has 1 values for 2 tokens"), "{err}");
+        let err = GroupTokens::concat(&items, &per(0.0), &per(1.0), &per(2.0)[..2], &per(3.0)).unwrap_err().to_string();
+        assert!(err.contains("old_logp has 2 completions"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub fn item_ids(token_texts: &[String]) -> Vec<usize> {
         .collect()
 }
 
+/// How many of a completion's tokens it owns, and whether it ended: segmentation and the loss
+/// cover the tokens up to and including the first end token (any of `end_ids`); what follows is
+/// padding. A completion cut at the length limit has no end token and keeps all its tokens.
+pub fn completion_len(ids: &[u32], end_ids: &[u32]) -> (usize, bool) {
+    match ids.iter().position(|id| end_ids.contains(id)) {
+        Some(end) => (end + 1, true),
+        None => (ids.len(), false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +40,13 @@ mod tests {
         assert_eq!(item_ids(&toks), vec![0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3]);
         assert_eq!(item_ids(&s(&["\n", "x"])), vec![0, 1]);
         assert!(item_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_completion_ends_at_its_first_end_token() {
+        assert_eq!(completion_len(&[5, 6, 2, 0, 0], &[2]), (3, true), "padding after the end is not ours");
+        assert_eq!(completion_len(&[5, 2, 7, 2], &[7, 2]), (2, true), "any end id, the first one wins");
+        assert_eq!(completion_len(&[5, 6], &[2]), (2, false), "cut at the length limit");
+        assert_eq!(completion_len(&[], &[2]), (0, false));
     }
 }

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod logits;
 pub mod lora_grads;
+pub mod objective;
 pub mod score;
 pub mod sft;
 pub mod tokenize;
