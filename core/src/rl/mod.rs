@@ -5,4 +5,5 @@
 
 pub mod advantage;
 pub mod objective;
+pub mod rollout;
 pub mod segment;

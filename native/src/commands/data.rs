@@ -45,6 +45,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// The full MovieLens-100K conversations (all users, fetched on first use) written into `out`.
+pub fn movielens_into(out: &std::path::Path, seed: u64) -> anyhow::Result<()> {
+    movielens(MovieLensArgs { out: out.to_path_buf(), max_users: None, seed, input: None })
+}
+
 fn movielens(args: MovieLensArgs) -> anyhow::Result<()> {
     let dir = match args.input {
         Some(dir) => dir,

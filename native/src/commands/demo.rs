@@ -1,17 +1,222 @@
-//! `convrec demo`, the main job. Until the model, SFT and Rank-GRPO land (issues 4–7) it checks
-//! that the GPU computes correctly and says what the full job will do; it never pretends to train.
+//! `convrec demo`, the main job end to end on the default model and data: build the
+//! MovieLens-100K conversations, SFT a LoRA adapter on SmolLM2-135M-Instruct, evaluate it on
+//! held-out rows, continue with Rank-GRPO, evaluate again, print the before/after table and write
+//! SVG plots of the training curves. The default size is a smoke-sized run that finishes in under
+//! 20 minutes on a 2-core CPU through lavapipe; the flags scale every stage up for a real GPU.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use convrec::plots::{Series, field_series, line_chart};
 use convrec_core::GpuOptions;
+use serde_json::Value;
+
+use super::{eval, sft, train};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Output folder (data/, sft/, rl/, eval-*/, plots/, summary.json).
+    #[arg(long, default_value = "convrec-demo")]
+    pub out: PathBuf,
+    /// An HF model folder or a GGUF file (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training rows for SFT.
+    #[arg(long, default_value_t = 16)]
+    pub sft_rows: usize,
+    #[arg(long, default_value_t = 1)]
+    pub sft_epochs: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    pub sft_lr: f32,
+    #[arg(long, value_enum, default_value = "rank-grpo")]
+    pub algo: train::Algo,
+    /// RL optimiser steps.
+    #[arg(long, default_value_t = 2)]
+    pub rl_steps: u64,
+    #[arg(long, default_value_t = 2)]
+    pub prompts_per_step: usize,
+    /// Completions per prompt (G).
+    #[arg(long, default_value_t = 4)]
+    pub group_size: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub rl_lr: f32,
+    /// Held-out (test) rows evaluated before and after RL.
+    #[arg(long, default_value_t = 8)]
+    pub eval_rows: usize,
+    /// New tokens per completion (20 titles take about 160 tokens).
+    #[arg(long, default_value_t = 192)]
+    pub max_new_tokens: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
 
-pub fn run(options: &GpuOptions, _args: Args) -> anyhow::Result<()> {
-    let gpu = super::open_gpu(options)?;
-    super::self_check(&gpu)?;
+/// Writes the first `n` lines of `src` (from line `skip`) to `dst`.
+fn slice_rows(src: &Path, dst: &Path, skip: usize, n: usize) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    let lines: Vec<&str> = text.lines().skip(skip).take(n).collect();
+    anyhow::ensure!(!lines.is_empty(), "{}: fewer than {} rows", src.display(), skip + 1);
+    convrec::fetch::write_atomic(dst, (lines.join("\n") + "\n").as_bytes())
+}
+
+fn metric(summary: &Value, name: &str) -> f64 {
+    summary[name]["mean"].as_f64().unwrap_or(0.0)
+}
+
+pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let out = &args.out;
+    let stage = |n: usize, what: &str| eprintln!("\n[{n}/5] {what} ({:.0} s so far)", started.elapsed().as_secs_f64());
+
+    stage(1, "GPU self-check, then MovieLens-100K conversations in the Reddit-v2 schema and the catalog");
+    super::self_check(&super::open_gpu(gpu_options)?)?;
+    let data = out.join("data");
+    if !data.join("catalog.tsv").exists() {
+        super::data::movielens_into(&data, 0)?;
+    }
+    let (train_rows, test_rows, catalog) =
+        (data.join("train.jsonl"), data.join("test.jsonl"), data.join("catalog.tsv"));
+    // SFT and RL see different training conversations; evaluation uses the test split.
+    let (sft_data, rl_data, eval_data) =
+        (out.join("sft-rows.jsonl"), out.join("rl-rows.jsonl"), out.join("eval-rows.jsonl"));
+    slice_rows(&train_rows, &sft_data, 0, args.sft_rows)?;
+    slice_rows(&train_rows, &rl_data, args.sft_rows, (args.rl_steps as usize * args.prompts_per_step).max(1))?;
+    slice_rows(&test_rows, &eval_data, 0, args.eval_rows)?;
+
+    stage(2, "SFT (behaviour cloning) of a LoRA adapter");
+    let sft_out = out.join("sft");
+    sft::run(
+        gpu_options,
+        sft::Args {
+            model: args.model.clone(),
+            data: sft_data,
+            out: sft_out.clone(),
+            eval_data: None,
+            lora_r: 16,
+            lora_alpha: 32.0,
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+            lr: args.sft_lr,
+            epochs: args.sft_epochs,
+            batch_size: 4,
+            grad_accum: 1,
+            max_length: 512,
+            seed: args.seed,
+            warmup_ratio: 0.05,
+            limit: None,
+            eval_limit: None,
+            save_every: 1000,
+            resume: None,
+        },
+    )?;
+
+    let evaluate = |adapter: &Path, dir: &str| -> anyhow::Result<Value> {
+        eval::run_eval(
+            gpu_options,
+            &eval::Args {
+                model: args.model.clone(),
+                adapter: Some(adapter.to_path_buf()),
+                data: eval_data.clone(),
+                catalog: catalog.clone(),
+                limit: None,
+                out: Some(out.join(dir)),
+                batch_size: 8,
+                max_new_tokens: args.max_new_tokens,
+            },
+        )
+    };
+    stage(3, "evaluation of the SFT adapter on held-out conversations");
+    let before = evaluate(&sft_out.join("adapter"), "eval-sft")?;
+
+    stage(4, &format!("{:?} from the SFT adapter", args.algo));
+    let rl_out = out.join("rl");
+    // A fresh run each time: the metrics file and checkpoints of an earlier demo would mix in.
+    let _ = std::fs::remove_dir_all(&rl_out);
+    train::run(
+        gpu_options,
+        train::Args {
+            algo: args.algo,
+            model: args.model.clone(),
+            adapter: sft_out.join("adapter"),
+            data: rl_data,
+            catalog: catalog.clone(),
+            out: rl_out.clone(),
+            reward: convrec_core::rl::rollout::RewardKind::ExpInf,
+            group_size: args.group_size,
+            prompts_per_step: args.prompts_per_step,
+            steps: Some(args.rl_steps),
+            lr: args.rl_lr,
+            beta: None,
+            eps_low: None,
+            eps_high: None,
+            mu: 1,
+            aggregation: train::Aggregation::TokenMean,
+            temperature: 1.0,
+            max_new_tokens: args.max_new_tokens,
+            max_prompt_length: 1024,
+            micro_batch: args.micro_batch,
+            limit: None,
+            seed: args.seed,
+            save_every: 1000,
+            resume: None,
+        },
+    )?;
+
+    stage(5, "evaluation after RL");
+    let after = evaluate(&rl_out.join("adapter"), "eval-rl")?;
+
+    println!("\n{:<10} {:>10} {:>10}", "metric", "SFT", format!("{:?}", args.algo));
+    for k in [5, 10, 20] {
+        for m in ["recall", "ndcg"] {
+            let name = format!("{m}@{k}");
+            println!("{name:<10} {:>10.4} {:>10.4}", metric(&before, &name), metric(&after, &name));
+        }
+    }
     println!(
-        "GPU ready. The full job (SmolLM2-135M-Instruct, SFT then Rank-GRPO on MovieLens-derived conversations, \
-         evaluated before and after) is not built yet: this run only checked the kernels."
+        "{:<10} {:>10.3} {:>10.3}",
+        "in-catalog",
+        before["in_catalog_rate"].as_f64().unwrap_or(0.0),
+        after["in_catalog_rate"].as_f64().unwrap_or(0.0)
+    );
+    println!("({} held-out rows; these sizes are a smoke test — scale the flags up on a GPU)", args.eval_rows);
+
+    let plots = out.join("plots");
+    let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()));
+    let sft_metrics = read(sft_out.join("metrics.jsonl"))?;
+    let rl_metrics = read(rl_out.join("metrics.jsonl"))?;
+    line_chart(
+        &plots.join("sft_loss.svg"),
+        "SFT: completion NLL per step",
+        "step",
+        "NLL",
+        &[Series { label: String::new(), points: field_series(&sft_metrics, "step", "loss") }],
+    )?;
+    let label = format!("{:?}", args.algo).to_lowercase();
+    line_chart(
+        &plots.join("rl_ndcg.svg"),
+        "RL: NDCG@20 of the sampled completions",
+        "step",
+        "NDCG@20",
+        &[Series { label: label.clone(), points: field_series(&rl_metrics, "step", "ndcg20") }],
+    )?;
+    line_chart(
+        &plots.join("rl_kl.svg"),
+        "RL: KL to the SFT adapter",
+        "step",
+        "KL",
+        &[Series { label, points: field_series(&rl_metrics, "step", "kl") }],
+    )?;
+    let summary =
+        serde_json::json!({"sft": before, "rl": after, "algo": args.algo, "seconds": started.elapsed().as_secs_f64()});
+    convrec::fetch::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    println!(
+        "plots in {}, summary in {} ({:.0} s)",
+        plots.display(),
+        out.join("summary.json").display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

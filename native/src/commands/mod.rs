@@ -9,6 +9,7 @@ pub mod objective;
 pub mod score;
 pub mod sft;
 pub mod tokenize;
+pub mod train;
 
 use anyhow::Context;
 use convrec_core::{Gpu, GpuOptions};
