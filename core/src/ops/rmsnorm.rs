@@ -18,15 +18,17 @@ struct Params {
 
 const OP: &str = "rmsnorm";
 
-fn forward_variant() -> Variant {
-    variant_1d("rmsnorm", "rmsnorm_forward", vec![])
+/// `rows`: one workgroup per row (GPU adapters); else one invocation per row (CPU adapters,
+/// where barriers are expensive and rows are short work).
+fn forward_variant(rows: bool) -> Variant {
+    variant_1d("rmsnorm", if rows { "rmsnorm_forward_rows" } else { "rmsnorm_forward" }, vec![])
 }
 fn backward_variant(entry: &'static str, accumulate: bool) -> Variant {
     variant_1d("rmsnorm_backward", entry, vec![Def::Bool("ACCUMULATE", accumulate)])
 }
 
 pub fn specializations() -> Vec<Variant> {
-    let mut v = vec![forward_variant()];
+    let mut v = vec![forward_variant(false), forward_variant(true)];
     for acc in [false, true] {
         v.push(backward_variant("rmsnorm_backward_input", acc));
         v.push(backward_variant("rmsnorm_backward_weight", acc));
@@ -40,6 +42,7 @@ pub struct RmsNorm {
     h: usize,
     eps: f32,
     forward: Arc<Kernel>,
+    forward_rows: bool,
     backward_input: Arc<Kernel>,
     backward_weight: Arc<Kernel>,
 }
@@ -47,12 +50,25 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// `accumulate`: the backward adds into dx and dw (residual streams, gradient accumulation).
     pub async fn new(gpu: &Gpu, rows: usize, h: usize, eps: f32, accumulate: bool) -> GpuResult<Self> {
+        Self::with_forward(gpu, rows, h, eps, accumulate, !gpu.summary().is_cpu()).await
+    }
+
+    /// With the forward kernel chosen (`forward_rows`: a workgroup per row); tests run both.
+    pub async fn with_forward(
+        gpu: &Gpu,
+        rows: usize,
+        h: usize,
+        eps: f32,
+        accumulate: bool,
+        forward_rows: bool,
+    ) -> GpuResult<Self> {
         use Access::*;
         Ok(RmsNorm {
             rows,
             h,
             eps,
-            forward: gpu.kernel(&forward_variant(), &[Read, Read, ReadWrite, ReadWrite]).await?,
+            forward: gpu.kernel(&forward_variant(forward_rows), &[Read, Read, ReadWrite, ReadWrite]).await?,
+            forward_rows,
             backward_input: gpu
                 .kernel(&backward_variant("rmsnorm_backward_input", accumulate), &[Read, Read, Read, Read, ReadWrite])
                 .await?,
@@ -81,7 +97,9 @@ impl RmsNorm {
         need(OP, "w", w, h)?;
         need(OP, "y", y, rows * h)?;
         need(OP, "rstd", rstd, rows)?;
-        let (params, groups) = self.params(b.gpu(), rows)?;
+        // The per-row kernel reads its row from the workgroup index: a grid of rows · WG.
+        let invocations = if self.forward_rows { rows * super::launch::WG_1D as usize } else { rows };
+        let (params, groups) = self.params(b.gpu(), invocations)?;
         b.dispatch(&self.forward, &params, &[x, w, y, rstd], groups);
         Ok(())
     }
@@ -167,15 +185,16 @@ mod tests {
     fn gpu_matches_reference() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("rmsnorm gpu");
-        for &(rows, h) in &[(1, 5), (7, 67), (130, 200)] {
-            for accumulate in [false, true] {
+        for &(rows, h) in &[(1, 5), (7, 67), (130, 200), (3, 577)] {
+            for (accumulate, forward_rows) in [(false, false), (true, false), (false, true), (true, true)] {
                 let eps = 1e-6;
                 let x = testing::normal(&mut rng, rows * h);
                 let w = testing::normal(&mut rng, h);
                 let dy = testing::normal(&mut rng, rows * h);
                 let dx0 = testing::normal(&mut rng, rows * h);
                 let dw0 = testing::normal(&mut rng, h);
-                let op = pollster::block_on(RmsNorm::new(&gpu, rows, h, eps, accumulate)).unwrap();
+                let op =
+                    pollster::block_on(RmsNorm::with_forward(&gpu, rows, h, eps, accumulate, forward_rows)).unwrap();
                 let up = |v: &[f32]| gpu.upload("t", "t", v).unwrap();
                 let (xb, wb, dyb, dxb, dwb) = (up(&x), up(&w), up(&dy), up(&dx0), up(&dw0));
                 let yb = up(&vec![f32::NAN; rows * h]);
@@ -199,7 +218,10 @@ mod tests {
                     [("y", read(&yb), y), ("rstd", read(&rb), rstd), ("dx", read(&dxb), dx), ("dw", read(&dwb), dw)]
                 {
                     let err = rel_err(&got, &f32s(&want));
-                    assert!(err <= 1e-5, "rows={rows} h={h} acc={accumulate} {name}: {err:e}");
+                    assert!(
+                        err <= 1e-5,
+                        "rows={rows} h={h} acc={accumulate} rows-kernel={forward_rows} {name}: {err:e}"
+                    );
                 }
             }
         }
