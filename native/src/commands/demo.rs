@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training rows for SFT.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub sft_rows: usize,
     #[arg(long, default_value_t = 1)]
     pub sft_epochs: usize,
@@ -33,7 +33,7 @@ pub struct Args {
     /// RL optimiser steps.
     #[arg(long, default_value_t = 2)]
     pub rl_steps: u64,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub prompts_per_step: usize,
     /// Completions per prompt (G).
     #[arg(long, default_value_t = 4)]
@@ -41,10 +41,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-5)]
     pub rl_lr: f32,
     /// Held-out (test) rows evaluated before and after RL.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub eval_rows: usize,
     /// New tokens per completion (20 titles take about 160 tokens).
-    #[arg(long, default_value_t = 192)]
+    #[arg(long, default_value_t = 160)]
     pub max_new_tokens: usize,
     /// Sequences per forward/backward pass.
     #[arg(long, default_value_t = 4)]
