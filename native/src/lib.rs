@@ -2,6 +2,7 @@
 //! tests: files, caches and fetching. Everything platform-neutral lives in `convrec-core`.
 
 pub mod adapter_files;
+pub mod checkpoint;
 pub mod datasets;
 pub mod fetch;
 pub mod model_files;

@@ -12,7 +12,6 @@ use anyhow::{Context, bail};
 use convrec_core::GpuOptions;
 use convrec_core::model::chat::Message;
 use convrec_core::model::gpu::GpuModel;
-use convrec_core::model::safetensors_io::{read_numbers, write_f32};
 use convrec_core::ops::adamw::AdamWConfig;
 use convrec_core::rec::dataset::parse_dataset;
 use convrec_core::train::lora::{LoraConfig, LoraLayout, Target};
@@ -151,31 +150,6 @@ struct TrainerState {
     args: Args,
 }
 
-fn save_checkpoint(
-    dir: &Path,
-    trainer: &LoraTrainer,
-    gpu: &convrec_core::Gpu,
-    state: &TrainerState,
-    base: &str,
-) -> anyhow::Result<()> {
-    let params = pollster::block_on(trainer.read_params(gpu))?;
-    let (m, v) = pollster::block_on(trainer.read_moments(gpu))?;
-    let (cfg, weights) = convrec_core::train::peft::to_peft(&trainer.layout, &params, base)?;
-    let n = trainer.layout.len;
-    let optimizer =
-        write_f32(&[("params".into(), vec![n], params), ("m".into(), vec![n], m), ("v".into(), vec![n], v)])?;
-    let state_json = serde_json::to_vec_pretty(state)?;
-    convrec::adapter_files::write_dir_atomic(
-        dir,
-        &[
-            ("adapter_config.json", cfg.as_bytes()),
-            ("adapter_model.safetensors", &weights),
-            ("optimizer.safetensors", &optimizer),
-            ("trainer_state.json", &state_json),
-        ],
-    )
-}
-
 pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let path = convrec::text_model::model_path(args.model.as_deref())?;
     let tm = convrec::text_model::load(&path)?;
@@ -205,17 +179,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let schedule = Schedule::Cosine { warmup, total: total_steps };
     let (mut epoch, mut batch_in_epoch) = (0usize, 0usize);
     if let Some(dir) = &args.resume {
-        let state: TrainerState = serde_json::from_slice(
-            &std::fs::read(dir.join("trainer_state.json"))
-                .with_context(|| format!("reading {}", dir.join("trainer_state.json").display()))?,
-        )
-        .with_context(|| format!("{}: not a convrec checkpoint", dir.display()))?;
-        let opt_path = dir.join("optimizer.safetensors");
-        let bytes = std::fs::read(&opt_path).with_context(|| format!("reading {}", opt_path.display()))?;
-        let get = |name: &str| -> anyhow::Result<Vec<f32>> {
-            Ok(read_numbers(&bytes, &opt_path.display().to_string(), name)?.1.into_iter().map(|x| x as f32).collect())
-        };
-        trainer.restore(&gpu, &get("params")?, &get("m")?, &get("v")?, state.step)?;
+        let state: TrainerState = convrec::checkpoint::restore(dir, &mut trainer, &gpu, |s: &TrainerState| s.step)?;
         (epoch, batch_in_epoch) = (state.epoch, state.batch_in_epoch);
         eprintln!("resuming at step {} (epoch {}, micro-batch {})", state.step, epoch + 1, batch_in_epoch);
     }
@@ -271,7 +235,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             )?;
             let state = TrainerState { step: trainer.step, epoch, batch_in_epoch, args: args.clone() };
             if trainer.step % args.save_every.max(1) == 0 {
-                save_checkpoint(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
+                convrec::checkpoint::save(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
             }
         }
         epoch += 1;
@@ -279,7 +243,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let state = TrainerState { step: trainer.step, epoch, batch_in_epoch, args: args.clone() };
-    save_checkpoint(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
+    convrec::checkpoint::save(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
     let params = pollster::block_on(trainer.read_params(&gpu))?;
     convrec::adapter_files::save_adapter(&args.out.join("adapter"), &trainer.layout, &params, &base_name)?;
     if !eval.is_empty() {

@@ -17,7 +17,6 @@ use anyhow::{Context, bail};
 use convrec_core::model::chat::Message;
 use convrec_core::model::generate::{GenerateRequest, generate};
 use convrec_core::model::gpu::GpuModel;
-use convrec_core::model::safetensors_io::{read_numbers, write_f32};
 use convrec_core::ops::adamw::AdamWConfig;
 use convrec_core::ops::decode::SamplingConfig;
 use convrec_core::rec::dataset::parse_dataset;
@@ -205,40 +204,6 @@ fn completion_logp(
     Ok(out)
 }
 
-fn save_checkpoint(dir: &Path, trainer: &LoraTrainer, gpu: &Gpu, state: &TrainState, base: &str) -> anyhow::Result<()> {
-    let params = pollster::block_on(trainer.read_params(gpu))?;
-    let (m, v) = pollster::block_on(trainer.read_moments(gpu))?;
-    let (cfg, weights) = convrec_core::train::peft::to_peft(&trainer.layout, &params, base)?;
-    let n = trainer.layout.len;
-    let optimizer =
-        write_f32(&[("params".into(), vec![n], params), ("m".into(), vec![n], m), ("v".into(), vec![n], v)])?;
-    let state_json = serde_json::to_vec_pretty(state)?;
-    convrec::adapter_files::write_dir_atomic(
-        dir,
-        &[
-            ("adapter_config.json", cfg.as_bytes()),
-            ("adapter_model.safetensors", &weights),
-            ("optimizer.safetensors", &optimizer),
-            ("trainer_state.json", &state_json),
-        ],
-    )
-}
-
-fn restore(dir: &Path, trainer: &mut LoraTrainer, gpu: &Gpu) -> anyhow::Result<u64> {
-    let state_path = dir.join("trainer_state.json");
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a convrec RL checkpoint", state_path.display()))?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&opt_path).with_context(|| format!("reading {}", opt_path.display()))?;
-    let get = |name: &str| -> anyhow::Result<Vec<f32>> {
-        Ok(read_numbers(&bytes, &opt_path.display().to_string(), name)?.1.into_iter().map(|x| x as f32).collect())
-    };
-    trainer.restore(gpu, &get("params")?, &get("m")?, &get("v")?, state.step)?;
-    Ok(state.step)
-}
-
 pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
@@ -279,8 +244,8 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let merge = pollster::block_on(LoraMerge::new(&gpu, &base, &layout))?;
     let objective = pollster::block_on(Objective::new(&gpu))?;
     if let Some(dir) = &args.resume {
-        let step = restore(dir, &mut trainer, &gpu)?;
-        eprintln!("resuming at step {step}");
+        let state: TrainState = convrec::checkpoint::restore(dir, &mut trainer, &gpu, |s: &TrainState| s.step)?;
+        eprintln!("resuming at step {}", state.step);
     }
 
     let steps_per_epoch = prompts.len().div_ceil(args.prompts_per_step) as u64;
@@ -442,12 +407,12 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         )?;
         let state = TrainState { step: trainer.step, args: args.clone() };
         if trainer.step % args.save_every.max(1) == 0 {
-            save_checkpoint(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
+            convrec::checkpoint::save(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
         }
     }
     bar.finish_and_clear();
     let state = TrainState { step: trainer.step, args: args.clone() };
-    save_checkpoint(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
+    convrec::checkpoint::save(&args.out.join("checkpoint"), &trainer, &gpu, &state, &base_name)?;
     let params = pollster::block_on(trainer.read_params(&gpu))?;
     convrec::adapter_files::save_adapter(&args.out.join("adapter"), &trainer.layout, &params, &base_name)?;
     eprintln!("{} steps; adapter written to {}", trainer.step, args.out.join("adapter").display());
