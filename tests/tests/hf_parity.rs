@@ -140,3 +140,35 @@ fn lora_logits_loss_and_gradients_match_peft() {
         }
     }
 }
+
+/// An adapter convrec writes is one `peft` loads: `scripts/fixtures/peft_loads_convrec_adapter.py`
+/// loaded the committed `lora_convrec/` folders with `PeftModel.from_pretrained` and recorded its
+/// logits against the original PEFT adapter's (`peft_check.json`); this test checks that convrec
+/// still writes exactly those files from the same parameters. `CONVREC_BLESS=1` rewrites them
+/// (then rerun the script).
+#[test]
+fn adapters_convrec_writes_are_the_files_peft_was_checked_on() {
+    let bless = std::env::var("CONVREC_BLESS").is_ok_and(|v| v == "1");
+    for name in ["llama_gqa", "qwen2_gqa"] {
+        let files = convrec::model_files::load_hf_folder(&fixture(name)).unwrap();
+        let (layout, params) =
+            convrec::adapter_files::load_adapter(&fixture(name).join("lora"), &files.config).unwrap();
+        let committed = fixture(name).join("lora_convrec");
+        if bless {
+            convrec::adapter_files::save_adapter(&committed, &layout, &params, "..").unwrap();
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let written = dir.path().join("adapter");
+        convrec::adapter_files::save_adapter(&written, &layout, &params, "..").unwrap();
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            let (got, want) = (std::fs::read(written.join(file)).unwrap(), std::fs::read(committed.join(file)).unwrap());
+            assert!(got == want, "{name}/{file}: convrec now writes different bytes than the file peft was checked on");
+        }
+        let check: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(committed.join("peft_check.json")).unwrap()).unwrap();
+        let diff = check["max_abs_logit_diff_vs_peft_adapter"].as_f64().unwrap();
+        assert!(diff <= 1e-5, "{name}: peft's logits with the convrec adapter differ by {diff}");
+        assert_eq!(check["tensors_loaded"].as_u64().unwrap() as usize, layout.factors.len(), "{name}");
+    }
+}

@@ -101,14 +101,23 @@ impl LoraTrainer {
         })
     }
 
-    async fn plan(&mut self, gpu: &Gpu, model: &GpuModel, batch: usize, t: usize) -> ModelResult<&TrainPlan> {
-        if !self.plans.contains_key(&(batch, t)) {
+    /// The plan for a micro-batch shape (a free function of the cache, so that the caller can
+    /// borrow the trainer's other fields beside it).
+    async fn plan<'p>(
+        plans: &'p mut HashMap<(usize, usize), TrainPlan>,
+        gpu: &Gpu,
+        model: &GpuModel,
+        layout: &LoraLayout,
+        vocab_chunk: usize,
+        (batch, t): (usize, usize),
+    ) -> ModelResult<&'p TrainPlan> {
+        if !plans.contains_key(&(batch, t)) {
             // One live plan: activations for every layer are large, shapes rarely repeat.
-            self.plans.clear();
-            let plan = TrainPlan::new(gpu, model, &self.layout, batch, t, self.vocab_chunk).await?;
-            self.plans.insert((batch, t), plan);
+            plans.clear();
+            let plan = TrainPlan::new(gpu, model, layout, batch, t, vocab_chunk).await?;
+            plans.insert((batch, t), plan);
         }
-        Ok(&self.plans[&(batch, t)])
+        Ok(&plans[&(batch, t)])
     }
 
     /// Forward (+ backward when `train`) of one micro-batch; gradients accumulate into `grads`.
@@ -131,10 +140,8 @@ impl LoraTrainer {
         let key_start = up32("key start", &mb.key_start)?;
         let targets = up32("targets", &mb.targets)?;
         let dlogp = gpu.upload(OP, "loss weights", &mb.weights)?;
-        let (params, grads) = (self.params.clone(), self.grads.clone());
-        let layout = self.layout.clone();
-        let plan = self.plan(gpu, model, mb.batch, mb.t).await?;
-        let lora = LoraState { layout: &layout, params: &params, grads: &grads };
+        let plan = Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, (mb.batch, mb.t)).await?;
+        let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
         let inputs = TrainInputs { ids: &ids, positions: &positions, key_start: &key_start, targets: &targets };
         let mut b = gpu.batch(OP);
         plan.forward(&mut b, model, &lora, &inputs, temperature)?;
