@@ -7,3 +7,6 @@ pub mod advantage;
 pub mod objective;
 pub mod rollout;
 pub mod segment;
+
+#[cfg(test)]
+mod backward_tests;

@@ -1,0 +1,161 @@
+//! What the CLI training tests share: a tiny model folder the commands accept (a random fixture
+//! model with a hand-made byte-level tokenizer and ChatML special tokens), a dataset in the
+//! Reddit-v2 schema with its catalog, and helpers to run `convrec` and read its outputs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+/// The fixture model the folders copy: Llama, vocab 320, 2 layers, hidden 64, 128 positions.
+pub const FIXTURE: &str = "llama_gqa";
+/// Its vocabulary size (the tokenizer fills exactly this many ids).
+pub const VOCAB: usize = 320;
+/// Ids of the special tokens after the 256 byte tokens.
+pub const ENDOFTEXT: u32 = 256;
+pub const IM_START: u32 = 257;
+pub const IM_END: u32 = 258;
+
+pub fn convrec() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_convrec"))
+}
+
+/// A fresh folder for one test's files.
+pub fn scratch(group: &str, test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(group).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the scratch folder");
+    dir
+}
+
+/// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
+/// themselves, the others for U+0100 onwards in byte order.
+fn byte_chars() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 0x100;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// A byte-level BPE `tokenizer.json` without merges: id b < 256 is byte b, then
+/// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (special), then filler tokens up to `VOCAB` so
+/// every id the model can sample decodes to something.
+pub fn tokenizer_json() -> String {
+    let chars = byte_chars();
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), json!(b));
+    }
+    let specials = [(ENDOFTEXT, "<|endoftext|>"), (IM_START, "<|im_start|>"), (IM_END, "<|im_end|>")];
+    for (id, text) in specials {
+        vocab.insert(text.to_string(), json!(id));
+    }
+    for id in 259..VOCAB {
+        vocab.insert(format!("<x{id}>"), json!(id));
+    }
+    let added: Vec<Value> = specials
+        .iter()
+        .map(|(id, text)| {
+            json!({"id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+/// `dir/model`: the fixture's config and weights with the tokenizer above. No chat template:
+/// the built-in ChatML applies (`<|im_start|>` and `<|im_end|>` are tokens), and `<|im_end|>`
+/// ends a turn.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(FIXTURE);
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), model.join(f)).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+    }
+    std::fs::write(model.join("tokenizer.json"), tokenizer_json()).unwrap();
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        json!({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}).to_string(),
+    )
+    .unwrap();
+    model
+}
+
+/// The catalog: `title<TAB>year` with a header.
+pub const CATALOG: [(&str, i32); 6] =
+    [("Up", 2009), ("Heat", 1995), ("Jaws", 1975), ("Alien", 1979), ("Big", 1988), ("Fargo", 1996)];
+
+pub fn write_catalog(path: &Path) {
+    let mut text = String::from("title\tyear\n");
+    for (t, y) in CATALOG {
+        text.push_str(&format!("{t}\t{y}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `n` rows in the Reddit-v2 schema: a short user turn, a one-item completion and its ground truth
+/// (both the completion's item, so imitating it is rewarded).
+pub fn write_dataset(path: &Path, n: usize) {
+    let mut text = String::new();
+    for i in 0..n {
+        let (seen, _) = CATALOG[i % CATALOG.len()];
+        let (title, year) = CATALOG[(i + 1) % CATALOG.len()];
+        let row = json!({
+            "sample_id": format!("train_{i}"),
+            "prompt": [{"role": "user", "content": format!("Liked {seen}. More?")}],
+            "completion": [{"role": "assistant", "content": format!("{title} ({year})")}],
+            "seen_titles": [seen],
+            "groundtruth_with_release_year": [[title, year.to_string()]],
+        });
+        text.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Runs a command and fails the test with its stderr unless it succeeded.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run convrec");
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The JSON lines of a file.
+pub fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display())))
+        .collect()
+}
+
+/// An adapter folder's layout and parameters, read as `convrec` reads them.
+pub fn load_adapter(
+    model: &Path,
+    dir: &Path,
+) -> (convrec_core::train::lora::LoraLayout, Vec<f32>, convrec_core::model::ModelConfig) {
+    let config = convrec::model_files::load_hf_folder(model).expect("the model folder").config;
+    let (layout, params) = convrec::adapter_files::load_adapter(dir, &config)
+        .unwrap_or_else(|e| panic!("loading the adapter in {}: {e:#}", dir.display()));
+    (layout, params, config)
+}

@@ -1,0 +1,165 @@
+//! `convrec train` end to end on a tiny random model: an SFT adapter that memorised the rows (so
+//! sampled completions are rewarded and end early), then Rank-GRPO steps — metrics, adapter,
+//! checkpoint, `--resume` — and one step each of GRPO and GSPO.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+const LR: f64 = 1e-5;
+const MAX_NEW_TOKENS: usize = 16;
+
+/// `convrec train` with the test's small settings plus `extra`.
+fn train(dir: &Path, algo: &str, out: &str, extra: &[&str]) -> std::process::Output {
+    run_ok(
+        convrec()
+            .current_dir(dir)
+            .arg("train")
+            .args(["--algo", algo, "--model", "model", "--adapter", "sft/adapter", "--data", "train.jsonl"])
+            .args(["--catalog", "catalog.tsv", "--out", out, "--prompts-per-step", "2", "--group-size", "2"])
+            .args(["--max-new-tokens", &MAX_NEW_TOKENS.to_string(), "--max-prompt-length", "64"])
+            .args(["--lr", &LR.to_string()])
+            .args(extra),
+    )
+}
+
+fn num(line: &Value, key: &str) -> f64 {
+    line[key].as_f64().unwrap_or_else(|| panic!("`{key}` is not a number in {line}"))
+}
+
+fn floats(line: &Value, key: &str) -> Vec<f64> {
+    line[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("`{key}` is not a list in {line}"))
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
+/// The documented fields of one metrics line, in range. `ranks`: length of `reward_per_rank`.
+fn check_line(line: &Value, step: u64, algo: &str, ranks: usize) {
+    assert_eq!(line["step"].as_u64(), Some(step), "{line}");
+    assert_eq!(line["algo"].as_str(), Some(algo), "{line}");
+    for key in ["loss", "kl", "grad_norm", "tokens_per_s", "generate_s", "step_s", "elapsed_s"] {
+        assert!(num(line, key).is_finite(), "{key} in {line}");
+    }
+    assert!(num(line, "kl") >= 0.0 && num(line, "grad_norm") >= 0.0, "{line}");
+    assert!((num(line, "lr") - LR).abs() <= 1e-6 * LR, "constant lr: {line}");
+    assert_eq!(line["completions"].as_u64(), Some(4), "2 prompts × 2 samples: {line}");
+    for key in ["clip_fraction", "ndcg20", "overflow_rate", "early_stop_rate", "cut_rate"] {
+        assert!((0.0..=1.0).contains(&num(line, key)), "{key} in {line}");
+    }
+    let len = num(line, "mean_length");
+    assert!((1.0..=MAX_NEW_TOKENS as f64).contains(&len), "mean_length {len}: {line}");
+    assert!(num(line, "mean_items") >= 0.0);
+    let rewards = floats(line, "reward_per_rank");
+    assert_eq!(rewards.len(), ranks, "reward_per_rank: {line}");
+    assert!(rewards.iter().all(|r| (0.0..=1.0).contains(r)), "{line}");
+    let hits = floats(line, "hit_rate_per_rank");
+    assert_eq!(hits.len(), 20, "hit_rate_per_rank (rec_num 20): {line}");
+    assert!(hits.iter().all(|r| (0.0..=1.0).contains(r)), "{line}");
+    assert!(line["tokens_seen"].as_u64().unwrap() > 0, "{line}");
+}
+
+fn state_step(checkpoint: &Path) -> u64 {
+    let state: Value = serde_json::from_slice(&std::fs::read(checkpoint.join("trainer_state.json")).unwrap()).unwrap();
+    state["step"].as_u64().unwrap_or_else(|| panic!("no step in {state}"))
+}
+
+/// The model folder, 4 rows, the catalog, and an SFT adapter (r 4) that memorised the rows.
+fn setup(test: &str) -> std::path::PathBuf {
+    let dir = scratch("train", test);
+    tiny_model(&dir);
+    write_dataset(&dir.join("train.jsonl"), 4);
+    write_catalog(&dir.join("catalog.tsv"));
+    run_ok(
+        convrec()
+            .current_dir(&dir)
+            .args(["sft", "--model", "model", "--data", "train.jsonl", "--out", "sft", "--epochs", "40"])
+            .args(["--batch-size", "2", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-2", "--max-length", "64"])
+            .args(["--save-every", "1000"]),
+    );
+    dir
+}
+
+#[test]
+fn rank_grpo_steps_write_metrics_adapter_and_a_resumable_checkpoint() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    let dir = setup("rank_grpo");
+    let (sft_layout, sft_params, _) = load_adapter(&dir.join("model"), &dir.join("sft/adapter"));
+
+    train(&dir, "rank-grpo", "rl", &["--steps", "2"]);
+    let lines = jsonl(&dir.join("rl/metrics.jsonl"));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        check_line(line, i as u64 + 1, "RankGrpo", 20);
+    }
+    // Step 1 starts at the reference adapter with μ = 1: KL 0 and every ratio 1 (nothing clipped).
+    assert!(num(&lines[0], "kl").abs() < 1e-9, "{}", lines[0]);
+    assert_eq!(num(&lines[0], "clip_fraction"), 0.0, "{}", lines[0]);
+    // The SFT adapter memorised "<title> (<year>)<|im_end|>" with the title in the ground truth:
+    // samples parse, match the catalog and end early, so there are rewards and a gradient.
+    assert!(lines.iter().any(|l| num(l, "ndcg20") > 0.0), "no sampled completion was rewarded: {lines:?}");
+    assert!(lines.iter().any(|l| num(l, "early_stop_rate") > 0.0), "{lines:?}");
+    assert!(num(&lines[0], "grad_norm") > 0.0, "{}", lines[0]);
+    assert!(num(&lines[1], "tokens_seen") > num(&lines[0], "tokens_seen"));
+
+    // The adapter: same layout as the SFT one, moved by (about) lr per step at most.
+    let (layout, params, _) = load_adapter(&dir.join("model"), &dir.join("rl/adapter"));
+    assert_eq!((layout.config.clone(), layout.len), (sft_layout.config.clone(), sft_layout.len));
+    let moved = params.iter().zip(&sft_params).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
+    assert!(moved > 0.0, "two steps with a gradient left the adapter unchanged");
+    assert!(moved <= 2.0 * 3.0 * LR, "an AdamW step moves a parameter by ~lr at most; moved {moved:e}");
+
+    // The checkpoint: step 2, the same parameters, the optimiser state.
+    let checkpoint = dir.join("rl/checkpoint");
+    assert_eq!(state_step(&checkpoint), 2);
+    assert!(checkpoint.join("optimizer.safetensors").is_file());
+    let (_, ck_params, _) = load_adapter(&dir.join("model"), &checkpoint);
+    assert_eq!(ck_params, params, "the checkpoint's adapter is the written adapter");
+
+    // --resume continues at step 3 and appends exactly one line.
+    let out = train(&dir, "rank-grpo", "rl", &["--steps", "3", "--resume", "rl/checkpoint"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming at step 2"));
+    let lines = jsonl(&dir.join("rl/metrics.jsonl"));
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    check_line(&lines[2], 3, "RankGrpo", 20);
+    assert_eq!(state_step(&checkpoint), 3);
+
+    // Resuming is exact: three steps in one run give the same adapter and step-3 metrics.
+    train(&dir, "rank-grpo", "rl3", &["--steps", "3"]);
+    let straight = jsonl(&dir.join("rl3/metrics.jsonl"));
+    assert_eq!(straight.len(), 3);
+    for key in ["loss", "kl", "ndcg20", "mean_length", "grad_norm"] {
+        let (a, b) = (num(&straight[2], key), num(&lines[2], key));
+        assert!((a - b).abs() <= 1e-5 * a.abs() + 1e-9, "step 3 `{key}`: straight {a} vs resumed {b}");
+    }
+    let (_, resumed, _) = load_adapter(&dir.join("model"), &dir.join("rl/adapter"));
+    let (_, direct, _) = load_adapter(&dir.join("model"), &dir.join("rl3/adapter"));
+    let diff = resumed.iter().zip(&direct).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff <= 1e-7, "resumed vs uninterrupted adapter differ by {diff:e}");
+}
+
+#[test]
+fn grpo_and_gspo_take_a_step_with_sequence_rewards() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    let dir = setup("grpo_gspo");
+    for (algo, name) in [("grpo", "Grpo"), ("gspo", "Gspo")] {
+        train(&dir, algo, algo, &["--steps", "1"]);
+        let lines = jsonl(&dir.join(algo).join("metrics.jsonl"));
+        assert_eq!(lines.len(), 1, "{algo}: {lines:?}");
+        // Token / sequence level: one sequence reward (DCG) per completion.
+        check_line(&lines[0], 1, name, 1);
+        assert!(num(&lines[0], "kl").abs() < 1e-9 && num(&lines[0], "clip_fraction") == 0.0, "{}", lines[0]);
+        assert_eq!(state_step(&dir.join(algo).join("checkpoint")), 1);
+        let (layout, _, _) = load_adapter(&dir.join("model"), &dir.join(algo).join("adapter"));
+        assert_eq!(layout.config.r, 4);
+    }
+}
