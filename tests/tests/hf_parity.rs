@@ -162,7 +162,8 @@ fn adapters_convrec_writes_are_the_files_peft_was_checked_on() {
         let written = dir.path().join("adapter");
         convrec::adapter_files::save_adapter(&written, &layout, &params, "..").unwrap();
         for file in ["adapter_config.json", "adapter_model.safetensors"] {
-            let (got, want) = (std::fs::read(written.join(file)).unwrap(), std::fs::read(committed.join(file)).unwrap());
+            let (got, want) =
+                (std::fs::read(written.join(file)).unwrap(), std::fs::read(committed.join(file)).unwrap());
             assert!(got == want, "{name}/{file}: convrec now writes different bytes than the file peft was checked on");
         }
         let check: serde_json::Value =
