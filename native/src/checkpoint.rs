@@ -55,3 +55,42 @@ pub fn restore<S: DeserializeOwned>(
     trainer.restore(gpu, &get("params")?, &get("m")?, &get("v")?, step_of(&state))?;
     Ok(state)
 }
+
+/// The options that differ between a checkpoint's run and the resuming one (`resume` itself
+/// aside): a changed schedule, batch or data silently changes what "continue" means, so the
+/// commands say which.
+pub fn changed_args(saved: &impl Serialize, now: &impl Serialize) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(saved), serde_json::to_value(now))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| k.as_str() != "resume").collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+            format!("{k}: {} → {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Serialize)]
+    struct A {
+        lr: f32,
+        epochs: usize,
+        resume: Option<String>,
+    }
+
+    #[test]
+    fn changed_options_are_listed_except_resume() {
+        let saved = A { lr: 1e-4, epochs: 1, resume: None };
+        let now = A { lr: 1e-4, epochs: 2, resume: Some("ckpt".into()) };
+        assert_eq!(super::changed_args(&saved, &now), vec!["epochs: 1 → 2".to_string()]);
+        assert!(super::changed_args(&saved, &saved).is_empty());
+    }
+}

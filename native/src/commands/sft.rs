@@ -180,6 +180,9 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let (mut epoch, mut batch_in_epoch) = (0usize, 0usize);
     if let Some(dir) = &args.resume {
         let state: TrainerState = convrec::checkpoint::restore(dir, &mut trainer, &gpu, |s: &TrainerState| s.step)?;
+        for change in convrec::checkpoint::changed_args(&state.args, &args) {
+            eprintln!("warning: --resume with a changed option ({change})");
+        }
         (epoch, batch_in_epoch) = (state.epoch, state.batch_in_epoch);
         eprintln!("resuming at step {} (epoch {}, micro-batch {})", state.step, epoch + 1, batch_in_epoch);
     }

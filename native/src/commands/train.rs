@@ -246,6 +246,9 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
         let state: TrainState = convrec::checkpoint::restore(dir, &mut trainer, &gpu, |s: &TrainState| s.step)?;
         eprintln!("resuming at step {}", state.step);
+        for change in convrec::checkpoint::changed_args(&state.args, &args) {
+            eprintln!("warning: --resume with a changed option ({change})");
+        }
     }
 
     let steps_per_epoch = prompts.len().div_ceil(args.prompts_per_step) as u64;
