@@ -69,7 +69,10 @@ def train(c):
         sync(c)
         times.append(time.perf_counter() - t0)
     step = sorted(times[1:])[1]
-    return {"step_s": step, "tok_s": c["batch"] * c["seq"] / step}
+    out = {"step_s": step, "tok_s": c["batch"] * c["seq"] / step}
+    if c.get("device", "cpu").startswith("cuda"):
+        out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
             .collect();
         let n = (args.train_batch * (args.train_seq - 1)) as f32;
         let mb = MicroBatch::from_sequences(&seqs, 1, |_, _| -1.0 / n);
+        gpu.pool().reset_peak();
         let mut best = f64::MAX;
         for _ in 0..3 {
             let start = Instant::now();
@@ -172,9 +173,16 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
             pollster::block_on(trainer.optimizer_step(gpu, 1e-4, 1.0))?;
             best = best.min(start.elapsed().as_secs_f64());
         }
+        let (_, peak) = gpu.pool().device_bytes();
         let tokens = (args.train_batch * args.train_seq) as f64;
         let torch = if args.no_baseline { None } else { baseline(&args.python, "train", &shape) };
         let torch_rate = torch.as_ref().and_then(|t| t["tok_s"].as_f64());
+        let torch_mem = torch.as_ref().and_then(|t| t["peak_mib"].as_f64());
+        println!(
+            "GPU memory held during the step (model weights included): {:.0} MiB{}",
+            peak as f64 / (1 << 20) as f64,
+            torch_mem.map_or(String::new(), |m| format!("; torch peak allocated {m:.0} MiB"))
+        );
         println!(
             "\nLoRA r=16 (all 7 projections) training step, {}×{} tokens: {:.2} s, {:.0} tokens/s{}",
             args.train_batch,

@@ -67,6 +67,10 @@ impl GpuBuffer {
 pub(crate) struct FreeLists {
     lists: HashMap<(u64, u32), Vec<(u64, wgpu::Buffer)>>,
     bytes: u64,
+    /// Bytes of every buffer the pool has created and not destroyed (in use or free), and the
+    /// most that ever was: the GPU memory this process holds through the pool.
+    device_bytes: u64,
+    peak_device_bytes: u64,
 }
 
 impl FreeLists {
@@ -117,6 +121,10 @@ impl BufferPool {
                 usage,
                 mapped_at_creation: false,
             });
+            if let Ok(mut f) = self.free.lock() {
+                f.device_bytes += capacity;
+                f.peak_device_bytes = f.peak_device_bytes.max(f.device_bytes);
+            }
             (next_buffer_id(), buffer)
         });
         GpuBuffer { slot: Arc::new(Slot { id, buffer, capacity, usage, pool: Arc::downgrade(&self.free) }), len: bytes }
@@ -127,15 +135,30 @@ impl BufferPool {
         self.free.lock().map(|f| f.bytes).unwrap_or(0)
     }
 
+    /// Bytes of GPU memory held through the pool now (buffers in use and free ones), and the
+    /// peak since the last `reset_peak`.
+    pub fn device_bytes(&self) -> (u64, u64) {
+        self.free.lock().map(|f| (f.device_bytes, f.peak_device_bytes)).unwrap_or((0, 0))
+    }
+
+    /// Starts a new peak from what is held now (benchmarks measure one phase at a time).
+    pub fn reset_peak(&self) {
+        if let Ok(mut f) = self.free.lock() {
+            f.peak_device_bytes = f.device_bytes;
+        }
+    }
+
     /// Releases every free buffer to the driver.
     pub fn trim(&self) {
         if let Ok(mut f) = self.free.lock() {
+            let freed = f.bytes;
             for (_, list) in f.lists.drain() {
                 for (_, buffer) in list {
                     buffer.destroy();
                 }
             }
             f.bytes = 0;
+            f.device_bytes -= freed.min(f.device_bytes);
         }
     }
 }
@@ -143,6 +166,31 @@ impl BufferPool {
 #[cfg(test)]
 mod tests {
     use super::size_class;
+
+    #[test]
+    fn the_pool_counts_the_memory_it_holds_and_its_peak() {
+        // A device of its own: the shared test device's pool moves with the other tests.
+        if crate::testing::gpu().is_none() {
+            return;
+        }
+        let gpu = pollster::block_on(crate::gpu::Gpu::new(&crate::gpu::GpuOptions::default())).unwrap();
+        let pool = gpu.pool();
+        pool.trim();
+        pool.reset_peak();
+        let (start, _) = pool.device_bytes();
+        // Sizes no other test uses, so no free buffer of their class exists.
+        let a = gpu.storage("t", "a", 3_000_003).unwrap();
+        let b = gpu.storage("t", "b", 5_000_011).unwrap();
+        let held = a.capacity() + b.capacity();
+        assert!(pool.device_bytes().0 >= start + held);
+        drop(a);
+        drop(b);
+        // Freed buffers stay in the pool (still held) until trimmed; the peak remembers them.
+        let (now, peak) = pool.device_bytes();
+        assert!(now >= start + held && peak >= start + held);
+        pool.trim();
+        assert!(pool.device_bytes().0 + held <= now);
+    }
 
     #[test]
     fn size_classes_cover_the_request_and_waste_little() {

@@ -2,6 +2,11 @@
 //! model into the LoRA factors. The base model is frozen: its weights get no gradients, only
 //! gradients with respect to activations flow through them.
 //!
+//! Memory: every layer's activations are kept for the backward, or — with `recompute` — only each
+//! layer's input, and the backward re-runs a layer's forward into one shared set of activation
+//! buffers just before differentiating it (about one extra forward of compute for activation
+//! memory that no longer grows with depth: long sequences and larger batches fit).
+//!
 //! Per layer, forward: xn1 = norm(x); q,k,v = W·xn1 (+ LoRA); rope; attention; x += Wo·attn (+ LoRA);
 //! xn2 = norm(x); h = silu(Wg·xn2) ⊙ (Wu·xn2) (+ LoRA); x += Wd·h (+ LoRA). Backward mirrors it
 //! with the residual gradient `dx` accumulated in place.
@@ -34,7 +39,6 @@ pub struct LoraState<'a> {
 }
 
 struct LayerActs {
-    x_in: GpuBuffer,
     rstd1: GpuBuffer,
     xn1: GpuBuffer,
     q: GpuBuffer,
@@ -64,7 +68,13 @@ pub struct TrainPlan {
     swiglu: SwiGlu,
     products: MatmulSet,
     pub head: OutputHead,
+    /// Activations per layer, or one shared set when recomputing.
     acts: Vec<LayerActs>,
+    /// Each layer's input (the residual stream entering it), always kept.
+    layer_inputs: Vec<GpuBuffer>,
+    /// Where a recomputed layer writes its output (its real output is already saved as the next
+    /// layer's input).
+    recompute_out: Option<GpuBuffer>,
     x_final: GpuBuffer,
     rstd_final: GpuBuffer,
     /// Final normed hidden states `[rows, hidden]`.
@@ -117,6 +127,7 @@ impl TrainPlan {
         batch: usize,
         t: usize,
         vocab_chunk: usize,
+        recompute: bool,
     ) -> ModelResult<Self> {
         let c = &model.config;
         let rows = batch * t;
@@ -150,9 +161,8 @@ impl TrainPlan {
             (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let buf = |what: &str, elems: usize| gpu.storage(OP, what, elems as u64 * 4);
         let mut acts = Vec::new();
-        for _ in 0..c.num_layers {
+        for _ in 0..if recompute { 1 } else { c.num_layers } {
             acts.push(LayerActs {
-                x_in: buf("layer input", rows * h)?,
                 rstd1: buf("rms statistics", rows)?,
                 xn1: buf("normed input", rows * h)?,
                 q: buf("queries", rows * qd)?,
@@ -183,6 +193,8 @@ impl TrainPlan {
             products,
             head: OutputHead::new(gpu, head_shape, model.head().dtype, &model.head().shard_starts()).await?,
             acts,
+            layer_inputs: (0..c.num_layers).map(|_| buf("layer input", rows * h)).collect::<Result<_, _>>()?,
+            recompute_out: if recompute { Some(buf("recomputed layer output", rows * h)?) } else { None },
             x_final: buf("final residual", rows * h)?,
             rstd_final: buf("rms statistics", rows)?,
             hidden: buf("final hidden", rows * h)?,
@@ -227,7 +239,7 @@ impl TrainPlan {
             let r = lora.layout.config.r;
             let (fa, fb) =
                 (lora.layout.factor(l, target, true).expect("A"), lora.layout.factor(l, target, false).expect("B"));
-            let t_buf = &self.acts[l].lora_t[ti];
+            let t_buf = &self.acts(l).lora_t[ti];
             let a_op = Operand { buf: lora.params, off: fa.offset, ld: inp, batch_stride: 0 };
             let b_op = Operand { buf: lora.params, off: fb.offset, ld: r, batch_stride: 0 };
             self.products.get(nt(Dtype::F32, false, false), MatmulShape::new(rows, r, inp))?.record(
@@ -278,7 +290,7 @@ impl TrainPlan {
             let (r, s) = (lora.layout.config.r, lora.layout.config.scale());
             let (fa, fb) =
                 (lora.layout.factor(l, target, true).expect("A"), lora.layout.factor(l, target, false).expect("B"));
-            let t_buf = &self.acts[l].lora_t[ti];
+            let t_buf = &self.acts(l).lora_t[ti];
             let view = |buf, f: &super::lora::Factor, ld| Operand { buf, off: f.offset, ld, batch_stride: 0 };
             // dB += s·dyᵀ·t
             self.products.get(tn(true), MatmulShape::new(out, r, rows))?.record(
@@ -320,6 +332,47 @@ impl TrainPlan {
         Ok(())
     }
 
+    /// The activations layer `l` saves (one shared set when recomputing).
+    fn acts(&self, l: usize) -> &LayerActs {
+        &self.acts[if self.recompute_out.is_some() { 0 } else { l }]
+    }
+
+    /// One layer's forward from `x_in` into `a`, writing the layer's output to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        b: &mut Batch,
+        model: &GpuModel,
+        lora: &LoraState,
+        inputs: &TrainInputs,
+        l: usize,
+        x_in: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> ModelResult<()> {
+        let c = &model.config;
+        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let a = self.acts(l);
+        let lw = &model.layers[l];
+        let p = projections(model, l);
+        self.norm.forward(b, x_in, &lw.input_norm, &a.xn1, &a.rstd1)?;
+        for (i, out) in [(0, &a.q), (1, &a.k), (2, &a.v)] {
+            self.linear_forward(b, lora, l, p[i].0, p[i].1, p[i].2, &a.xn1, out)?;
+        }
+        self.rope.record(b, &model.rope, inputs.positions, &a.q, self.rows, heads, heads * d, false)?;
+        self.rope.record(b, &model.rope, inputs.positions, &a.k, self.rows, kv_heads, kv_heads * d, false)?;
+        let io = AttentionIo { q: &a.q, k: &a.k, v: &a.v, key_start: inputs.key_start, out: &a.attn, stats: &a.stats };
+        self.attention.forward(b, &self.attention_shape(model), &io)?;
+        b.copy(x_in, &a.x_mid, (self.rows * c.hidden_size * 4) as u64);
+        self.linear_forward(b, lora, l, p[3].0, p[3].1, None, &a.attn, &a.x_mid)?;
+        self.norm.forward(b, &a.x_mid, &lw.post_norm, &a.xn2, &a.rstd2)?;
+        self.linear_forward(b, lora, l, p[4].0, p[4].1, None, &a.xn2, &a.gate)?;
+        self.linear_forward(b, lora, l, p[5].0, p[5].1, None, &a.xn2, &a.up)?;
+        self.swiglu.forward(b, self.rows * c.intermediate_size, &a.gate, &a.up, &a.h)?;
+        b.copy(&a.x_mid, out, (self.rows * c.hidden_size * 4) as u64);
+        self.linear_forward(b, lora, l, p[6].0, p[6].1, None, &a.h, out)?;
+        Ok(())
+    }
+
     /// Forward with saved activations; fills the head's per-row (lse, logp, entropy) for the
     /// targets at `temperature`.
     pub fn forward(
@@ -331,31 +384,10 @@ impl TrainPlan {
         temperature: f32,
     ) -> ModelResult<()> {
         let c = &model.config;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let shape = self.attention_shape(model);
-        self.embedding.record(b, inputs.ids, self.rows, &model.embed.row_shards(), &self.acts[0].x_in)?;
+        self.embedding.record(b, inputs.ids, self.rows, &model.embed.row_shards(), &self.layer_inputs[0])?;
         for l in 0..c.num_layers {
-            let a = &self.acts[l];
-            let lw = &model.layers[l];
-            let p = projections(model, l);
-            self.norm.forward(b, &a.x_in, &lw.input_norm, &a.xn1, &a.rstd1)?;
-            for (i, out) in [(0, &a.q), (1, &a.k), (2, &a.v)] {
-                self.linear_forward(b, lora, l, p[i].0, p[i].1, p[i].2, &a.xn1, out)?;
-            }
-            self.rope.record(b, &model.rope, inputs.positions, &a.q, self.rows, heads, heads * d, false)?;
-            self.rope.record(b, &model.rope, inputs.positions, &a.k, self.rows, kv_heads, kv_heads * d, false)?;
-            let io =
-                AttentionIo { q: &a.q, k: &a.k, v: &a.v, key_start: inputs.key_start, out: &a.attn, stats: &a.stats };
-            self.attention.forward(b, &shape, &io)?;
-            b.copy(&a.x_in, &a.x_mid, (self.rows * c.hidden_size * 4) as u64);
-            self.linear_forward(b, lora, l, p[3].0, p[3].1, None, &a.attn, &a.x_mid)?;
-            self.norm.forward(b, &a.x_mid, &lw.post_norm, &a.xn2, &a.rstd2)?;
-            self.linear_forward(b, lora, l, p[4].0, p[4].1, None, &a.xn2, &a.gate)?;
-            self.linear_forward(b, lora, l, p[5].0, p[5].1, None, &a.xn2, &a.up)?;
-            self.swiglu.forward(b, self.rows * c.intermediate_size, &a.gate, &a.up, &a.h)?;
-            let next = if l + 1 < c.num_layers { &self.acts[l + 1].x_in } else { &self.x_final };
-            b.copy(&a.x_mid, next, (self.rows * c.hidden_size * 4) as u64);
-            self.linear_forward(b, lora, l, p[6].0, p[6].1, None, &a.h, next)?;
+            let next = self.layer_inputs.get(l + 1).unwrap_or(&self.x_final);
+            self.layer_forward(b, model, lora, inputs, l, &self.layer_inputs[l], next)?;
         }
         self.norm.forward(b, &self.x_final, &model.final_norm, &self.hidden, &self.rstd_final)?;
         let head = model.head();
@@ -391,7 +423,11 @@ impl TrainPlan {
             None,
         )?;
         for l in (0..c.num_layers).rev() {
-            let a = &self.acts[l];
+            if let Some(out) = &self.recompute_out {
+                self.layer_forward(b, model, lora, inputs, l, &self.layer_inputs[l], out)?;
+            }
+            let a = self.acts(l);
+            let x_in = &self.layer_inputs[l];
             let lw = &model.layers[l];
             let p = projections(model, l);
             // MLP: x_out = x_mid + down(h)
@@ -418,7 +454,7 @@ impl TrainPlan {
             self.linear_backward(b, lora, l, p[0].0, p[0].1, &a.xn1, &self.dq, &self.dxn, false)?;
             self.linear_backward(b, lora, l, p[1].0, p[1].1, &a.xn1, &self.dk, &self.dxn, true)?;
             self.linear_backward(b, lora, l, p[2].0, p[2].1, &a.xn1, &self.dv, &self.dxn, true)?;
-            self.norm_backward.backward(b, &a.x_in, &lw.input_norm, &a.rstd1, &self.dxn, &self.dx, None)?;
+            self.norm_backward.backward(b, x_in, &lw.input_norm, &a.rstd1, &self.dxn, &self.dx, None)?;
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ pub async fn lora_loss_and_grads(
     let dlogp: Vec<f32> =
         (0..t).map(|p| if p + 1 >= labels_from && p + 1 < t { -1.0 / n_targets as f32 } else { 0.0 }).collect();
     let (pad_ids, positions, key_start, _) = left_pad(&[ids.to_vec()]);
-    let plan = TrainPlan::new(gpu, model, layout, 1, t, 8192).await?;
+    let plan = TrainPlan::new(gpu, model, layout, 1, t, 8192, false).await?;
     const OP: &str = "lora grads";
     let params_buf = gpu.upload(OP, "adapter", params)?;
     let grads_buf = gpu.upload(OP, "adapter gradients", &vec![0f32; layout.len])?;

@@ -125,7 +125,7 @@ mod tests {
         let merged_logits = pollster::block_on(gpu.read::<f32>("t", &logits.logits)).unwrap();
 
         // The training path (unmerged adapter) computes the log-prob of each next token.
-        let train = pollster::block_on(TrainPlan::new(&gpu, &model, &layout, 1, t, 64)).unwrap();
+        let train = pollster::block_on(TrainPlan::new(&gpu, &model, &layout, 1, t, 64, false)).unwrap();
         let targets: Vec<u32> = (0..t).map(|p| if p + 1 < t { ids[p + 1] } else { 0 }).collect();
         let grads = gpu.upload("t", "grads", &vec![0f32; layout.len]).unwrap();
         let lora = LoraState { layout: &layout, params: &pb, grads: &grads };

@@ -22,11 +22,14 @@ pub struct Args {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training rows for SFT.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub sft_rows: usize,
+    /// Rows per SFT step (small: more updates for the same compute at the demo's size).
+    #[arg(long, default_value_t = 2)]
+    pub sft_batch_size: usize,
     #[arg(long, default_value_t = 1)]
     pub sft_epochs: usize,
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub sft_lr: f32,
     #[arg(long, value_enum, default_value = "rank-grpo")]
     pub algo: train::Algo,
@@ -101,7 +104,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
                 .to_vec(),
             lr: args.sft_lr,
             epochs: args.sft_epochs,
-            batch_size: 4,
+            batch_size: args.sft_batch_size,
             grad_accum: 1,
             max_length: 512,
             seed: args.seed,
@@ -110,6 +113,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             eval_limit: None,
             save_every: 1000,
             resume: None,
+            recompute: false,
         },
     )?;
 
@@ -162,6 +166,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             seed: args.seed,
             save_every: 1000,
             resume: None,
+            recompute: false,
         },
     )?;
 

@@ -70,6 +70,11 @@ pub struct Args {
     /// Continue from a checkpoint folder (DIR/checkpoint of an earlier run).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Keep only each layer's input during the forward and recompute the rest in the backward:
+    /// activation memory stops growing with depth, for about one more forward of compute.
+    #[arg(long)]
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 /// Prompt and completion ids of one example.
@@ -172,6 +177,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let layout = LoraLayout::new(&tm.config, LoraConfig { r: args.lora_r, alpha: args.lora_alpha, targets });
     let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
     let mut trainer = pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &layout.init(args.seed), adamw))?;
+    trainer.recompute = args.recompute;
 
     let steps_per_epoch = train.len().div_ceil(args.batch_size * args.grad_accum);
     let total_steps = (steps_per_epoch * args.epochs) as u64;

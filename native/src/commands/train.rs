@@ -135,6 +135,11 @@ pub struct Args {
     /// Continue from a checkpoint folder (DIR/checkpoint of an earlier run).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Keep only each layer's input during the forward and recompute the rest in the backward:
+    /// activation memory stops growing with depth, for about one more forward of compute.
+    #[arg(long)]
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -240,6 +245,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     // RL recipe (§8): AdamW β = (0.9, 0.99), no weight decay, clip 1.0, constant lr.
     let adamw = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
     let mut trainer = pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &start, adamw))?;
+    trainer.recompute = args.recompute;
     let reference = gpu.upload("rl", "reference adapter", &start)?;
     let merge = pollster::block_on(LoraMerge::new(&gpu, &base, &layout))?;
     let objective = pollster::block_on(Objective::new(&gpu))?;
