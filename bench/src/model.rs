@@ -31,6 +31,9 @@ pub struct Args {
     /// Skip the PyTorch baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Recompute activations in the LoRA step's backward (see `convrec sft --recompute`).
+    #[arg(long)]
+    recompute: bool,
     /// Run the PyTorch baseline on this device (e.g. cuda) instead of the CPU.
     #[arg(long, default_value = "cpu")]
     torch_device: String,
@@ -160,6 +163,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         let layout = LoraLayout::new(&c, LoraConfig { r: 16, alpha: 32.0, targets: Target::ALL.to_vec() });
         let init = layout.init(0);
         let mut trainer = pollster::block_on(LoraTrainer::new(gpu, layout, &init, AdamWConfig::default()))?;
+        trainer.recompute = args.recompute;
         let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..args.train_batch)
             .map(|s| (vec![5u32; 1], (0..args.train_seq as u32 - 1).map(|i| 4 + (i * 13 + s as u32) % 40000).collect()))
             .collect();
