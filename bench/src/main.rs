@@ -4,7 +4,6 @@
 mod baseline;
 mod kernels;
 mod model;
-mod timing;
 
 use clap::{Parser, Subcommand};
 

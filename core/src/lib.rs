@@ -2,6 +2,7 @@
 //! references, and (as they land) the model, training objectives and recommendation domain.
 //! Compiles for `wasm32-unknown-unknown`; takes bytes, not paths.
 
+pub mod bench;
 pub mod dtype;
 pub mod gpu;
 pub mod model;

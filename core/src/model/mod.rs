@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod safetensors_io;
 pub mod tensor;
+pub mod text;
 pub mod tokenizer;
 
 #[cfg(test)]
@@ -15,3 +16,6 @@ pub(crate) mod tests;
 
 pub use config::{Architecture, ModelConfig};
 pub use tensor::{HostTensor, TensorData};
+
+/// A model's weights under their Hugging Face names.
+pub type NamedTensors = Vec<(String, HostTensor)>;

@@ -337,23 +337,7 @@ mod tests {
     use super::*;
     use crate::model::gguf::MetaValue;
     use crate::model::gguf::tests::Writer;
-
-    /// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
-    /// themselves, the others for U+0100 onwards in byte order.
-    fn byte_chars() -> Vec<char> {
-        let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-        let mut next = 0x100;
-        (0..256u32)
-            .map(|b| {
-                if printable(b) {
-                    char::from_u32(b).unwrap()
-                } else {
-                    next += 1;
-                    char::from_u32(next - 1).unwrap()
-                }
-            })
-            .collect()
-    }
+    use crate::testing::byte_chars;
 
     /// A GGUF with every byte as a token, a few merges and two control tokens (ids 256, 257).
     fn gguf_tokenizer(pre: Option<&str>, merges: &[&str], extra: &[(&str, i32)]) -> Vec<u8> {

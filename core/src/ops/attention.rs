@@ -303,10 +303,10 @@ impl Attention {
         gpu.check_workgroups(OP, &format!("{n} queries or keys"), [(n as u64).div_ceil(WG as u64), 1, 1])
     }
 
-    /// One workgroup per row, on a 2-D grid: the kernels read their row as y·(groups in x) + x.
+    /// One workgroup per row, on a 2-D grid: the kernels read their row as y·(groups in x) + x
+    /// (a 1-D grid of one "invocation" per row).
     fn row_groups(gpu: &Gpu, rows: usize) -> GpuResult<[u32; 3]> {
-        let x = rows.min(gpu.limits().max_compute_workgroups_per_dimension as usize);
-        gpu.check_workgroups(OP, &format!("{rows} rows"), [x as u64, rows.div_ceil(x) as u64, 1])
+        super::launch::grid_1d(gpu, OP, rows, 1).map(|(groups, _)| groups)
     }
 
     fn grid(&self, gpu: &Gpu, rows: usize) -> GpuResult<[u32; 3]> {

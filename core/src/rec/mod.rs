@@ -6,6 +6,7 @@
 pub mod arrow;
 pub mod catalog;
 pub mod dataset;
+pub mod evaluation;
 pub mod metrics;
 pub mod movielens;
 pub mod parse;
@@ -26,6 +27,17 @@ pub use parse::parse_completion;
 pub use reward::{MatchConfig, dcg, relevance, reward_exp_inf, reward_log};
 
 /// One recommendation as parsed: a title and a release year.
+/// A typed conversation phrased as Reddit-v2 rows phrase it: the wrapper instruction, then the
+/// turns (`USER: …` / `SYSTEM: …` lines; plain text counts as one user turn).
+pub fn conversation_prompt(conversation: &str) -> String {
+    let turns = conversation.trim();
+    if turns.starts_with("USER:") || turns.starts_with("SYSTEM:") {
+        format!("{}{turns}\n", movielens::PROMPT_WRAPPER)
+    } else {
+        format!("{}USER: {turns}\n", movielens::PROMPT_WRAPPER)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Item {
     pub title: String,
@@ -80,5 +92,20 @@ impl InputError {
         let full = e.to_string();
         let what = full.rfind(" at line ").map_or(full.as_str(), |i| &full[..i]);
         Self::new(origin, line.max(1), format!("invalid JSON: {what} (column {})", e.column()))
+    }
+}
+
+#[cfg(test)]
+mod conversation_prompt_tests {
+    use super::*;
+
+    #[test]
+    fn typed_conversations_are_phrased_like_reddit_v2_rows() {
+        let plain = conversation_prompt("  a movie like Heat?\n");
+        assert_eq!(plain, format!("{}USER: a movie like Heat?\n", movielens::PROMPT_WRAPPER));
+        let turns = "USER: a heist movie\nSYSTEM: Heat (1995)\nUSER: older ones?";
+        assert_eq!(conversation_prompt(turns), format!("{}{turns}\n", movielens::PROMPT_WRAPPER));
+        // The real rows start the same way (core/src/rec/real_data_tests.rs checks the wrapper).
+        assert!(plain.starts_with("Pretend you are a movie recommender system."));
     }
 }

@@ -81,6 +81,16 @@ impl LoraMerge {
         }
         Ok(())
     }
+
+    /// The base model with an adapter's parameters merged in, once (for inference).
+    pub async fn apply(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout, params: &[f32]) -> ModelResult<Self> {
+        let merge = Self::new(gpu, base, layout).await?;
+        let buf = gpu.upload("merge adapter", "parameters", params)?;
+        let mut b = gpu.batch("merge adapter");
+        merge.record(&mut b, layout, &buf)?;
+        b.submit().await?;
+        Ok(merge)
+    }
 }
 
 #[cfg(test)]

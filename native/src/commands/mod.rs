@@ -7,6 +7,7 @@ pub mod logits;
 pub mod lora_grads;
 pub mod objective;
 pub mod score;
+pub mod serve;
 pub mod sft;
 pub mod tokenize;
 pub mod train;
@@ -32,11 +33,7 @@ pub fn with_adapter<'a>(
 ) -> anyhow::Result<&'a convrec_core::model::gpu::GpuModel> {
     let Some(dir) = dir else { return Ok(base) };
     let (layout, params) = convrec::adapter_files::load_adapter(dir, &base.config)?;
-    let merge = pollster::block_on(convrec_core::train::merge::LoraMerge::new(gpu, base, &layout))?;
-    let pb = gpu.upload("adapter", "parameters", &params)?;
-    let mut b = gpu.batch("merge adapter");
-    merge.record(&mut b, &layout, &pb)?;
-    pollster::block_on(b.submit())?;
+    let merge = pollster::block_on(convrec_core::train::merge::LoraMerge::apply(gpu, base, &layout, &params))?;
     Ok(&holder.insert(merge).model)
 }
 

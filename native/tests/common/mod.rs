@@ -30,28 +30,11 @@ pub fn scratch(group: &str, test: &str) -> PathBuf {
     dir
 }
 
-/// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
-/// themselves, the others for U+0100 onwards in byte order.
-fn byte_chars() -> Vec<char> {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-    let mut next = 0x100;
-    (0..256u32)
-        .map(|b| {
-            if printable(b) {
-                char::from_u32(b).unwrap()
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap()
-            }
-        })
-        .collect()
-}
-
 /// A byte-level BPE `tokenizer.json` without merges: id b < 256 is byte b, then
 /// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (special), then filler tokens up to `VOCAB` so
 /// every id the model can sample decodes to something.
 pub fn tokenizer_json() -> String {
-    let chars = byte_chars();
+    let chars = convrec_core::testing::byte_chars();
     let mut vocab = serde_json::Map::new();
     for (b, c) in chars.iter().enumerate() {
         vocab.insert(c.to_string(), json!(b));

@@ -1,0 +1,287 @@
+//! Evaluation of a recommender on held-out conversations — one implementation for `convrec eval`,
+//! the demo and the browser page, so their numbers agree by construction. Each unique prompt is
+//! answered once, greedily, in batches; every row is then scored with the paper's metrics
+//! (Recall/NDCG@k of the first `rec_num` parsed items against the row's ground truth) plus three
+//! format diagnostics: the share of listed items found in the catalog, the share of non-empty lines
+//! that parse as `Title (Year)`, and the list length.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::{Catalog, Item, KS, MatchConfig, MeanSe, Row, evaluate, mean_se, parse_completion};
+use crate::gpu::Gpu;
+use crate::model::chat::Message;
+use crate::model::generate::{GenerateRequest, generate};
+use crate::model::gpu::{GpuModel, ModelError};
+use crate::model::text::{ChatText, TextError};
+use crate::ops::decode::SamplingConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Prompts generated together.
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+    pub matching: MatchConfig,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { batch_size: 8, max_new_tokens: 400, matching: MatchConfig::default() }
+    }
+}
+
+/// The rows' conversations as prompt ids, each distinct prompt once.
+pub struct UniquePrompts {
+    pub ids: Vec<Vec<u32>>,
+    /// For each row, its prompt's index in `ids`.
+    pub of_row: Vec<usize>,
+}
+
+pub fn unique_prompts(text: &ChatText, rows: &[Row]) -> Result<UniquePrompts, TextError> {
+    let mut ids: Vec<Vec<u32>> = Vec::new();
+    let mut of_row = Vec::with_capacity(rows.len());
+    let mut seen: HashMap<Vec<u32>, usize> = HashMap::new();
+    for row in rows {
+        let messages: Vec<Message> =
+            row.prompt.iter().map(|m| Message::new(m.role.clone(), m.content.clone())).collect();
+        let p = text.prompt_ids(&messages)?;
+        let index = *seen.entry(p.clone()).or_insert_with(|| {
+            ids.push(p);
+            ids.len() - 1
+        });
+        of_row.push(index);
+    }
+    Ok(UniquePrompts { ids, of_row })
+}
+
+/// Where a running evaluation is: prompts finished, of how many, and the current batch's step.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EvalProgress {
+    pub prompts_done: usize,
+    pub prompts: usize,
+    pub step: usize,
+    pub max_steps: usize,
+}
+
+/// Greedy completions (decoded, special tokens dropped) of every prompt.
+pub async fn greedy_completions(
+    gpu: &Gpu,
+    model: &GpuModel,
+    text: &ChatText,
+    prompts: &[Vec<u32>],
+    options: &EvalOptions,
+    mut on_progress: impl FnMut(EvalProgress),
+) -> Result<Vec<String>, EvalError> {
+    let batch = options.batch_size.max(1);
+    let mut texts = vec![String::new(); prompts.len()];
+    for (chunk_index, chunk) in prompts.chunks(batch).enumerate() {
+        let done = chunk_index * batch;
+        let req = GenerateRequest {
+            prompts: chunk.to_vec(),
+            num_samples: 1,
+            max_new_tokens: options.max_new_tokens,
+            sampling: SamplingConfig::greedy(),
+            stop_ids: text.stop_ids.clone(),
+        };
+        let out = generate(gpu, model, &req, |step, _| {
+            on_progress(EvalProgress {
+                prompts_done: done,
+                prompts: prompts.len(),
+                step,
+                max_steps: options.max_new_tokens,
+            })
+        })
+        .await?;
+        for c in out {
+            texts[done + c.prompt] = text.decode(&c.tokens)?;
+        }
+        on_progress(EvalProgress {
+            prompts_done: done + chunk.len(),
+            prompts: prompts.len(),
+            step: 0,
+            max_steps: options.max_new_tokens,
+        });
+    }
+    Ok(texts)
+}
+
+/// One row's answer and scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct RowResult {
+    pub sample_id: Option<String>,
+    pub completion: String,
+    pub items: Vec<(String, i64)>,
+    /// `recall@k` and `ndcg@k` for each k of [`KS`].
+    pub metrics: BTreeMap<String, f64>,
+    pub in_catalog: f64,
+    pub valid_format: f64,
+}
+
+/// Means over rows (with standard errors for the ranking metrics).
+#[derive(Clone, Debug)]
+pub struct EvalSummary {
+    pub rows: usize,
+    /// `recall@5`, `ndcg@5`, `recall@10`, … in that order.
+    pub metrics: Vec<(String, MeanSe)>,
+    pub in_catalog_rate: f64,
+    pub valid_format_rate: f64,
+    pub mean_list_length: f64,
+}
+
+impl EvalSummary {
+    /// The summary as `convrec eval` writes it: `{"recall@5": {"mean", "se"}, …, "rows",
+    /// "in_catalog_rate", "valid_format_rate", "mean_list_length"}`.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("rows".into(), self.rows.into());
+        for (name, v) in &self.metrics {
+            m.insert(name.clone(), serde_json::json!({"mean": v.mean, "se": v.se}));
+        }
+        m.insert("in_catalog_rate".into(), self.in_catalog_rate.into());
+        m.insert("valid_format_rate".into(), self.valid_format_rate.into());
+        m.insert("mean_list_length".into(), self.mean_list_length.into());
+        m
+    }
+
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| v.mean)
+    }
+
+    /// The table `convrec eval` prints.
+    pub fn table(&self) -> String {
+        let mut s = format!("{:<10} {:>8} {:>8}\n", "metric", "mean", "s.e.");
+        for (name, v) in &self.metrics {
+            s += &format!("{name:<10} {:>8.4} {:>8.4}\n", v.mean, v.se);
+        }
+        s += &format!(
+            "in-catalog {:.3} · valid format {:.3} · mean list length {:.1} · {} rows",
+            self.in_catalog_rate, self.valid_format_rate, self.mean_list_length, self.rows
+        );
+        s
+    }
+}
+
+/// Scores every row's completion text.
+pub fn score_rows(
+    rows: &[Row],
+    completions: &[&str],
+    catalog: &Catalog,
+    matching: &MatchConfig,
+) -> (Vec<RowResult>, EvalSummary) {
+    assert_eq!(rows.len(), completions.len(), "one completion per row");
+    let mut per_metric: Vec<(String, Vec<f64>)> =
+        KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).map(|n| (n, Vec::new())).collect();
+    let (mut lengths, mut in_catalog, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    let mut results = Vec::with_capacity(rows.len());
+    for (row, &text) in rows.iter().zip(completions) {
+        let items = parse_completion(text);
+        let first: Vec<&Item> = items.iter().take(matching.rec_num).collect();
+        let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let row_in_catalog = if first.is_empty() {
+            0.0
+        } else {
+            first.iter().filter(|i| catalog.contains(&i.title, i.year)).count() as f64 / first.len() as f64
+        };
+        let row_valid = if lines == 0 { 0.0 } else { items.len().min(lines) as f64 / lines as f64 };
+        lengths.push(first.len() as f64);
+        in_catalog.push(row_in_catalog);
+        valid.push(row_valid);
+        let m = evaluate(&items, &row.groundtruth, &row.seen_titles, catalog, matching);
+        let named = m.named();
+        for ((name, values), (n, v)) in per_metric.iter_mut().zip(&named) {
+            debug_assert_eq!(name, n);
+            values.push(*v);
+        }
+        results.push(RowResult {
+            sample_id: row.sample_id.clone(),
+            completion: text.to_string(),
+            items: items.iter().map(|i| (i.title.clone(), i.year)).collect(),
+            metrics: named.into_iter().collect(),
+            in_catalog: row_in_catalog,
+            valid_format: row_valid,
+        });
+    }
+    let summary = EvalSummary {
+        rows: rows.len(),
+        metrics: per_metric.into_iter().map(|(n, v)| (n, mean_se(&v))).collect(),
+        in_catalog_rate: mean_se(&in_catalog).mean,
+        valid_format_rate: mean_se(&valid).mean,
+        mean_list_length: mean_se(&lengths).mean,
+    };
+    (results, summary)
+}
+
+pub struct Evaluation {
+    pub rows: Vec<RowResult>,
+    pub summary: EvalSummary,
+}
+
+/// Answers every row's conversation greedily with `model` and scores the answers.
+pub async fn evaluate_rows(
+    gpu: &Gpu,
+    model: &GpuModel,
+    text: &ChatText,
+    rows: &[Row],
+    catalog: &Catalog,
+    options: &EvalOptions,
+    on_progress: impl FnMut(EvalProgress),
+) -> Result<Evaluation, EvalError> {
+    let prompts = unique_prompts(text, rows)?;
+    let texts = greedy_completions(gpu, model, text, &prompts.ids, options, on_progress).await?;
+    let per_row: Vec<&str> = prompts.of_row.iter().map(|&p| texts[p].as_str()).collect();
+    let (rows, summary) = score_rows(rows, &per_row, catalog, &options.matching);
+    Ok(Evaluation { rows, summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rec::{GroundTruth, Message as RowMessage};
+
+    fn row(id: &str, truth: &[(&str, &str)]) -> Row {
+        Row {
+            sample_id: Some(id.into()),
+            prompt: vec![RowMessage { role: "user".into(), content: "a movie like Alien?".into() }],
+            completion: None,
+            seen_titles: vec![],
+            groundtruth: truth.iter().map(|(t, y)| GroundTruth::new(*t, *y)).collect(),
+        }
+    }
+
+    #[test]
+    fn scores_rows_by_hand_computed_cases() {
+        let mut catalog = Catalog::new();
+        catalog.insert("Aliens", 1986);
+        catalog.insert("The Thing", 1982);
+        let rows = [row("a", &[("The Thing", "1982")]), row("b", &[("Heat", "1995")]), row("c", &[])];
+        // Row a: hit at rank 2, one item outside the catalog, one line that is not an item.
+        // Row b: no hit. Row c: empty answer.
+        let texts = ["Aliens (1986)\nThe Thing (1982)\nNotAMovie (2001)\nhello", "Aliens (1986)", ""];
+        let (results, s) = score_rows(&rows, &texts, &catalog, &MatchConfig::default());
+        assert_eq!(results[0].items.len(), 3);
+        let ndcg_a = (1.0 / 3f64.log2()) / 1.0;
+        assert!((results[0].metrics["ndcg@5"] - ndcg_a).abs() < 1e-12);
+        assert_eq!(results[0].metrics["recall@5"], 1.0);
+        assert!((results[0].in_catalog - 2.0 / 3.0).abs() < 1e-12);
+        assert!((results[0].valid_format - 0.75).abs() < 1e-12);
+        assert_eq!(results[1].metrics["recall@20"], 0.0);
+        assert_eq!((results[2].in_catalog, results[2].valid_format), (0.0, 0.0));
+        assert_eq!(s.rows, 3);
+        assert!((s.mean("ndcg@5").unwrap() - ndcg_a / 3.0).abs() < 1e-12);
+        assert!((s.mean("recall@20").unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.mean_list_length - 4.0 / 3.0).abs() < 1e-12);
+        let json = s.to_json();
+        assert_eq!(json["rows"], 3);
+        assert!(json["ndcg@20"]["se"].as_f64().unwrap() > 0.0);
+        assert_eq!(s.metrics.iter().map(|(n, _)| n.as_str()).take(2).collect::<Vec<_>>(), ["recall@5", "ndcg@5"]);
+    }
+}

@@ -1,0 +1,272 @@
+//! A loaded model in the page's worker: the WebGPU device, the weights on it (with an adapter
+//! merged in, if one was given), the text side and an optional catalog. Recommend and Evaluate
+//! call the same core code as `convrec generate`/`convrec eval`.
+//!
+//! wasm-bindgen futures must not borrow `self`, so the state sits behind an `Rc` and each async
+//! method returns a `Promise` that owns a clone of it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use convrec_core::model::ModelConfig;
+use convrec_core::model::chat::Message;
+use convrec_core::model::generate::{GenerateRequest, generate};
+use convrec_core::model::gguf::GgufModel;
+use convrec_core::model::gguf::reader::GgufFile;
+use convrec_core::model::gpu::GpuModel;
+use convrec_core::model::safetensors_io::read_tensors;
+use convrec_core::model::text::ChatText;
+use convrec_core::model::tokenizer::from_hf_files;
+use convrec_core::ops::decode::SamplingConfig;
+use convrec_core::rec::evaluation::{EvalOptions, evaluate_rows};
+use convrec_core::rec::{Catalog, conversation_prompt, parse_completion, parse_dataset};
+use convrec_core::train::merge::LoraMerge;
+use convrec_core::train::peft::from_peft;
+use convrec_core::{Gpu, GpuOptions};
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::js_err;
+
+/// Positions prepared for RoPE: the model's own limit, capped (the tables are small, but a 128k
+/// limit would still cost memory for nothing in a demo).
+const MAX_POSITIONS: usize = 4096;
+
+struct State {
+    gpu: Gpu,
+    base: GpuModel,
+    merged: Option<LoraMerge>,
+    text: ChatText,
+    config: ModelConfig,
+    model_name: String,
+    adapter: Option<serde_json::Value>,
+    catalog: Option<(String, Catalog)>,
+}
+
+impl State {
+    fn model(&self) -> &GpuModel {
+        self.merged.as_ref().map_or(&self.base, |m| &m.model)
+    }
+}
+
+#[wasm_bindgen]
+pub struct Session {
+    state: Rc<RefCell<State>>,
+}
+
+/// The files of a model, as the page read them (from the server or a file picker).
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct ModelFiles {
+    name: String,
+    gguf: Option<Vec<u8>>,
+    config_json: Option<String>,
+    safetensors: Vec<(String, Vec<u8>)>,
+    tokenizer_json: Option<Vec<u8>>,
+    tokenizer_config_json: Option<Vec<u8>>,
+    chat_template: Option<String>,
+    adapter_config: Option<String>,
+    adapter_weights: Option<Vec<u8>>,
+}
+
+#[wasm_bindgen]
+impl ModelFiles {
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String) -> ModelFiles {
+        ModelFiles { name, ..Default::default() }
+    }
+
+    /// Adds one file by its name: `*.gguf`, `config.json`, `*.safetensors`, `tokenizer.json`,
+    /// `tokenizer_config.json`, `chat_template.jinja`, `adapter_config.json`,
+    /// `adapter_model.safetensors` (adapter files are told apart by name).
+    pub fn add(&mut self, file_name: &str, bytes: Vec<u8>) -> Result<(), JsValue> {
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| js_err(format!("{file_name} is not UTF-8 text")));
+        match file_name {
+            n if n.ends_with(".gguf") => self.gguf = Some(bytes),
+            "adapter_config.json" => self.adapter_config = Some(text(bytes)?),
+            "adapter_model.safetensors" => self.adapter_weights = Some(bytes),
+            "config.json" => self.config_json = Some(text(bytes)?),
+            "tokenizer.json" => self.tokenizer_json = Some(bytes),
+            "tokenizer_config.json" => self.tokenizer_config_json = Some(bytes),
+            "chat_template.jinja" => self.chat_template = Some(text(bytes)?),
+            n if n.ends_with(".safetensors") => self.safetensors.push((n.to_string(), bytes)),
+            other => return Err(js_err(format!("{other}: not a model or adapter file convrec reads"))),
+        }
+        Ok(())
+    }
+}
+
+type Weights = (ModelConfig, convrec_core::model::NamedTensors, ChatText);
+
+/// What the page's wasm32 memory can give the dequantised weights: the address space is 4 GiB,
+/// and the file's bytes, the code and the allocator's slack need the rest.
+const HOST_WEIGHT_BUDGET: u64 = 3 << 30;
+
+fn read_model(files: &mut ModelFiles) -> Result<Weights, String> {
+    if let Some(bytes) = files.gguf.take() {
+        let file = GgufFile::parse(&bytes).map_err(|e| format!("{}: {e}", files.name))?;
+        let f32_bytes: u64 = file.tensors.iter().map(|t| t.n_elements() * 4).sum();
+        if f32_bytes > HOST_WEIGHT_BUDGET {
+            return Err(format!(
+                "{}: its weights take {:.1} GiB as f32, more than a browser's 4 GiB wasm32 memory can hold \
+                 beside the file; use a smaller model here (or the native convrec)",
+                files.name,
+                f32_bytes as f64 / (1u64 << 30) as f64
+            ));
+        }
+        let m = GgufModel::from_bytes(&bytes).map_err(|e| format!("{}: {e}", files.name))?;
+        drop(bytes);
+        return ChatText::from_gguf(m).map_err(|e| format!("{}: {e}", files.name));
+    }
+    let config_json = files.config_json.take().ok_or("neither a .gguf file nor config.json was given")?;
+    let config = ModelConfig::from_hf_json(&config_json).map_err(|e| format!("config.json: {e}"))?;
+    if files.safetensors.is_empty() {
+        return Err("config.json without *.safetensors weights".into());
+    }
+    let mut tensors = Vec::new();
+    files.safetensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, bytes) in std::mem::take(&mut files.safetensors) {
+        tensors.extend(read_tensors(&bytes, &name).map_err(|e| e.to_string())?);
+    }
+    let tok_json = files.tokenizer_json.take().ok_or("an HF model needs tokenizer.json")?;
+    let tok = from_hf_files(&tok_json, files.tokenizer_config_json.as_deref(), files.chat_template.as_deref())
+        .map_err(|e| format!("tokenizer.json: {e}"))?;
+    let text =
+        ChatText::new(tok.tokenizer, tok.special, tok.chat_template.as_deref(), &config).map_err(|e| e.to_string())?;
+    Ok((config, tensors, text))
+}
+
+async fn load(mut files: ModelFiles) -> Result<Session, String> {
+    let gpu = Gpu::new(&GpuOptions::default()).await.map_err(|e| e.to_string())?;
+    let (config, tensors, text) = read_model(&mut files)?;
+    let positions = config.max_position_embeddings.clamp(1, MAX_POSITIONS);
+    let base = GpuModel::upload(&gpu, config.clone(), tensors, positions)
+        .map_err(|e| format!("{} does not fit this adapter: {e}", files.name))?;
+    let (merged, adapter) = match (files.adapter_config.take(), files.adapter_weights.take()) {
+        (Some(cfg), Some(weights)) => {
+            let (layout, params) = from_peft(&config, &cfg, &weights).map_err(|e| format!("adapter: {e}"))?;
+            let summary = json!({"r": layout.config.r, "alpha": layout.config.alpha,
+                "targets": layout.config.targets.iter().map(|t| t.module_name()).collect::<Vec<_>>(),
+                "parameters": params.len()});
+            let merge = LoraMerge::apply(&gpu, &base, &layout, &params).await.map_err(|e| format!("adapter: {e}"))?;
+            (Some(merge), Some(summary))
+        }
+        (None, None) => (None, None),
+        _ => return Err("an adapter needs both adapter_config.json and adapter_model.safetensors".into()),
+    };
+    let state = State { gpu, base, merged, text, config, model_name: files.name, adapter, catalog: None };
+    Ok(Session { state: Rc::new(RefCell::new(state)) })
+}
+
+fn call(f: &js_sys::Function, value: &serde_json::Value) {
+    let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// Reads the model (and adapter) files, uploads the weights, merges the adapter. Resolves to
+    /// a `Session`; rejects with a message naming the file and the problem.
+    pub fn load(files: ModelFiles) -> js_sys::Promise {
+        future_to_promise(async move { load(files).await.map(JsValue::from).map_err(js_err) })
+    }
+
+    /// JSON: the adapter (device, features, limits), the model's shape and the adapter's.
+    pub fn info(&self) -> String {
+        let s = self.state.borrow();
+        let c = &s.config;
+        json!({
+            "adapter": s.gpu.summary(),
+            "model": {"name": s.model_name, "architecture": format!("{:?}", c.architecture),
+                "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
+                "kv_heads": c.num_kv_heads, "vocab": c.vocab_size},
+            "lora": s.adapter,
+            "catalog": s.catalog.as_ref().map(|(name, c)| json!({"name": name, "titles": c.len()})),
+        })
+        .to_string()
+    }
+
+    /// Sets the catalog (TSV `title<TAB>year` with a header, or a JSON list); returns its size.
+    pub fn set_catalog(&self, name: &str, text: &str) -> Result<usize, JsValue> {
+        let catalog = Catalog::parse(name, text).map_err(js_err)?;
+        let n = catalog.len();
+        let mut state = self.state.try_borrow_mut().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+        state.catalog = Some((name.to_string(), catalog));
+        Ok(n)
+    }
+
+    /// Recommends for a typed conversation (wrapped as Reddit-v2 prompts are). `on_text` gets the
+    /// text so far after every token; resolves to JSON `{text, items: [{title, year, in_catalog}],
+    /// tokens, stopped}`. Temperature 0 is greedy.
+    pub fn recommend(
+        &self,
+        conversation: String,
+        temperature: f32,
+        max_new_tokens: usize,
+        seed: u32,
+        on_text: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let s = state.borrow();
+            let messages = [Message::user(conversation_prompt(&conversation))];
+            let prompt = s.text.prompt_ids(&messages).map_err(js_err)?;
+            let req = GenerateRequest {
+                prompts: vec![prompt],
+                num_samples: 1,
+                max_new_tokens,
+                sampling: SamplingConfig { temperature, top_k: 0, top_p: 1.0, seed: seed as u64 },
+                stop_ids: s.text.stop_ids.clone(),
+            };
+            let out = generate(&s.gpu, s.model(), &req, |_, so_far| {
+                if let Ok(text) = s.text.decode(&so_far[0].tokens) {
+                    call(&on_text, &json!(text));
+                }
+            })
+            .await
+            .map_err(js_err)?;
+            let c = &out[0];
+            let text = s.text.decode(&c.tokens).map_err(js_err)?;
+            let items: Vec<_> = parse_completion(&text)
+                .into_iter()
+                .map(|i| {
+                    let in_catalog = s.catalog.as_ref().map(|(_, cat)| cat.contains(&i.title, i.year));
+                    json!({"title": i.title, "year": i.year, "in_catalog": in_catalog})
+                })
+                .collect();
+            let result = json!({"text": text, "items": items, "tokens": c.tokens.len(), "stopped": c.stopped});
+            Ok(JsValue::from_str(&result.to_string()))
+        })
+    }
+
+    /// Evaluates rows in the Reddit-v2 schema (JSONL text; the first `limit` rows, 0 for all)
+    /// against the catalog set before, greedily, as `convrec eval` does. `on_progress` gets
+    /// `{prompts_done, prompts, step, max_steps}`; resolves to JSON `{summary, rows}` with the
+    /// summary in `convrec eval`'s form.
+    pub fn evaluate(
+        &self,
+        source: String,
+        rows_jsonl: String,
+        limit: usize,
+        batch_size: usize,
+        max_new_tokens: usize,
+        on_progress: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let s = state.borrow();
+            let (_, catalog) = s.catalog.as_ref().ok_or_else(|| js_err("set a catalog before evaluating"))?;
+            let mut rows = parse_dataset(&source, &rows_jsonl).map_err(js_err)?;
+            if limit > 0 {
+                rows.truncate(limit);
+            }
+            let options = EvalOptions { batch_size, max_new_tokens, ..Default::default() };
+            let eval =
+                evaluate_rows(&s.gpu, s.model(), &s.text, &rows, catalog, &options, |p| call(&on_progress, &json!(p)))
+                    .await
+                    .map_err(js_err)?;
+            let result = json!({"summary": eval.summary.to_json(), "rows": eval.rows});
+            Ok(JsValue::from_str(&result.to_string()))
+        })
+    }
+}
