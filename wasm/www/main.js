@@ -254,6 +254,8 @@ async function automatic(check) {
     try { report[name] = await f(); } catch (e) { report[name] = { error: message(e) }; }
   };
   const maxNewTokens = Number(params.get('max_new_tokens') ?? 64);
+  $('rec-tokens').value = $('eval-tokens').value = maxNewTokens;
+  $('eval-rows').value = params.get('rows') ?? 2;
   await step('load', () => load(serverFiles.model.name, serverFiles.model.files.concat(serverFiles.adapter ?? [])));
   if (params.has('conversation')) $('conversation').value = params.get('conversation');
   await step('recommend', () => recommend({ conversation: $('conversation').value, temperature: 0, maxNewTokens }));
