@@ -163,3 +163,30 @@ fn grpo_and_gspo_take_a_step_with_sequence_rewards() {
         assert_eq!(layout.config.r, 4);
     }
 }
+
+#[test]
+fn the_single_pass_step_equals_separate_log_prob_and_gradient_passes() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    // 2 prompts × G = 2: four sequences. With the default micro-batch (4) the on-policy step runs
+    // one forward, evaluates the objective on its log-probs and runs the backward; with 2 it takes
+    // a log-prob pass and then forward+backward passes, two sequences at a time.
+    let dir = setup("single_pass");
+    let (_, sft_params, _) = load_adapter(&dir.join("model"), &dir.join("sft/adapter"));
+    train(&dir, "rank-grpo", "one", &["--steps", "2"]);
+    train(&dir, "rank-grpo", "two", &["--steps", "2", "--micro-batch", "2"]);
+    let (one, two) = (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")));
+    for key in ["loss", "kl", "ndcg20", "grad_norm"] {
+        for step in 0..2 {
+            let (a, b) = (num(&one[step], key), num(&two[step], key));
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-7, "step {} `{key}`: {a} vs {b}", step + 1);
+        }
+    }
+    let (_, a, _) = load_adapter(&dir.join("model"), &dir.join("one/adapter"));
+    let (_, b, _) = load_adapter(&dir.join("model"), &dir.join("two/adapter"));
+    let moved = a.iter().zip(&sft_params).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(moved > 0.0);
+    assert!(diff <= 1e-3 * moved, "adapters differ by {diff:e} after moving {moved:e}");
+}

@@ -61,6 +61,15 @@ impl MicroBatch {
     }
 }
 
+/// A forward whose activations wait in the trainer's plan for their backward.
+pub struct Forwarded {
+    inputs: [GpuBuffer; 4],
+    shape: (usize, usize, bool),
+    serial: u64,
+    temperature: f32,
+    pub stats: RowStats,
+}
+
 /// Per-row statistics of the last forward: log-prob of the target and entropy.
 #[derive(Clone, Debug)]
 pub struct RowStats {
@@ -81,6 +90,8 @@ pub struct LoraTrainer {
     /// `backprop`): less activation memory for one more forward's compute. Applies to plans made
     /// after it is set.
     pub recompute: bool,
+    /// Forwards run so far (a `Forwarded` remembers its own, to refuse stale backwards).
+    forwards: u64,
 }
 
 const OP: &str = "train";
@@ -103,6 +114,7 @@ impl LoraTrainer {
             plans: HashMap::new(),
             recompute: false,
             vocab_chunk: 8192,
+            forwards: 0,
         })
     }
 
@@ -126,6 +138,28 @@ impl LoraTrainer {
         Ok(&plans[&(batch, t, recompute)])
     }
 
+    /// The micro-batch's inputs on the GPU and its (cached) plan's key.
+    fn upload_inputs(gpu: &Gpu, model: &GpuModel, mb: &MicroBatch) -> ModelResult<[GpuBuffer; 4]> {
+        check_ids(model, &mb.ids)?;
+        check_ids(model, &mb.targets)?;
+        check_length(model, mb.t)?;
+        let up32 = |what: &str, v: &[u32]| gpu.upload(OP, what, v);
+        Ok([
+            up32("ids", &mb.ids)?,
+            up32("positions", &mb.positions)?,
+            up32("key start", &mb.key_start)?,
+            up32("targets", &mb.targets)?,
+        ])
+    }
+
+    async fn row_stats(gpu: &Gpu, plan: &TrainPlan, rows: usize) -> ModelResult<RowStats> {
+        let stats = gpu.read::<f32>(OP, &plan.head.row_stats).await?;
+        Ok(RowStats {
+            logp: (0..rows).map(|r| stats[r * 4 + 2]).collect(),
+            entropy: (0..rows).map(|r| stats[r * 4 + 3]).collect(),
+        })
+    }
+
     /// Forward (+ backward when `train`) of one micro-batch; gradients accumulate into `grads`.
     /// Returns each row's target log-prob and entropy.
     pub async fn run(
@@ -136,19 +170,12 @@ impl LoraTrainer {
         train: bool,
         temperature: f32,
     ) -> ModelResult<RowStats> {
-        check_ids(model, &mb.ids)?;
-        check_ids(model, &mb.targets)?;
-        check_length(model, mb.t)?;
-        let rows = mb.batch * mb.t;
-        let up32 = |what: &str, v: &[u32]| gpu.upload(OP, what, v);
-        let ids = up32("ids", &mb.ids)?;
-        let positions = up32("positions", &mb.positions)?;
-        let key_start = up32("key start", &mb.key_start)?;
-        let targets = up32("targets", &mb.targets)?;
+        let [ids, positions, key_start, targets] = Self::upload_inputs(gpu, model, mb)?;
         let dlogp = gpu.upload(OP, "loss weights", &mb.weights)?;
         let plan =
             Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, self.recompute, (mb.batch, mb.t))
                 .await?;
+        self.forwards += 1;
         let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
         let inputs = TrainInputs { ids: &ids, positions: &positions, key_start: &key_start, targets: &targets };
         let mut b = gpu.batch(OP);
@@ -157,11 +184,58 @@ impl LoraTrainer {
             plan.backward(&mut b, model, &lora, &inputs, &dlogp, temperature)?;
         }
         b.submit().await?;
-        let stats = gpu.read::<f32>(OP, &plan.head.row_stats).await?;
-        Ok(RowStats {
-            logp: (0..rows).map(|r| stats[r * 4 + 2]).collect(),
-            entropy: (0..rows).map(|r| stats[r * 4 + 3]).collect(),
-        })
+        Self::row_stats(gpu, plan, mb.batch * mb.t).await
+    }
+
+    /// The forward of one micro-batch alone, its activations kept for [`Self::backward`]: for a
+    /// loss whose weights depend on the forward's own log-probs (on-policy RL evaluates its
+    /// objective between the two), one forward instead of two.
+    pub async fn forward(
+        &mut self,
+        gpu: &Gpu,
+        model: &GpuModel,
+        mb: &MicroBatch,
+        temperature: f32,
+    ) -> ModelResult<Forwarded> {
+        let inputs = Self::upload_inputs(gpu, model, mb)?;
+        let [ids, positions, key_start, targets] = &inputs;
+        let shape = (mb.batch, mb.t, self.recompute);
+        let plan =
+            Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, self.recompute, (mb.batch, mb.t))
+                .await?;
+        self.forwards += 1;
+        let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
+        let io = TrainInputs { ids, positions, key_start, targets };
+        let mut b = gpu.batch(OP);
+        plan.forward(&mut b, model, &lora, &io, temperature)?;
+        b.submit().await?;
+        let stats = Self::row_stats(gpu, plan, mb.batch * mb.t).await?;
+        Ok(Forwarded { inputs, shape, serial: self.forwards, temperature, stats })
+    }
+
+    /// The backward of a [`Self::forward`] with per-row loss weights (∂loss/∂logp, laid out as
+    /// `MicroBatch::weights`); gradients accumulate into `grads`. Fails if another forward has
+    /// run since (its activations would be gone).
+    pub async fn backward(&mut self, gpu: &Gpu, model: &GpuModel, fwd: &Forwarded, weights: &[f32]) -> ModelResult<()> {
+        let (batch, t, recompute) = fwd.shape;
+        if fwd.serial != self.forwards || !self.plans.contains_key(&fwd.shape) {
+            return Err(ModelError::Invalid("backward of a forward whose activations a later forward replaced".into()));
+        }
+        if weights.len() != batch * t {
+            return Err(ModelError::Invalid(format!(
+                "{} loss weights for a micro-batch of {batch}×{t} rows",
+                weights.len()
+            )));
+        }
+        let plan = &self.plans[&(batch, t, recompute)];
+        let dlogp = gpu.upload(OP, "loss weights", weights)?;
+        let [ids, positions, key_start, targets] = &fwd.inputs;
+        let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
+        let io = TrainInputs { ids, positions, key_start, targets };
+        let mut b = gpu.batch(OP);
+        plan.backward(&mut b, model, &lora, &io, &dlogp, fwd.temperature)?;
+        b.submit().await?;
+        Ok(())
     }
 
     /// Zeroes the accumulated gradients.
@@ -295,6 +369,41 @@ mod tests {
         }
         // The same kernels on the same inputs: equal to the last bit.
         assert_eq!(results[0], results[1]);
+    }
+
+    #[test]
+    fn a_separate_forward_and_backward_equal_the_fused_run_and_stale_backwards_are_refused() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("forward then backward");
+        let config = tiny_config(Architecture::Llama, false);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = testing::normal(&mut rng, layout.len).iter().map(|x| 0.1 * x).collect();
+        let seqs = vec![(vec![1, 2, 3], vec![10, 20, 30, 40, 7]), (vec![4, 5], vec![50, 60])];
+        let mb = MicroBatch::from_sequences(&seqs, 4, |s, i| 0.3 - (s + i) as f32 * 0.1);
+        let new_trainer =
+            || pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &params, AdamWConfig::default())).unwrap();
+
+        let mut fused = new_trainer();
+        let fused_stats = pollster::block_on(fused.run(&gpu, &model, &mb, true, 0.9)).unwrap();
+        let fused_grads = pollster::block_on(gpu.read::<f32>("t", &fused.grads)).unwrap();
+
+        let mut split = new_trainer();
+        let fwd = pollster::block_on(split.forward(&gpu, &model, &mb, 0.9)).unwrap();
+        assert_eq!(fwd.stats.logp, fused_stats.logp);
+        // The weights are only needed now (RL computes them from `fwd.stats`).
+        pollster::block_on(split.backward(&gpu, &model, &fwd, &mb.weights)).unwrap();
+        let split_grads = pollster::block_on(gpu.read::<f32>("t", &split.grads)).unwrap();
+        assert!(split_grads.iter().any(|g| *g != 0.0));
+        assert_eq!(split_grads, fused_grads, "the same kernels on the same activations");
+
+        // Another forward replaces the activations: the first forward's backward is refused.
+        let stale = pollster::block_on(split.forward(&gpu, &model, &mb, 0.9)).unwrap();
+        let newer = pollster::block_on(split.forward(&gpu, &model, &mb, 0.9)).unwrap();
+        let err = pollster::block_on(split.backward(&gpu, &model, &stale, &mb.weights)).unwrap_err().to_string();
+        assert!(err.contains("later forward"), "{err}");
+        let err = pollster::block_on(split.backward(&gpu, &model, &newer, &mb.weights[1..])).unwrap_err().to_string();
+        assert!(err.contains("loss weights"), "{err}");
     }
 
     #[test]

@@ -185,6 +185,18 @@ struct Rollout {
     items: Vec<Vec<usize>>,
 }
 
+/// Each completion's per-token log-probs from a micro-batch's row statistics (row pad + P − 1 + j
+/// predicts completion token j).
+fn completion_rows(mb: &MicroBatch, seqs: &[(Vec<u32>, Vec<u32>)], logp: &[f32]) -> Vec<Vec<f32>> {
+    seqs.iter()
+        .enumerate()
+        .map(|(s, (prompt, completion))| {
+            let row0 = s * mb.t + mb.key_start[s] as usize + prompt.len() - 1;
+            logp[row0..row0 + completion.len()].to_vec()
+        })
+        .collect()
+}
+
 /// Per-token log-probs of every completion token, `micro_batch` sequences per pass.
 fn completion_logp(
     gpu: &Gpu,
@@ -200,11 +212,7 @@ fn completion_logp(
         let first = c * micro_batch.max(1);
         let mb = MicroBatch::from_sequences(chunk, 16, |s, j| grads.map_or(0.0, |g| g[first + s][j]));
         let stats = pollster::block_on(trainer.run(gpu, model, &mb, grads.is_some(), temperature))?;
-        for (s, (prompt, completion)) in chunk.iter().enumerate() {
-            // Row pad + P − 1 + j predicts completion token j.
-            let row0 = s * mb.t + mb.key_start[s] as usize + prompt.len() - 1;
-            out.push(stats.logp[row0..row0 + completion.len()].to_vec());
-        }
+        out.extend(completion_rows(&mb, chunk, &stats.logp));
     }
     Ok(out)
 }
@@ -352,9 +360,27 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         };
         let (mut loss, mut kl, mut clip, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
         let lr = args.lr * schedule.factor(trainer.step);
+        // On-policy with the whole batch in one micro-batch, the objective is evaluated between
+        // the forward and the backward of a single pass (its weights need the forward's own
+        // log-probs); otherwise a log-prob pass, then forward+backward passes.
+        let single_pass = args.mu == 1 && rollout.seqs.len() <= args.micro_batch.max(1);
         for _ in 0..args.mu {
-            let logp =
-                completion_logp(&gpu, &base, &mut trainer, &rollout.seqs, args.micro_batch, args.temperature, None)?;
+            let (logp, pending) = if single_pass {
+                let mb = MicroBatch::from_sequences(&rollout.seqs, 16, |_, _| 0.0);
+                let fwd = pollster::block_on(trainer.forward(&gpu, &base, &mb, args.temperature))?;
+                (completion_rows(&mb, &rollout.seqs, &fwd.stats.logp), Some(fwd))
+            } else {
+                let lp = completion_logp(
+                    &gpu,
+                    &base,
+                    &mut trainer,
+                    &rollout.seqs,
+                    args.micro_batch,
+                    args.temperature,
+                    None,
+                )?;
+                (lp, None)
+            };
             let old = old_logp.get_or_insert_with(|| logp.clone());
             let reference_logp = ref_logp.as_ref().unwrap_or(&logp);
             let mut group = GroupTokens::concat(&rollout.items, &rollout.advantages, &logp, old, reference_logp)?;
@@ -376,15 +402,23 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
                 .sum::<f64>()
                 / n;
             let grads = group.split(&out.grad);
-            completion_logp(
-                &gpu,
-                &base,
-                &mut trainer,
-                &rollout.seqs,
-                args.micro_batch,
-                args.temperature,
-                Some(&grads),
-            )?;
+            match pending {
+                Some(fwd) => {
+                    let weights = MicroBatch::from_sequences(&rollout.seqs, 16, |s, j| grads[s][j]).weights;
+                    pollster::block_on(trainer.backward(&gpu, &base, &fwd, &weights))?;
+                }
+                None => {
+                    completion_logp(
+                        &gpu,
+                        &base,
+                        &mut trainer,
+                        &rollout.seqs,
+                        args.micro_batch,
+                        args.temperature,
+                        Some(&grads),
+                    )?;
+                }
+            }
             grad_norm = pollster::block_on(trainer.optimizer_step(&gpu, lr, 1.0))?;
         }
         let tokens: usize = rollout.seqs.iter().map(|(p, c)| p.len() + c.len()).sum();
