@@ -94,3 +94,39 @@ pub fn byte_chars() -> Vec<char> {
         })
         .collect()
 }
+
+/// A byte-level BPE `tokenizer.json` without merges: id b < 256 is byte b, then
+/// `<|endoftext|>` (256), `<|im_start|>` (257), `<|im_end|>` (258) as special tokens, then filler
+/// tokens up to `vocab` so that every id a model can sample decodes to something.
+pub fn byte_level_tokenizer_json(vocab: usize) -> String {
+    use serde_json::{Value, json};
+    let mut map = serde_json::Map::new();
+    for (b, c) in byte_chars().iter().enumerate() {
+        map.insert(c.to_string(), json!(b));
+    }
+    let specials = [(256, "<|endoftext|>"), (257, "<|im_start|>"), (258, "<|im_end|>")];
+    for (id, text) in specials {
+        map.insert(text.to_string(), json!(id));
+    }
+    for id in 259..vocab {
+        map.insert(format!("<x{id}>"), json!(id));
+    }
+    let added: Vec<Value> = specials
+        .iter()
+        .map(|(id, text)| {
+            json!({"id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": map, "merges": []}
+    })
+    .to_string()
+}

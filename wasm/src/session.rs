@@ -270,3 +270,58 @@ impl Session {
         })
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama_gqa");
+        std::fs::read(root.join(name)).unwrap()
+    }
+
+    fn add(files: &mut ModelFiles, name: &str, bytes: Vec<u8>) {
+        // `add` only builds a JsValue on error, which cannot exist off wasm: unwrap the Ok path.
+        assert!(files.add(name, bytes).is_ok(), "{name}");
+    }
+
+    #[test]
+    fn reads_an_hf_folder_picked_file_by_file() {
+        let mut files = ModelFiles::new("llama_gqa".into());
+        add(&mut files, "config.json", fixture("config.json"));
+        add(&mut files, "model.safetensors", fixture("model.safetensors"));
+        add(&mut files, "tokenizer.json", convrec_core::testing::byte_level_tokenizer_json(320).into_bytes());
+        add(&mut files, "tokenizer_config.json", br#"{"eos_token": "<|im_end|>"}"#.to_vec());
+        let (config, tensors, text) = read_model(&mut files).unwrap();
+        assert_eq!(config.num_layers, 2);
+        assert_eq!(tensors.len(), config.expected_tensors().len());
+        assert!(text.stop_ids.contains(&258), "<|im_end|> ends a turn: {:?}", text.stop_ids);
+        let ids = text.prompt_ids(&[Message::user("hi")]).unwrap();
+        assert_eq!(&ids[..1], &[257], "ChatML starts with <|im_start|>");
+    }
+
+    fn error_of(files: &mut ModelFiles) -> String {
+        match read_model(files) {
+            Ok(_) => panic!("{} was accepted", files.name),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn incomplete_models_are_refused_with_a_reason() {
+        let mut files = ModelFiles::new("no weights".into());
+        add(&mut files, "config.json", fixture("config.json"));
+        assert!(error_of(&mut files).contains("safetensors"));
+
+        let mut files = ModelFiles::new("no tokenizer".into());
+        add(&mut files, "config.json", fixture("config.json"));
+        add(&mut files, "model.safetensors", fixture("model.safetensors"));
+        assert!(error_of(&mut files).contains("tokenizer.json"));
+
+        assert!(error_of(&mut ModelFiles::new("empty".into())).contains("neither a .gguf"));
+
+        let mut files = ModelFiles::new("broken.gguf".into());
+        add(&mut files, "broken.gguf", b"GGUF\x03\x00".to_vec());
+        assert!(error_of(&mut files).starts_with("broken.gguf: "));
+    }
+}

@@ -30,40 +30,9 @@ pub fn scratch(group: &str, test: &str) -> PathBuf {
     dir
 }
 
-/// A byte-level BPE `tokenizer.json` without merges: id b < 256 is byte b, then
-/// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (special), then filler tokens up to `VOCAB` so
-/// every id the model can sample decodes to something.
+/// The byte-level tokenizer of `convrec_core::testing` at the fixture's vocabulary size.
 pub fn tokenizer_json() -> String {
-    let chars = convrec_core::testing::byte_chars();
-    let mut vocab = serde_json::Map::new();
-    for (b, c) in chars.iter().enumerate() {
-        vocab.insert(c.to_string(), json!(b));
-    }
-    let specials = [(ENDOFTEXT, "<|endoftext|>"), (IM_START, "<|im_start|>"), (IM_END, "<|im_end|>")];
-    for (id, text) in specials {
-        vocab.insert(text.to_string(), json!(id));
-    }
-    for id in 259..VOCAB {
-        vocab.insert(format!("<x{id}>"), json!(id));
-    }
-    let added: Vec<Value> = specials
-        .iter()
-        .map(|(id, text)| {
-            json!({"id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": true})
-        })
-        .collect();
-    json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    })
-    .to_string()
+    convrec_core::testing::byte_level_tokenizer_json(VOCAB)
 }
 
 /// `dir/model`: the fixture's config and weights with the tokenizer above. No chat template:
