@@ -163,6 +163,10 @@ fn call(f: &js_sys::Function, value: &serde_json::Value) {
     let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
 }
 
+// Recommend and evaluate hold a shared borrow of the state across their awaits: the page's worker
+// runs one command at a time, and the only mutation (`set_catalog`) uses `try_borrow_mut` and
+// answers "busy" instead of panicking.
+#[allow(clippy::await_holding_refcell_ref)]
 #[wasm_bindgen]
 impl Session {
     /// Reads the model (and adapter) files, uploads the weights, merges the adapter. Resolves to
