@@ -56,7 +56,8 @@ fn burn_secs(m: usize, k: usize, n: usize, device: &Device) -> f64 {
 /// `[MODELS [TOKENS]]`, comma-separated: e.g. `smollm2 8,256` (default: both models, 1,8,256).
 fn args() -> (Vec<String>, Vec<usize>) {
     let mut it = std::env::args().skip(1);
-    let models = it.next().map_or(vec!["smollm2".into(), "qwen2.5".into()], |m| m.split(',').map(str::to_string).collect());
+    let models =
+        it.next().map_or(vec!["smollm2".into(), "qwen2.5".into()], |m| m.split(',').map(str::to_string).collect());
     let tokens = it.next().map_or(vec![1, 8, 256], |t| {
         t.split(',').map(|n| n.parse().unwrap_or_else(|_| panic!("token count {n:?} is not a number"))).collect()
     });
