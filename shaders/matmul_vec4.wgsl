@@ -32,21 +32,29 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+// f32 B is read as vec4 (one 16-byte load; four scalar loads cost ~35% on llvmpipe, bench/RESULTS.md);
+// f16/bf16 B is packed two to a u32 word.
+//#if B_DTYPE == 0
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+//#else
 @group(0) @binding(2) var<storage, read> b: array<u32>;
+//#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 // Four consecutive elements of B starting at element e (a multiple of 4).
 fn load_b4(e: u32) -> vec4<f32> {
+//#if B_DTYPE == 0
+    return b[e >> 2u];
+//#else
     if (B_DTYPE == 1u) {
         let w = e >> 1u;
         return vec4<f32>(unpack2x16float(b[w]), unpack2x16float(b[w + 1u]));
-    } else if (B_DTYPE == 2u) {
-        let w0 = b[e >> 1u];
-        let w1 = b[(e >> 1u) + 1u];
-        return bitcast<vec4<f32>>(vec4<u32>(w0 << 16u, w0 & 0xffff0000u, w1 << 16u, w1 & 0xffff0000u));
     }
-    return bitcast<vec4<f32>>(vec4<u32>(b[e], b[e + 1u], b[e + 2u], b[e + 3u]));
+    let w0 = b[e >> 1u];
+    let w1 = b[(e >> 1u) + 1u];
+    return bitcast<vec4<f32>>(vec4<u32>(w0 << 16u, w0 & 0xffff0000u, w1 << 16u, w1 & 0xffff0000u));
+//#endif
 }
 
 fn store(row: u32, col: u32, z: u32, value: f32) {

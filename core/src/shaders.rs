@@ -73,6 +73,44 @@ pub enum Def {
     Bool(&'static str, bool),
 }
 
+/// Keeps the lines of `//#if NAME == N` … [`//#else` …] `//#endif` blocks whose condition holds
+/// for the definitions (NAME a u32 definition); blocks nest. For what WGSL cannot express with a
+/// `const`: a binding whose element type depends on the specialisation.
+fn select_branches<'a>(lines: &[&'a str], defs: &[Def]) -> Result<Vec<&'a str>, String> {
+    // One entry per open block: (this branch taken, some branch of the block taken).
+    let mut open: Vec<(bool, bool)> = Vec::new();
+    let mut out = Vec::with_capacity(lines.len());
+    for &line in lines {
+        let t = line.trim_start();
+        let live = open.iter().all(|(taken, _)| *taken);
+        if let Some(cond) = t.strip_prefix("//#if ") {
+            let (name, value) = cond.split_once("==").ok_or_else(|| format!("malformed condition '{t}'"))?;
+            let value: u32 = value.trim().parse().map_err(|e| format!("bad value in '{t}': {e}"))?;
+            let actual = defs
+                .iter()
+                .find_map(|d| match d {
+                    Def::U32(n, v) if *n == name.trim() => Some(*v),
+                    _ => None,
+                })
+                .ok_or_else(|| format!("'{t}': {} is not a u32 definition", name.trim()))?;
+            let holds = actual == value;
+            open.push((holds, holds));
+        } else if t.starts_with("//#else") {
+            let (taken, any) = open.pop().ok_or("//#else without //#if")?;
+            let _ = taken;
+            open.push((!any, true));
+        } else if t.starts_with("//#endif") {
+            open.pop().ok_or("//#endif without //#if")?;
+        } else if live {
+            out.push(line);
+        }
+    }
+    if !open.is_empty() {
+        return Err("//#if without //#endif".into());
+    }
+    Ok(out)
+}
+
 /// Unrolls `//#for NAME in COUNT` … `//#end` blocks (COUNT: a number, a definition, or a
 /// definition divided by a number, rounded down), substituting `${NAME}` in the body; blocks nest.
 fn expand_loops(lines: &[&str], defs: &[Def], vars: &mut Vec<(String, u32)>, out: &mut String) -> Result<(), String> {
@@ -173,6 +211,7 @@ impl Variant {
             };
         }
         let lines: Vec<&str> = shader.source.lines().collect();
+        let lines = select_branches(&lines, &self.defs).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
         expand_loops(&lines, &self.defs, &mut Vec::new(), &mut out).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
         out
     }
@@ -194,6 +233,19 @@ impl Variant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditional_blocks_keep_the_branch_the_definitions_choose() {
+        let lines =
+            ["a", "//#if D == 0", "zero", "  //#if E == 1", "  e1", "  //#endif", "//#else", "other", "//#endif", "b"];
+        let pick = |d, e| select_branches(&lines, &[Def::U32("D", d), Def::U32("E", e)]).unwrap().join(",");
+        assert_eq!(pick(0, 1), "a,zero,  e1,b");
+        assert_eq!(pick(0, 0), "a,zero,b");
+        assert_eq!(pick(2, 1), "a,other,b");
+        assert!(select_branches(&["//#if X == 1", "x"], &[Def::U32("X", 1)]).is_err(), "unclosed");
+        assert!(select_branches(&["//#if X == 1", "//#endif"], &[]).is_err(), "undefined name");
+        assert!(select_branches(&["//#endif"], &[]).is_err());
+    }
 
     #[test]
     fn loops_unroll_with_nesting_and_definitions() {
