@@ -96,8 +96,7 @@ fn select_branches<'a>(lines: &[&'a str], defs: &[Def]) -> Result<Vec<&'a str>, 
             let holds = actual == value;
             open.push((holds, holds));
         } else if t.starts_with("//#else") {
-            let (taken, any) = open.pop().ok_or("//#else without //#if")?;
-            let _ = taken;
+            let (_, any) = open.pop().ok_or("//#else without //#if")?;
             open.push((!any, true));
         } else if t.starts_with("//#endif") {
             open.pop().ok_or("//#endif without //#if")?;
