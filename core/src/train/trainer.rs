@@ -170,21 +170,8 @@ impl LoraTrainer {
         train: bool,
         temperature: f32,
     ) -> ModelResult<RowStats> {
-        let [ids, positions, key_start, targets] = Self::upload_inputs(gpu, model, mb)?;
-        let dlogp = gpu.upload(OP, "loss weights", &mb.weights)?;
-        let plan =
-            Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, self.recompute, (mb.batch, mb.t))
-                .await?;
-        self.forwards += 1;
-        let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
-        let inputs = TrainInputs { ids: &ids, positions: &positions, key_start: &key_start, targets: &targets };
-        let mut b = gpu.batch(OP);
-        plan.forward(&mut b, model, &lora, &inputs, temperature)?;
-        if train {
-            plan.backward(&mut b, model, &lora, &inputs, &dlogp, temperature)?;
-        }
-        b.submit().await?;
-        Self::row_stats(gpu, plan, mb.batch * mb.t).await
+        let weights = train.then_some(mb.weights.as_slice());
+        Ok(self.pass(gpu, model, mb, weights, temperature).await?.stats)
     }
 
     /// The forward of one micro-batch alone, its activations kept for [`Self::backward`]: for a
@@ -197,7 +184,20 @@ impl LoraTrainer {
         mb: &MicroBatch,
         temperature: f32,
     ) -> ModelResult<Forwarded> {
+        self.pass(gpu, model, mb, None, temperature).await
+    }
+
+    /// The forward, and the backward with `weights` when given, recorded into one submission.
+    async fn pass(
+        &mut self,
+        gpu: &Gpu,
+        model: &GpuModel,
+        mb: &MicroBatch,
+        weights: Option<&[f32]>,
+        temperature: f32,
+    ) -> ModelResult<Forwarded> {
         let inputs = Self::upload_inputs(gpu, model, mb)?;
+        let dlogp = weights.map(|w| gpu.upload(OP, "loss weights", w)).transpose()?;
         let [ids, positions, key_start, targets] = &inputs;
         let shape = (mb.batch, mb.t, self.recompute);
         let plan =
@@ -208,6 +208,9 @@ impl LoraTrainer {
         let io = TrainInputs { ids, positions, key_start, targets };
         let mut b = gpu.batch(OP);
         plan.forward(&mut b, model, &lora, &io, temperature)?;
+        if let Some(dlogp) = &dlogp {
+            plan.backward(&mut b, model, &lora, &io, dlogp, temperature)?;
+        }
         b.submit().await?;
         let stats = Self::row_stats(gpu, plan, mb.batch * mb.t).await?;
         Ok(Forwarded { inputs, shape, serial: self.forwards, temperature, stats })
