@@ -224,9 +224,12 @@ mod tests {
             pollster::block_on(b.submit()).unwrap();
             let read = |b: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", b)).unwrap();
             let (dg, du) = swiglu_backward_ref(&f64s(&g), &f64s(&u), &f64s(&d));
-            assert!(rel_err(&read(&hb), &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= 1e-6);
-            assert!(rel_err(&read(&dgb), &f32s(&dg)) <= 1e-6);
-            assert!(rel_err(&read(&dub), &f32s(&du)) <= 1e-6);
+            // A handful of f32 roundings (sigmoid, products, 1 + g·(1 − s)): a single element can be
+            // off by ~15 ulps (1.7e-6 seen at n = 1, seed 1795673558091669682); 4e-6 is ~32 ulps.
+            const BOUND: f64 = 4e-6;
+            assert!(rel_err(&read(&hb), &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= BOUND);
+            assert!(rel_err(&read(&dgb), &f32s(&dg)) <= BOUND);
+            assert!(rel_err(&read(&dub), &f32s(&du)) <= BOUND);
         }
     }
 
