@@ -33,6 +33,40 @@ pub fn model_path(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The Hub id of the default model's weights (the GGUF is a Q4_1 quantisation of them).
+pub const DEFAULT_MODEL_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// What an adapter records as `base_model_name_or_path`: adapters are shared, so never a path of
+/// this machine. The Hub id for the default model; an HF folder's own `_name_or_path` when it
+/// names a Hub repository (`owner/name`); otherwise the file or folder name.
+pub fn base_model_name(arg: Option<&Path>, resolved: &Path) -> String {
+    if arg.is_none() {
+        return DEFAULT_MODEL_HUB_ID.to_string();
+    }
+    let file_name =
+        || resolved.file_name().map_or_else(|| resolved.display().to_string(), |n| n.to_string_lossy().into_owned());
+    if !resolved.is_dir() {
+        return file_name();
+    }
+    let own_name = std::fs::read(resolved.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("_name_or_path")?.as_str().map(str::to_string));
+    match own_name {
+        Some(id) if looks_like_hub_id(&id) => id,
+        _ => file_name(),
+    }
+}
+
+/// `owner/name` with Hub-legal characters — not an absolute or relative path of some machine.
+fn looks_like_hub_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let legal = |p: &str| {
+        !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if legal(a) && legal(b))
+}
+
 pub fn load(path: &Path) -> anyhow::Result<TextModel> {
     let (config, tensors, tokenizer, special, template) = if path.is_dir() {
         let files = crate::model_files::load_hf_folder(path)?;
@@ -52,4 +86,32 @@ pub fn load(path: &Path) -> anyhow::Result<TextModel> {
     let text = ChatText::new(tokenizer, special, template.as_deref(), &config)
         .with_context(|| format!("chat template of {}", path.display()))?;
     Ok(TextModel { source: path.to_path_buf(), config, tensors, text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapters_name_their_base_without_a_local_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        std::fs::write(&gguf, b"").unwrap();
+        assert_eq!(base_model_name(None, &gguf), DEFAULT_MODEL_HUB_ID);
+        assert_eq!(base_model_name(Some(&gguf), &gguf), "SmolLM2-135M-Instruct.Q4_1.gguf");
+
+        let folder = dir.path().join("qwen-local");
+        std::fs::create_dir(&folder).unwrap();
+        let with_name = |name: &str| {
+            std::fs::write(folder.join("config.json"), serde_json::json!({ "_name_or_path": name }).to_string())
+                .unwrap();
+            base_model_name(Some(&folder), &folder)
+        };
+        assert_eq!(with_name("Qwen/Qwen2.5-0.5B-Instruct"), "Qwen/Qwen2.5-0.5B-Instruct");
+        assert_eq!(with_name("/home/someone/models/qwen"), "qwen-local");
+        assert_eq!(with_name("../models/qwen"), "qwen-local");
+        assert_eq!(with_name("C:\\models\\qwen"), "qwen-local");
+        std::fs::remove_file(folder.join("config.json")).unwrap();
+        assert_eq!(base_model_name(Some(&folder), &folder), "qwen-local");
+    }
 }

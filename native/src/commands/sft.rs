@@ -200,7 +200,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let base_name = path.display().to_string();
+    let base_name = convrec::text_model::base_model_name(args.model.as_deref(), &path);
     if !eval.is_empty() && trainer.step == 0 {
         let nll = eval_nll(&gpu, &model, &mut trainer, &eval, args.batch_size)?;
         eprintln!("held-out NLL before training: {nll:.4}");

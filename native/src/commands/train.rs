@@ -274,7 +274,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let base_name = path.display().to_string();
+    let base_name = convrec::text_model::base_model_name(args.model.as_deref(), &path);
     let end_ids = tm.stop_ids.clone();
     let bar = indicatif::ProgressBar::new(total_steps);
     bar.set_style(
