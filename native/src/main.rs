@@ -51,6 +51,8 @@ enum Command {
     /// The Rank-GRPO / GRPO / GSPO objective on its own: per group of completions (one JSONL line),
     /// the token advantages, the loss and its gradient with respect to each token's log-prob.
     Objective(commands::objective::Args),
+    /// Compare runs: one SVG chart per metric (sampled NDCG@20, loss, KL, …), one line per run.
+    Plot(commands::plot::Args),
     /// The browser demo: serve the WebGPU page (recommend, evaluate, benchmark) with a model.
     Serve(commands::serve::Args),
 }
@@ -76,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(&gpu_options, args),
         Command::Objective(args) => commands::objective::run(&gpu_options, args),
+        Command::Plot(args) => commands::plot::run(args),
         Command::Serve(args) => commands::serve::run(args),
     }
 }

@@ -22,6 +22,18 @@ pub fn field_series(jsonl: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Each point's y replaced by the mean of the last `window` points' (fewer at the start), so a
+/// noisy per-step metric shows its trend.
+pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let w = window.max(1);
+    (0..points.len())
+        .map(|i| {
+            let span = &points[(i + 1).saturating_sub(w)..=i];
+            (points[i].0, span.iter().map(|p| p.1).sum::<f64>() / span.len() as f64)
+        })
+        .collect()
+}
+
 const COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RED, BLACK];
 
 /// A line chart of one or more series, written atomically to `path`.
@@ -72,6 +84,14 @@ mod tests {
     fn series_from_jsonl_skip_lines_without_the_field() {
         let text = "{\"step\":1,\"loss\":2.5}\n{\"step\":0,\"eval_nll\":3.0}\nnot json\n{\"step\":2,\"loss\":2.0}\n";
         assert_eq!(field_series(text, "step", "loss"), vec![(1.0, 2.5), (2.0, 2.0)]);
+    }
+
+    #[test]
+    fn moving_average_trails_over_the_window() {
+        let p = [(1.0, 1.0), (2.0, 3.0), (3.0, 5.0), (4.0, 0.0)];
+        assert_eq!(moving_average(&p, 1), p.to_vec());
+        assert_eq!(moving_average(&p, 2), vec![(1.0, 1.0), (2.0, 2.0), (3.0, 4.0), (4.0, 2.5)]);
+        assert_eq!(moving_average(&p, 10)[3], (4.0, 2.25));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod logits;
 pub mod lora_grads;
 pub mod objective;
+pub mod plot;
 pub mod score;
 pub mod serve;
 pub mod sft;
