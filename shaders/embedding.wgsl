@@ -4,6 +4,10 @@
 // An id past the whole vocabulary gets zeros from the first shard's dispatch (the host validates
 // ids; the GPU never reads out of bounds).
 // Specialisation: WG, DTYPE (0 f32, 1 f16, 2 bf16).
+//
+// rows_scatter is the reverse for f32 rows with distinct indices: out[ids[r], :] = table[r, :]
+// (`vocab` is then out's row count; an index past it is skipped — padding rows). The training
+// step uses gather and scatter to run the output head on the rows the loss scores only.
 
 struct Params {
     rows: u32,
@@ -44,5 +48,17 @@ fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
         out[idx] = load((id - p.vocab0) * p.h + j);
     } else if (id >= p.vocab && p.vocab0 == 0u) {
         out[idx] = 0.0;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    if (idx >= p.rows * p.h) {
+        return;
+    }
+    let dest = ids[idx / p.h];
+    if (dest < p.vocab) {
+        out[dest * p.h + idx % p.h] = bitcast<f32>(table[idx]);
     }
 }

@@ -1,4 +1,5 @@
-//! Elementwise ops: SwiGLU forward/backward, embedding gather, scaled residual add.
+//! Elementwise ops: SwiGLU forward/backward, embedding gather (and its reverse, a row scatter),
+//! scaled residual add.
 //! WGSL: `shaders/swiglu.wgsl`, `shaders/embedding.wgsl`, `shaders/residual.wgsl`.
 
 use std::sync::Arc;
@@ -22,12 +23,20 @@ fn swiglu_variant(entry: &'static str) -> Variant {
 fn embedding_variant(dtype: Dtype) -> Variant {
     variant_1d("embedding", "embedding_gather", vec![Def::U32("DTYPE", dtype.shader_code())])
 }
+fn scatter_variant() -> Variant {
+    variant_1d("embedding", "rows_scatter", vec![Def::U32("DTYPE", Dtype::F32.shader_code())])
+}
 fn residual_variant() -> Variant {
     variant_1d("residual", "add_scaled", vec![])
 }
 
 pub fn specializations() -> Vec<Variant> {
-    let mut v = vec![swiglu_variant("swiglu_forward"), swiglu_variant("swiglu_backward"), residual_variant()];
+    let mut v = vec![
+        swiglu_variant("swiglu_forward"),
+        swiglu_variant("swiglu_backward"),
+        residual_variant(),
+        scatter_variant(),
+    ];
     v.extend(Dtype::ALL.map(embedding_variant));
     v
 }
@@ -143,6 +152,58 @@ impl Embedding {
             b.dispatch(&self.kernel, &params, &[ids, buf, out], groups);
         }
         Ok(())
+    }
+}
+
+/// Rows written to given places: `out[index[r], :] = src[r, :]` for distinct indices (f32). An
+/// index past `out`'s rows is skipped, so a padded index list needs no special case; the other
+/// rows of `out` keep what they held. With [`Embedding`] over an f32 table it moves a subset of
+/// rows out of a buffer and back.
+pub struct RowScatter {
+    kernel: Arc<Kernel>,
+    out_rows: usize,
+    h: usize,
+}
+
+impl RowScatter {
+    pub async fn new(gpu: &Gpu, out_rows: usize, h: usize) -> GpuResult<Self> {
+        use Access::*;
+        Ok(RowScatter { kernel: gpu.kernel(&scatter_variant(), &[Read, Read, ReadWrite]).await?, out_rows, h })
+    }
+
+    pub fn record(
+        &self,
+        b: &mut Batch,
+        index: &GpuBuffer,
+        rows: usize,
+        src: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> GpuResult<()> {
+        need("row scatter", "index", index, rows)?;
+        need("row scatter", "src", src, rows * self.h)?;
+        need("row scatter", "out", out, self.out_rows * self.h)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), "row scatter", rows * self.h, WG_1D)?;
+        let params = EmbeddingParams {
+            rows: rows as u32,
+            h: self.h as u32,
+            vocab: self.out_rows as u32,
+            stride_y,
+            vocab0: 0,
+            shard_rows: 0,
+            _pad: [0; 2],
+        };
+        b.dispatch(&self.kernel, &params, &[index, src, out], groups);
+        Ok(())
+    }
+}
+
+/// CPU reference of [`RowScatter`].
+pub fn row_scatter_ref(index: &[u32], src: &[f32], h: usize, out: &mut [f32]) {
+    let out_rows = out.len() / h;
+    for (r, &dest) in index.iter().enumerate() {
+        if (dest as usize) < out_rows {
+            out[dest as usize * h..][..h].copy_from_slice(&src[r * h..][..h]);
+        }
     }
 }
 
@@ -287,6 +348,40 @@ mod tests {
             .flat_map(|&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] })
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rows_scatter_to_their_index_and_gather_back() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("row scatter");
+        for (out_rows, h, picked) in [(1usize, 1usize, 1usize), (37, 13, 11), (300, 65, 129)] {
+            let mut order: Vec<u32> = (0..out_rows as u32).collect();
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            // distinct indices in random order, and padding past the end
+            let index: Vec<u32> = order.into_iter().take(picked).chain([out_rows as u32, u32::MAX]).collect();
+            let rows = index.len();
+            let src = testing::normal(&mut rng, rows * h);
+            let before = testing::normal(&mut rng, out_rows * h);
+            let op = pollster::block_on(RowScatter::new(&gpu, out_rows, h)).unwrap();
+            let (ib, sb) = (gpu.upload("t", "index", &index).unwrap(), gpu.upload("t", "src", &src).unwrap());
+            let ob = gpu.upload("t", "out", &before).unwrap();
+            let mut b = gpu.batch("t");
+            op.record(&mut b, &ib, rows, &sb, &ob).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let mut want = before.clone();
+            row_scatter_ref(&index, &src, h, &mut want);
+            assert_eq!(pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap(), want, "{out_rows}×{h}");
+
+            // the gather of the same indices takes the rows back (zeros for the padding)
+            let gather = pollster::block_on(Embedding::new(&gpu, out_rows, h, Dtype::F32)).unwrap();
+            let back = gpu.upload("t", "back", &vec![f32::NAN; rows * h]).unwrap();
+            let mut b = gpu.batch("t");
+            gather.record(&mut b, &ib, rows, &[(0, &ob)], &back).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let got = pollster::block_on(gpu.read::<f32>("t", &back)).unwrap();
+            assert_eq!(got[..picked * h], src[..picked * h]);
+            assert!(got[picked * h..].iter().all(|&x| x == 0.0));
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
 use crate::model::gpu::{GpuModel, ModelError, ModelResult, Weight};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
-use crate::ops::elementwise::{Embedding, SwiGlu};
+use crate::ops::elementwise::{Embedding, RowScatter, SwiGlu};
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::output_head::{HeadShape, OutputHead};
 use crate::ops::rmsnorm::RmsNorm;
@@ -27,7 +27,9 @@ pub struct TrainInputs<'a> {
     pub ids: &'a GpuBuffer,
     pub positions: &'a GpuBuffer,
     pub key_start: &'a GpuBuffer,
-    /// u32 per row: the next token whose log-prob the loss uses (any id where the weight is 0).
+    /// u32 per head row: the batch row it scores (past the batch for padding rows).
+    pub head_index: &'a GpuBuffer,
+    /// u32 per head row: the next token whose log-prob the loss uses (any id where the weight is 0).
     pub targets: &'a GpuBuffer,
 }
 
@@ -60,7 +62,13 @@ pub struct TrainPlan {
     pub batch: usize,
     pub t: usize,
     rows: usize,
+    /// Rows the output head runs on: only those the loss scores (completion tokens), gathered
+    /// from `hidden` — the head is a fifth of a small model's compute per row, and prompts are
+    /// most of an RL batch's rows.
+    pub head_rows: usize,
     embedding: Embedding,
+    head_gather: Embedding,
+    head_scatter: RowScatter,
     norm: RmsNorm,
     norm_backward: RmsNorm,
     rope: Rope,
@@ -79,6 +87,9 @@ pub struct TrainPlan {
     rstd_final: GpuBuffer,
     /// Final normed hidden states `[rows, hidden]`.
     pub hidden: GpuBuffer,
+    /// The head's rows of `hidden`, `[head_rows, hidden]`, and their gradient.
+    head_hidden: GpuBuffer,
+    head_dhidden: GpuBuffer,
     // gradients of activations (reused across layers)
     dx: GpuBuffer,
     dxn: GpuBuffer,
@@ -94,6 +105,29 @@ pub struct TrainPlan {
 }
 
 const OP: &str = "train step";
+
+/// A micro-batch's shape as a plan sees it: sequences, tokens per sequence, and the rows the
+/// output head runs on ([`head_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrainShape {
+    pub batch: usize,
+    pub t: usize,
+    pub head_rows: usize,
+}
+
+/// The head's row count for `scored` rows: rounded up to 16 so that batches of similar length
+/// share a plan.
+pub fn head_rows(scored: usize) -> usize {
+    scored.max(1).next_multiple_of(16)
+}
+
+/// `scored` batch rows padded to [`head_rows`] with an index past the batch (`rows`): padding is
+/// gathered as zeros, scores nothing and is never scattered back.
+pub fn head_index(scored: &[u32], rows: usize) -> Vec<u32> {
+    let mut index = scored.to_vec();
+    index.resize(head_rows(scored.len()), rows as u32);
+    index
+}
 
 fn nt(dtype: Dtype, accumulate: bool, has_bias: bool) -> MatmulSpec {
     MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype: dtype }
@@ -124,14 +158,14 @@ impl TrainPlan {
         gpu: &Gpu,
         model: &GpuModel,
         layout: &LoraLayout,
-        batch: usize,
-        t: usize,
+        shape: TrainShape,
         vocab_chunk: usize,
         recompute: bool,
     ) -> ModelResult<Self> {
+        let TrainShape { batch, t, head_rows } = shape;
         let c = &model.config;
         let rows = batch * t;
-        if rows == 0 {
+        if rows == 0 || head_rows == 0 {
             return Err(ModelError::Invalid("a training step needs at least one token".into()));
         }
         let r = layout.config.r;
@@ -179,12 +213,15 @@ impl TrainPlan {
                 lora_t: layout.config.targets.iter().map(|_| buf("LoRA A·x", rows * r)).collect::<Result<_, _>>()?,
             });
         }
-        let head_shape = HeadShape { rows, hidden: h, vocab: c.vocab_size, chunk: vocab_chunk };
+        let head_shape = HeadShape { rows: head_rows, hidden: h, vocab: c.vocab_size, chunk: vocab_chunk };
         Ok(TrainPlan {
             batch,
             t,
             rows,
+            head_rows,
             embedding: Embedding::new(gpu, c.vocab_size, h, model.embed.dtype).await?,
+            head_gather: Embedding::new(gpu, rows, h, Dtype::F32).await?,
+            head_scatter: RowScatter::new(gpu, rows, h).await?,
             norm: RmsNorm::new(gpu, rows, h, c.rms_norm_eps, false).await?,
             norm_backward: RmsNorm::new(gpu, rows, h, c.rms_norm_eps, true).await?,
             rope: Rope::new(gpu).await?,
@@ -198,6 +235,8 @@ impl TrainPlan {
             x_final: buf("final residual", rows * h)?,
             rstd_final: buf("rms statistics", rows)?,
             hidden: buf("final hidden", rows * h)?,
+            head_hidden: buf("scored hidden", head_rows * h)?,
+            head_dhidden: buf("scored hidden gradient", head_rows * h)?,
             dx: buf("residual gradient", rows * h)?,
             dxn: buf("normed gradient", rows * h)?,
             dhidden: buf("final hidden gradient", rows * h)?,
@@ -391,11 +430,12 @@ impl TrainPlan {
         }
         self.norm.forward(b, &self.x_final, &model.final_norm, &self.hidden, &self.rstd_final)?;
         let head = model.head();
-        self.head.forward(b, &self.hidden, &head.row_shards(), inputs.targets, temperature)?;
+        self.head_gather.record(b, inputs.head_index, self.head_rows, &[(0, &self.hidden)], &self.head_hidden)?;
+        self.head.forward(b, &self.head_hidden, &head.row_shards(), inputs.targets, temperature)?;
         Ok(())
     }
 
-    /// Backward from `dlogp` (f32 per row: ∂loss/∂logp of the row's target) into `lora.grads`
+    /// Backward from `dlogp` (f32 per head row: ∂loss/∂logp of its target) into `lora.grads`
     /// (accumulated: clear them at the start of an accumulation window).
     pub fn backward(
         &self,
@@ -410,8 +450,18 @@ impl TrainPlan {
         let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let shape = self.attention_shape(model);
         let head = model.head();
+        b.clear(&self.head_dhidden);
+        self.head.backward(
+            b,
+            &self.head_hidden,
+            &head.row_shards(),
+            inputs.targets,
+            dlogp,
+            temperature,
+            &self.head_dhidden,
+        )?;
         b.clear(&self.dhidden);
-        self.head.backward(b, &self.hidden, &head.row_shards(), inputs.targets, dlogp, temperature, &self.dhidden)?;
+        self.head_scatter.record(b, inputs.head_index, self.head_rows, &self.head_dhidden, &self.dhidden)?;
         b.clear(&self.dx);
         self.norm_backward.backward(
             b,

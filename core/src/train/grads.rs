@@ -2,7 +2,7 @@
 //! Hugging Face's label shift (`labels[:K] = -100`, position p predicts token p + 1). Used by
 //! `convrec lora-grads`, parity tests against `peft`, and gradient checks.
 
-use super::backprop::{LoraState, TrainInputs, TrainPlan};
+use super::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index};
 use super::lora::LoraLayout;
 use crate::gpu::Gpu;
 use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length, left_pad};
@@ -27,13 +27,16 @@ pub async fn lora_loss_and_grads(
     if params.len() != layout.len {
         return Err(ModelError::Invalid(format!("{} adapter parameters for a layout of {}", params.len(), layout.len)));
     }
-    // Row p (0-based) predicts ids[p + 1]; rows p ≥ K − 1 are targets.
-    let n_targets = t - labels_from;
-    let targets: Vec<u32> = (0..t).map(|p| if p + 1 < t { ids[p + 1] } else { 0 }).collect();
+    // Row p (0-based) predicts ids[p + 1]; rows K − 1 ..= t − 2 are targets, the head's rows.
+    let scored: Vec<u32> = (labels_from as u32 - 1..t as u32 - 1).collect();
+    let index = head_index(&scored, t);
+    let n_targets = scored.len();
+    let targets: Vec<u32> = index.iter().map(|&p| ids.get(p as usize + 1).copied().unwrap_or(0)).collect();
     let dlogp: Vec<f32> =
-        (0..t).map(|p| if p + 1 >= labels_from && p + 1 < t { -1.0 / n_targets as f32 } else { 0.0 }).collect();
+        index.iter().map(|&p| if (p as usize) < t - 1 { -1.0 / n_targets as f32 } else { 0.0 }).collect();
     let (pad_ids, positions, key_start, _) = left_pad(&[ids.to_vec()]);
-    let plan = TrainPlan::new(gpu, model, layout, 1, t, 8192, false).await?;
+    let plan =
+        TrainPlan::new(gpu, model, layout, TrainShape { batch: 1, t, head_rows: index.len() }, 8192, false).await?;
     const OP: &str = "lora grads";
     let params_buf = gpu.upload(OP, "adapter", params)?;
     let grads_buf = gpu.upload(OP, "adapter gradients", &vec![0f32; layout.len])?;
@@ -42,6 +45,7 @@ pub async fn lora_loss_and_grads(
         ids: &gpu.upload(OP, "ids", &pad_ids)?,
         positions: &gpu.upload(OP, "positions", &positions)?,
         key_start: &gpu.upload(OP, "key start", &key_start)?,
+        head_index: &gpu.upload(OP, "head rows", &index)?,
         targets: &gpu.upload(OP, "targets", &targets)?,
     };
     let dlogp_buf = gpu.upload(OP, "dlogp", &dlogp)?;
@@ -50,7 +54,7 @@ pub async fn lora_loss_and_grads(
     plan.backward(&mut b, model, &lora, &inputs, &dlogp_buf, 1.0)?;
     b.submit().await?;
     let stats = gpu.read::<f32>(OP, &plan.head.row_stats).await?;
-    let loss: f64 = (0..t).map(|p| dlogp[p] as f64 * stats[p * 4 + 2] as f64).sum();
+    let loss: f64 = dlogp.iter().enumerate().map(|(i, &w)| w as f64 * stats[i * 4 + 2] as f64).sum();
     let grads = gpu.read::<f32>(OP, &grads_buf).await?;
     Ok((loss, grads))
 }

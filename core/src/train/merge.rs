@@ -100,7 +100,7 @@ mod tests {
     use crate::model::gpu::{AttentionMode, ForwardInputs, ForwardPlan, LogitsOp, left_pad};
     use crate::model::tests::{random_tensors, tiny_config};
     use crate::testing::{self, rel_err};
-    use crate::train::backprop::{LoraState, TrainInputs, TrainPlan};
+    use crate::train::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index};
     use crate::train::lora::LoraConfig;
     use rand::Rng;
 
@@ -135,8 +135,18 @@ mod tests {
         let merged_logits = pollster::block_on(gpu.read::<f32>("t", &logits.logits)).unwrap();
 
         // The training path (unmerged adapter) computes the log-prob of each next token.
-        let train = pollster::block_on(TrainPlan::new(&gpu, &model, &layout, 1, t, 64, false)).unwrap();
-        let targets: Vec<u32> = (0..t).map(|p| if p + 1 < t { ids[p + 1] } else { 0 }).collect();
+        // Every row through the head: the index is the identity.
+        let index = head_index(&(0..t as u32).collect::<Vec<_>>(), t);
+        let train = pollster::block_on(TrainPlan::new(
+            &gpu,
+            &model,
+            &layout,
+            TrainShape { batch: 1, t, head_rows: index.len() },
+            64,
+            false,
+        ))
+        .unwrap();
+        let targets: Vec<u32> = index.iter().map(|&p| ids.get(p as usize + 1).copied().unwrap_or(0)).collect();
         let grads = gpu.upload("t", "grads", &vec![0f32; layout.len]).unwrap();
         let lora = LoraState { layout: &layout, params: &pb, grads: &grads };
         let mut b = gpu.batch("t");
@@ -145,7 +155,13 @@ mod tests {
                 &mut b,
                 &model,
                 &lora,
-                &TrainInputs { ids: &idb, positions: &posb, key_start: &ksb, targets: &up(&targets) },
+                &TrainInputs {
+                    ids: &idb,
+                    positions: &posb,
+                    key_start: &ksb,
+                    head_index: &up(&index),
+                    targets: &up(&targets),
+                },
                 1.0,
             )
             .unwrap();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::backprop::{LoraState, TrainInputs, TrainPlan};
+use super::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index, head_rows};
 use super::lora::LoraLayout;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length};
@@ -22,6 +22,9 @@ pub struct MicroBatch {
     pub targets: Vec<u32>,
     /// Per row: ∂loss/∂logp(target) (0 for rows outside the loss).
     pub weights: Vec<f32>,
+    /// The rows whose target is a completion token, ascending: only these go through the
+    /// output head, and only their statistics are computed (the others read 0).
+    pub scored: Vec<u32>,
 }
 
 impl MicroBatch {
@@ -49,6 +52,7 @@ impl MicroBatch {
                 // the sequence is ≥ prompt length.
                 let next = p + 1;
                 if next < t && next >= pad + prompt.len() {
+                    mb.scored.push((s * t + p) as u32);
                     mb.targets.push(seq[next - pad]);
                     mb.weights.push(weight_of(s, next - pad - prompt.len()));
                 } else {
@@ -61,10 +65,15 @@ impl MicroBatch {
     }
 }
 
+/// A plan per shape and activation-memory mode (recompute).
+type PlanKey = (TrainShape, bool);
+
 /// A forward whose activations wait in the trainer's plan for their backward.
 pub struct Forwarded {
-    inputs: [GpuBuffer; 4],
-    shape: (usize, usize, bool),
+    inputs: [GpuBuffer; 5],
+    /// Which batch rows the head scored (to lay the statistics and loss weights out).
+    scored: Vec<u32>,
+    shape: PlanKey,
     serial: u64,
     temperature: f32,
     pub stats: RowStats,
@@ -84,7 +93,7 @@ pub struct LoraTrainer {
     pub optimizer: AdamW,
     /// Optimiser steps taken.
     pub step: u64,
-    plans: HashMap<(usize, usize, bool), TrainPlan>,
+    plans: HashMap<PlanKey, TrainPlan>,
     vocab_chunk: usize,
     /// Keep only each layer's input and recompute the rest during the backward (see
     /// `backprop`): less activation memory for one more forward's compute. Applies to plans made
@@ -121,43 +130,81 @@ impl LoraTrainer {
     /// The plan for a micro-batch shape (a free function of the cache, so that the caller can
     /// borrow the trainer's other fields beside it).
     async fn plan<'p>(
-        plans: &'p mut HashMap<(usize, usize, bool), TrainPlan>,
+        plans: &'p mut HashMap<PlanKey, TrainPlan>,
         gpu: &Gpu,
         model: &GpuModel,
         layout: &LoraLayout,
         vocab_chunk: usize,
-        recompute: bool,
-        (batch, t): (usize, usize),
+        key: PlanKey,
     ) -> ModelResult<&'p TrainPlan> {
-        if !plans.contains_key(&(batch, t, recompute)) {
+        if !plans.contains_key(&key) {
             // One live plan: activations for every layer are large, shapes rarely repeat.
             plans.clear();
-            let plan = TrainPlan::new(gpu, model, layout, batch, t, vocab_chunk, recompute).await?;
-            plans.insert((batch, t, recompute), plan);
+            let plan = TrainPlan::new(gpu, model, layout, key.0, vocab_chunk, key.1).await?;
+            plans.insert(key, plan);
         }
-        Ok(&plans[&(batch, t, recompute)])
+        Ok(&plans[&key])
     }
 
-    /// The micro-batch's inputs on the GPU and its (cached) plan's key.
-    fn upload_inputs(gpu: &Gpu, model: &GpuModel, mb: &MicroBatch) -> ModelResult<[GpuBuffer; 4]> {
+    /// The micro-batch's inputs on the GPU: ids, positions, key starts, the head's row index and
+    /// its targets.
+    fn upload_inputs(gpu: &Gpu, model: &GpuModel, mb: &MicroBatch) -> ModelResult<[GpuBuffer; 5]> {
+        let rows = mb.batch * mb.t;
+        if [mb.ids.len(), mb.positions.len(), mb.targets.len(), mb.weights.len()].iter().any(|&n| n != rows)
+            || mb.key_start.len() != mb.batch
+        {
+            return Err(ModelError::Invalid(format!(
+                "a micro-batch of {}×{} rows with fields of other lengths",
+                mb.batch, mb.t
+            )));
+        }
+        if mb.scored.windows(2).any(|w| w[0] >= w[1]) || mb.scored.last().is_some_and(|&r| r as usize >= rows) {
+            return Err(ModelError::Invalid("scored rows must ascend and lie inside the micro-batch".into()));
+        }
         check_ids(model, &mb.ids)?;
         check_ids(model, &mb.targets)?;
         check_length(model, mb.t)?;
+        let index = head_index(&mb.scored, rows);
+        let targets: Vec<u32> = index.iter().map(|&r| mb.targets.get(r as usize).copied().unwrap_or(0)).collect();
         let up32 = |what: &str, v: &[u32]| gpu.upload(OP, what, v);
         Ok([
             up32("ids", &mb.ids)?,
             up32("positions", &mb.positions)?,
             up32("key start", &mb.key_start)?,
-            up32("targets", &mb.targets)?,
+            up32("head rows", &index)?,
+            up32("targets", &targets)?,
         ])
     }
 
-    async fn row_stats(gpu: &Gpu, plan: &TrainPlan, rows: usize) -> ModelResult<RowStats> {
+    /// Per-row loss weights as the head's rows: refused where a weight falls on a row the head
+    /// does not score (its gradient would be lost).
+    fn head_weights(scored: &[u32], weights: &[f32]) -> ModelResult<Vec<f32>> {
+        let mut head = vec![0f32; head_rows(scored.len())];
+        let mut next = scored.iter().peekable();
+        for (r, &w) in weights.iter().enumerate() {
+            if next.peek().is_some_and(|&&s| s as usize == r) {
+                next.next();
+            } else if w != 0.0 {
+                return Err(ModelError::Invalid(format!(
+                    "a loss weight on row {r}, outside the micro-batch's scored rows"
+                )));
+            }
+        }
+        for (h, &r) in head.iter_mut().zip(scored) {
+            *h = weights[r as usize];
+        }
+        Ok(head)
+    }
+
+    /// The head's statistics laid out per batch row (0 on rows it did not score).
+    async fn row_stats(gpu: &Gpu, plan: &TrainPlan, scored: &[u32], rows: usize) -> ModelResult<RowStats> {
         let stats = gpu.read::<f32>(OP, &plan.head.row_stats).await?;
-        Ok(RowStats {
-            logp: (0..rows).map(|r| stats[r * 4 + 2]).collect(),
-            entropy: (0..rows).map(|r| stats[r * 4 + 3]).collect(),
-        })
+        let mut out = RowStats { logp: vec![0.0; rows], entropy: vec![0.0; rows] };
+        for (i, &r) in scored.iter().enumerate() {
+            out.logp[r as usize] = stats[i * 4 + 2];
+            out.entropy[r as usize] = stats[i * 4 + 3];
+        }
+        Ok(out)
     }
 
     /// Forward (+ backward when `train`) of one micro-batch; gradients accumulate into `grads`.
@@ -197,30 +244,31 @@ impl LoraTrainer {
         temperature: f32,
     ) -> ModelResult<Forwarded> {
         let inputs = Self::upload_inputs(gpu, model, mb)?;
-        let dlogp = weights.map(|w| gpu.upload(OP, "loss weights", w)).transpose()?;
-        let [ids, positions, key_start, targets] = &inputs;
-        let shape = (mb.batch, mb.t, self.recompute);
-        let plan =
-            Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, self.recompute, (mb.batch, mb.t))
-                .await?;
+        let dlogp = match weights {
+            Some(w) => Some(gpu.upload(OP, "loss weights", &Self::head_weights(&mb.scored, w)?)?),
+            None => None,
+        };
+        let [ids, positions, key_start, head_index, targets] = &inputs;
+        let shape = (TrainShape { batch: mb.batch, t: mb.t, head_rows: head_rows(mb.scored.len()) }, self.recompute);
+        let plan = Self::plan(&mut self.plans, gpu, model, &self.layout, self.vocab_chunk, shape).await?;
         self.forwards += 1;
         let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
-        let io = TrainInputs { ids, positions, key_start, targets };
+        let io = TrainInputs { ids, positions, key_start, head_index, targets };
         let mut b = gpu.batch(OP);
         plan.forward(&mut b, model, &lora, &io, temperature)?;
         if let Some(dlogp) = &dlogp {
             plan.backward(&mut b, model, &lora, &io, dlogp, temperature)?;
         }
         b.submit().await?;
-        let stats = Self::row_stats(gpu, plan, mb.batch * mb.t).await?;
-        Ok(Forwarded { inputs, shape, serial: self.forwards, temperature, stats })
+        let stats = Self::row_stats(gpu, plan, &mb.scored, mb.batch * mb.t).await?;
+        Ok(Forwarded { inputs, scored: mb.scored.clone(), shape, serial: self.forwards, temperature, stats })
     }
 
     /// The backward of a [`Self::forward`] with per-row loss weights (∂loss/∂logp, laid out as
     /// `MicroBatch::weights`); gradients accumulate into `grads`. Fails if another forward has
     /// run since (its activations would be gone).
     pub async fn backward(&mut self, gpu: &Gpu, model: &GpuModel, fwd: &Forwarded, weights: &[f32]) -> ModelResult<()> {
-        let (batch, t, recompute) = fwd.shape;
+        let TrainShape { batch, t, .. } = fwd.shape.0;
         if fwd.serial != self.forwards || !self.plans.contains_key(&fwd.shape) {
             return Err(ModelError::Invalid("backward of a forward whose activations a later forward replaced".into()));
         }
@@ -230,11 +278,11 @@ impl LoraTrainer {
                 weights.len()
             )));
         }
-        let plan = &self.plans[&(batch, t, recompute)];
-        let dlogp = gpu.upload(OP, "loss weights", weights)?;
-        let [ids, positions, key_start, targets] = &fwd.inputs;
+        let plan = &self.plans[&fwd.shape];
+        let dlogp = gpu.upload(OP, "loss weights", &Self::head_weights(&fwd.scored, weights)?)?;
+        let [ids, positions, key_start, head_index, targets] = &fwd.inputs;
         let lora = LoraState { layout: &self.layout, params: &self.params, grads: &self.grads };
-        let io = TrainInputs { ids, positions, key_start, targets };
+        let io = TrainInputs { ids, positions, key_start, head_index, targets };
         let mut b = gpu.batch(OP);
         plan.backward(&mut b, model, &lora, &io, &dlogp, fwd.temperature)?;
         b.submit().await?;
@@ -407,6 +455,49 @@ mod tests {
         assert!(err.contains("later forward"), "{err}");
         let err = pollster::block_on(split.backward(&gpu, &model, &newer, &mb.weights[1..])).unwrap_err().to_string();
         assert!(err.contains("loss weights"), "{err}");
+    }
+
+    #[test]
+    fn the_head_on_scored_rows_only_equals_the_head_on_every_row() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("scored rows");
+        let config = tiny_config(Architecture::Qwen2, true);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = testing::normal(&mut rng, layout.len).iter().map(|x| 0.1 * x).collect();
+        // Long prompts, short completions of unequal length: 7 of 58 rows are scored.
+        let prompt = |n: usize| (0..n).map(|i| (i * 7 % 90) as u32 + 1).collect::<Vec<u32>>();
+        let seqs = vec![(prompt(21), vec![10, 20, 30, 7]), (prompt(26), vec![50, 60, 61])];
+        let mb = MicroBatch::from_sequences(&seqs, 1, |s, i| 0.35 - (s + i) as f32 * 0.1);
+        assert_eq!(mb.scored.len(), 7);
+        assert!(mb.scored.iter().all(|&r| mb.weights[r as usize] != 0.0));
+        let every_row = MicroBatch { scored: (0..(mb.batch * mb.t) as u32).collect(), ..mb.clone() };
+        let run = |mb: &MicroBatch| {
+            let mut trainer =
+                pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &params, AdamWConfig::default())).unwrap();
+            let stats = pollster::block_on(trainer.run(&gpu, &model, mb, true, 0.7)).unwrap();
+            (stats, pollster::block_on(gpu.read::<f32>("t", &trainer.grads)).unwrap())
+        };
+        let ((few, few_grads), (all, all_grads)) = (run(&mb), run(&every_row));
+        let pick = |v: &[f32]| mb.scored.iter().map(|&r| v[r as usize]).collect::<Vec<f32>>();
+        assert!(testing::rel_err(&pick(&few.logp), &pick(&all.logp)) < 1e-6);
+        assert!(testing::rel_err(&pick(&few.entropy), &pick(&all.entropy)) < 1e-6);
+        // Rows the head skipped read 0; the full head gave them real values.
+        assert!(few.logp.iter().enumerate().all(|(r, &l)| mb.scored.contains(&(r as u32)) || l == 0.0));
+        assert!(all.logp.iter().all(|&l| l < 0.0));
+        assert!(few_grads.iter().any(|&g| g != 0.0));
+        let err = testing::rel_err(&few_grads, &all_grads);
+        assert!(err < 1e-5, "LoRA gradients differ by {err:e}");
+
+        // A weight on a row the head does not score would be lost: refused.
+        let mut stray = mb.clone();
+        stray.weights[0] = 1.0;
+        let mut trainer =
+            pollster::block_on(LoraTrainer::new(&gpu, layout.clone(), &params, AdamWConfig::default())).unwrap();
+        let err = pollster::block_on(trainer.run(&gpu, &model, &stray, true, 1.0)).unwrap_err().to_string();
+        assert!(err.contains("row 0") && err.contains("scored"), "{err}");
+        let unsorted = MicroBatch { scored: mb.scored.iter().rev().copied().collect(), ..mb.clone() };
+        assert!(pollster::block_on(trainer.run(&gpu, &model, &unsorted, false, 1.0)).is_err());
     }
 
     #[test]
