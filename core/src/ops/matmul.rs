@@ -70,6 +70,8 @@ pub struct Tiling {
 impl Tiling {
     /// CPU adapters: large register blocks, no workgroup memory (docs: PERF_NOTES).
     pub const CPU: Tiling = Tiling { tm: 8, tn: 8, wg_m: 8, wg_n: 8 };
+    /// CPU adapters, the vec4 fast paths on products wide enough to keep threads busy.
+    pub const CPU_LARGE: Tiling = Tiling { tm: 16, tn: 16, wg_m: 8, wg_n: 8 };
     /// Real GPUs: small blocks, many invocations.
     pub const GPU: Tiling = Tiling { tm: 4, tn: 4, wg_m: 16, wg_n: 16 };
 
@@ -172,22 +174,35 @@ impl FastPath {
         }
     }
 
-    /// Register blocks: large on CPU adapters (llvmpipe measured ~2× from 4×4 to 8×8), few
-    /// rows for decode-sized M.
-    pub fn tiling(self, cpu_adapter: bool, m: usize) -> Tiling {
-        let (tm, tn, wg_m, wg_n) = if cpu_adapter { (8, 8, 8, 8) } else { (4, 4, 16, 16) };
+    /// Register blocks: large on CPU adapters, few rows for decode-sized M. llvmpipe runs a
+    /// workgroup on one thread with invocations as SIMD lanes, so a larger block means fewer
+    /// loads per FMA even when it spills: 4×4 → 8×8 measured ~2×, 8×8 → 16×16 another 1.3–1.7×
+    /// on the 256-row linears (bench/RESULTS.md). The 16×16 block is taken only while the grid
+    /// keeps [`CPU_MIN_WORKGROUPS`] workgroups, since narrow products would leave threads idle.
+    pub fn tiling(self, cpu_adapter: bool, m: usize, n: usize) -> Tiling {
+        if !cpu_adapter {
+            return self.block(Tiling::GPU, m);
+        }
+        let big = self.block(Tiling::CPU_LARGE, m);
+        let groups = m.div_ceil((big.wg_m * big.tm) as usize) * n.div_ceil((big.wg_n * big.tn) as usize);
+        if groups >= CPU_MIN_WORKGROUPS { big } else { self.block(Tiling::CPU, m) }
+    }
+
+    /// `base` with its row block cut to the rows there are (the outer-product path keeps row
+    /// quads: its M is a multiple of 4).
+    fn block(self, base: Tiling, m: usize) -> Tiling {
         let tm = match self {
-            FastPath::Tn => tm, // row quads: M is a multiple of 4 here
-            _ => (m.max(1).next_power_of_two() as u32).min(tm),
+            FastPath::Tn => base.tm,
+            _ => (m.max(1).next_power_of_two() as u32).min(base.tm),
         };
-        Tiling { tm, tn, wg_m, wg_n }
+        Tiling { tm, ..base }
     }
 
     fn tilings(self) -> Vec<Tiling> {
         let mut out = Vec::new();
-        for cpu in [true, false] {
-            for m in [1, 2, 4, 8] {
-                let t = self.tiling(cpu, m);
+        for base in [Tiling::CPU, Tiling::CPU_LARGE, Tiling::GPU] {
+            for m in [1, 2, 4, 8, 16] {
+                let t = self.block(base, m);
                 if !out.contains(&t) {
                     out.push(t);
                 }
@@ -196,6 +211,10 @@ impl FastPath {
         out
     }
 }
+
+/// Workgroups below which a CPU adapter's fast path keeps the 8×8 block (measured on 2 cores;
+/// more cores would want more).
+const CPU_MIN_WORKGROUPS: usize = 8;
 
 /// Split-K decode variant of `matmul_nt` for `rows` ≤ 8 (see `shaders/matmul_vec4.wgsl`).
 pub fn splitk_variant(spec: MatmulSpec, rows: u32) -> Variant {
@@ -332,7 +351,7 @@ impl Matmul {
         let mut mm = Self::with_tiling(gpu, spec, shape, Tiling::choose(cpu, shape.m)).await?;
         if let Some(path) = FastPath::of(spec).filter(|p| p.fits(shape)) {
             {
-                let tiling = path.tiling(cpu, shape.m);
+                let tiling = path.tiling(cpu, shape.m, shape.n);
                 let groups = Self::grid(gpu, shape, tiling)?;
                 let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
                 mm.fast = Some(Prepared { kernel, tiling, groups });
