@@ -12,7 +12,10 @@ pub const ADAPTER_ENV: &str = "CONVREC_ADAPTER";
 
 /// The optional features convrec uses when an adapter has them, and falls back from when it does not.
 pub fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
 }
 
 /// What the kernels need to know about the device they run on, and what `convrec devices` prints.
@@ -29,7 +32,39 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     pub subgroup_sizes: (u32, u32),
     pub timestamp_queries: bool,
+    /// Tensor-core shapes the adapter offers through cooperative matrices (empty without the
+    /// feature, or where the device was opened without it).
+    pub cooperative_matrix: Vec<CoopMatrixShape>,
     pub limits: LimitSummary,
+}
+
+/// One cooperative-matrix configuration: C (M×N, `accumulator`) += A (M×K) · B (K×N), A and B of
+/// type `operands`, computed by one subgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CoopMatrixShape {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub operands: &'static str,
+    pub accumulator: &'static str,
+}
+
+impl CoopMatrixShape {
+    fn from_wgpu(p: &wgpu::CooperativeMatrixProperties) -> Self {
+        let name = |t: wgpu::CooperativeScalarType| match t {
+            wgpu::CooperativeScalarType::F16 => "f16",
+            wgpu::CooperativeScalarType::F32 => "f32",
+            wgpu::CooperativeScalarType::I32 => "i32",
+            wgpu::CooperativeScalarType::U32 => "u32",
+        };
+        CoopMatrixShape {
+            m: p.m_size,
+            n: p.n_size,
+            k: p.k_size,
+            operands: name(p.ab_type),
+            accumulator: name(p.cr_type),
+        }
+    }
 }
 
 /// The limits that shape kernels and model placement.
@@ -71,7 +106,17 @@ impl LimitSummary {
 impl AdapterSummary {
     /// Describes an adapter with the given features and limits (those of the adapter itself, or
     /// those a device was actually granted).
-    pub fn new(info: &wgpu::AdapterInfo, features: wgpu::Features, limits: &wgpu::Limits) -> Self {
+    pub fn new(
+        info: &wgpu::AdapterInfo,
+        features: wgpu::Features,
+        limits: &wgpu::Limits,
+        coop: &[wgpu::CooperativeMatrixProperties],
+    ) -> Self {
+        let cooperative_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            coop.iter().map(CoopMatrixShape::from_wgpu).collect()
+        } else {
+            Vec::new()
+        };
         AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -84,12 +129,13 @@ impl AdapterSummary {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix,
             limits: LimitSummary::from_limits(limits),
         }
     }
 
     pub fn of_adapter(adapter: &wgpu::Adapter) -> Self {
-        Self::new(&adapter.get_info(), adapter.features(), &adapter.limits())
+        Self::new(&adapter.get_info(), adapter.features(), &adapter.limits(), &adapter.cooperative_matrix_properties())
     }
 
     /// True for software rasterisers (llvmpipe/lavapipe, SwiftShader, WARP): these reward different

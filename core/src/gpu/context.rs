@@ -129,7 +129,10 @@ impl Gpu {
                 label: Some("convrec"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                // SAFETY: the only experimental feature convrec asks for is cooperative matrices,
+                // and only where the adapter reports them; their kernels are tested against the
+                // CPU reference like every other kernel, and `--precision f32` avoids them.
+                experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -157,7 +160,8 @@ impl Gpu {
             }));
         }
 
-        let summary = AdapterSummary::new(&info, device.features(), &device.limits());
+        let summary =
+            AdapterSummary::new(&info, device.features(), &device.limits(), &adapter.cooperative_matrix_properties());
         let arena_capacity = 64 * PARAM_SLOT;
         let arena = Arena {
             id: super::buffer::next_buffer_id(),

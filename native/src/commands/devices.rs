@@ -49,6 +49,16 @@ fn print_adapter(index: usize, a: &AdapterSummary) {
         a.subgroup_sizes.1,
         yes(a.timestamp_queries)
     );
+    if a.cooperative_matrix.is_empty() {
+        println!("    cooperative matrices (tensor cores): no");
+    } else {
+        let shapes: Vec<String> = a
+            .cooperative_matrix
+            .iter()
+            .map(|c| format!("{}x{}x{} {}->{}", c.m, c.n, c.k, c.operands, c.accumulator))
+            .collect();
+        println!("    cooperative matrices (tensor cores): {}", shapes.join(", "));
+    }
     println!(
         "    max buffer {} MiB, max storage binding {} MiB, {} storage buffers/stage",
         l.max_buffer_size >> 20,
