@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let gpu = pollster::block_on(convrec_core::Gpu::new(&convrec_core::GpuOptions {
         adapter: cli.adapter,
-        portable: false,
+        ..Default::default()
     }))?;
     match cli.command {
         Command::Kernels(args) => kernels::run(&gpu, args),

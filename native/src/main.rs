@@ -60,7 +60,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let gpu_options = convrec_core::GpuOptions { adapter: cli.gpu, portable: cli.portable };
+    let gpu_options = convrec_core::GpuOptions { adapter: cli.gpu, portable: cli.portable, ..Default::default() };
     match cli.command {
         Command::Devices(args) => {
             let gpu_options =

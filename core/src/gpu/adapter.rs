@@ -10,7 +10,8 @@ use super::error::GpuError;
 /// index in `convrec devices`).
 pub const ADAPTER_ENV: &str = "CONVREC_ADAPTER";
 
-/// The optional features convrec uses when an adapter has them, and falls back from when it does not.
+/// The optional features convrec uses when an adapter has them, and falls back from when it does
+/// not (cooperative matrices only when `GpuOptions::cooperative_matrix` asks for them).
 pub fn wanted_features() -> wgpu::Features {
     wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP

@@ -17,6 +17,10 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Ask for no optional features (f16, subgroups, timestamps): exercises the portable path.
     pub portable: bool,
+    /// Also open the device with cooperative matrices (tensor cores) where the adapter reports
+    /// them. Off unless asked for: the feature is experimental in wgpu and switches the SPIR-V
+    /// of every kernel to the Vulkan memory model.
+    pub cooperative_matrix: bool,
 }
 
 /// Access of one storage binding, in binding order after the uniform at binding 0.
@@ -121,18 +125,23 @@ impl Gpu {
         let instance = new_instance();
         let adapter = Self::select_adapter(&instance, options).await?;
         let info = adapter.get_info();
-        let features =
-            if options.portable { wgpu::Features::empty() } else { adapter.features() & adapter::wanted_features() };
+        let mut wanted = adapter::wanted_features();
+        wanted.set(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, options.cooperative_matrix);
+        let features = if options.portable { wgpu::Features::empty() } else { adapter.features() & wanted };
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("convrec"),
                 required_features: features,
                 required_limits: limits.clone(),
-                // SAFETY: the only experimental feature convrec asks for is cooperative matrices,
-                // and only where the adapter reports them; their kernels are tested against the
-                // CPU reference like every other kernel, and `--precision f32` avoids them.
-                experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+                // SAFETY: the only experimental feature convrec may ask for is cooperative
+                // matrices, only on request and where the adapter reports them; kernels that use
+                // them are checked against their CPU reference like every other kernel.
+                experimental_features: if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
