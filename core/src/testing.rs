@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::gpu::{Gpu, GpuOptions};
+use crate::model::{Architecture, HostTensor, ModelConfig};
 
 /// True when running under CI (`CI=true`), where missing GPU support is a failure.
 pub fn in_ci() -> bool {
@@ -129,4 +130,58 @@ pub fn byte_level_tokenizer_json(vocab: usize) -> String {
                   "vocab": map, "merges": []}
     })
     .to_string()
+}
+
+/// The text side of a test model: [`byte_level_tokenizer_json`] at `vocab` 320 with `<|im_end|>`
+/// as EOS and the built-in ChatML template (one token per byte, so token counts are byte counts).
+pub fn byte_level_chat_text() -> crate::model::text::ChatText {
+    chat_text_from_json(&byte_level_tokenizer_json(320), 320)
+}
+
+/// A [`ChatText`](crate::model::text::ChatText) from a `tokenizer.json`, with `<|im_end|>` as EOS
+/// and ChatML, for a Llama-shaped test model of vocabulary `vocab`.
+pub fn chat_text_from_json(tokenizer_json: &str, vocab: usize) -> crate::model::text::ChatText {
+    let config = serde_json::json!({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}).to_string();
+    let loaded = crate::model::tokenizer::from_hf_files(tokenizer_json.as_bytes(), Some(config.as_bytes()), None)
+        .expect("a valid test tokenizer");
+    let mut model = tiny_config(crate::model::Architecture::Llama, true);
+    model.vocab_size = vocab;
+    crate::model::text::ChatText::new(loaded.tokenizer, loaded.special, None, &model).expect("ChatML applies")
+}
+
+/// A tiny random-weight model configuration (vocabulary 97, 2 layers, hidden 32, GQA 4/2 heads).
+pub fn tiny_config(arch: Architecture, tied: bool) -> ModelConfig {
+    ModelConfig {
+        architecture: arch,
+        vocab_size: 97,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: tied,
+        attention_bias: arch == Architecture::Qwen2,
+        max_position_embeddings: 128,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+pub fn random_tensors(config: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Vec<(String, HostTensor)> {
+    config
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let scale = if name.ends_with("norm.weight") { 0.2 } else { 0.3 };
+            let mut v: Vec<f32> = normal(rng, n).into_iter().map(|x| x * scale).collect();
+            if name.ends_with("norm.weight") {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            (name, HostTensor::f32(shape, v))
+        })
+        .collect()
 }

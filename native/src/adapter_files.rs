@@ -23,6 +23,12 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<(
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir.file_name().context("folder without a name")?.to_string_lossy().into_owned();
+    // Staging folders of saves that were interrupted: whatever they hold is older than this save.
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&format!(".{name}.new-")) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let staging = tempfile::Builder::new().prefix(&format!(".{name}.new-")).tempdir_in(parent)?;
     for (file, bytes) in files {
         let path = staging.path().join(file);

@@ -1,8 +1,11 @@
 //! Training checkpoints, shared by SFT and RL: the adapter in PEFT's format (so a checkpoint is
 //! also a usable adapter folder), the AdamW moments, and the command's own state as JSON, written
-//! as one folder atomically (`adapter_files::write_dir_atomic`).
+//! as one folder atomically (`adapter_files::write_dir_atomic`). A save interrupted at any instant
+//! leaves a complete checkpoint somewhere — the folder itself, the previous one moved aside
+//! (`.checkpoint.old`) or the new one not yet moved in (`.checkpoint.new-…`) — and [`latest`]
+//! finds the newest complete one of them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use convrec_core::Gpu;
@@ -34,14 +37,56 @@ pub fn save(dir: &Path, trainer: &LoraTrainer, gpu: &Gpu, state: &impl Serialize
     )
 }
 
-/// Reads a checkpoint's state and restores parameters, moments and the step (from `step_of`)
-/// into the trainer.
+/// The step a checkpoint folder holds, when all its files are there and its state reads.
+fn complete_step(dir: &Path) -> Option<u64> {
+    let files = ["adapter_config.json", "adapter_model.safetensors", OPTIMIZER, STATE];
+    if !files.iter().all(|f| dir.join(f).is_file()) {
+        return None;
+    }
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(STATE)).ok()?).ok()?;
+    state.get("step")?.as_u64()
+}
+
+/// `folder/name` and the leftovers of interrupted saves of it (`.name.old`, `.name.new-…`) that exist.
+fn siblings(folder: &Path, name: &str) -> impl Iterator<Item = PathBuf> {
+    let (old, new) = (format!(".{name}.old"), format!(".{name}.new-"));
+    let plain = folder.join(name);
+    std::fs::read_dir(folder).into_iter().flatten().flatten().map(|e| e.path()).filter(move |p| {
+        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        *p == plain || n == old || n.starts_with(&new)
+    })
+}
+
+/// The newest complete checkpoint for `--resume PATH`: PATH itself (a checkpoint folder, or a
+/// run folder holding `checkpoint/`), or what an interrupted save left beside it.
+pub fn latest(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = if complete_step(path).is_none() && siblings(path, "checkpoint").next().is_some() {
+        path.join("checkpoint")
+    } else {
+        path.to_path_buf()
+    };
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    siblings(parent, &name)
+        .filter_map(|c| complete_step(&c).map(|s| (s, c)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, c)| c)
+        .with_context(|| format!("{}: no complete checkpoint there (nor one an interrupted save left)", dir.display()))
+}
+
+/// Reads the newest complete checkpoint for `--resume path` ([`latest`]) and restores
+/// parameters, moments and the step (from `step_of`) into the trainer.
 pub fn restore<S: DeserializeOwned>(
-    dir: &Path,
+    path: &Path,
     trainer: &mut LoraTrainer,
     gpu: &Gpu,
     step_of: impl Fn(&S) -> u64,
 ) -> anyhow::Result<S> {
+    let found = latest(path)?;
+    if found != path {
+        eprintln!("resuming from {}", found.display());
+    }
+    let dir = found.as_path();
     let state_path = dir.join(STATE);
     let state: S = serde_json::from_slice(
         &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,

@@ -99,7 +99,25 @@ fn only_file_with_suffix(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn read_text(path: &Path) -> anyhow::Result<String> {
+/// Dataset rows (JSONL, Reddit-v2 schema) from `path`, the first `limit` of them if given; an
+/// empty file is refused (every command that reads rows needs some).
+pub fn read_rows(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Row>> {
+    let mut rows = convrec_core::rec::parse_dataset(&path.display().to_string(), &read_text(path)?)?;
+    if rows.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    if let Some(n) = limit {
+        rows.truncate(n.max(1));
+    }
+    Ok(rows)
+}
+
+/// A catalog file: TSV `title<TAB>year` with a header, or a JSON list.
+pub fn read_catalog(path: &Path) -> anyhow::Result<convrec_core::rec::Catalog> {
+    Ok(convrec_core::rec::Catalog::parse(&path.display().to_string(), &read_text(path)?)?)
+}
+
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }

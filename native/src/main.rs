@@ -42,6 +42,12 @@ enum Command {
     Sft(commands::sft::Args),
     /// Greedy recommendations for held-out rows, scored with Recall/NDCG@k.
     Eval(commands::eval::Args),
+    /// Paired comparison of evaluations of the same rows: per metric, the mean per-row
+    /// difference from the first run with its 95% interval (no GPU needed).
+    Compare(commands::compare::Args),
+    /// SFT, then Rank-GRPO, GRPO and GSPO from the same SFT adapter, validated over training,
+    /// compared pairwise on held-out rows; a report with curves (presets for CPU, one GPU, the paper).
+    Experiment(commands::experiment::Args),
     /// Mean next-token NLL of one sequence and the gradient of every LoRA tensor (PEFT keys).
     LoraGrads(commands::lora_grads::Args),
     /// Token ids of a text, or of a chat prompt with `--chat`, as one JSON line (no GPU needed).
@@ -74,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(&gpu_options, args),
         Command::Sft(args) => commands::sft::run(&gpu_options, args),
         Command::Eval(args) => commands::eval::run(&gpu_options, args),
+        Command::Compare(args) => commands::compare::run(args),
+        Command::Experiment(args) => commands::experiment::run(&gpu_options, args),
         Command::LoraGrads(args) => commands::lora_grads::run(&gpu_options, args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(&gpu_options, args),

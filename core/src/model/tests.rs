@@ -9,41 +9,7 @@ use super::tensor::HostTensor;
 use crate::ops::decode::SamplingConfig;
 use crate::testing;
 
-pub fn tiny_config(arch: Architecture, tied: bool) -> ModelConfig {
-    ModelConfig {
-        architecture: arch,
-        vocab_size: 97,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: tied,
-        attention_bias: arch == Architecture::Qwen2,
-        max_position_embeddings: 128,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
-}
-
-pub fn random_tensors(config: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Vec<(String, HostTensor)> {
-    config
-        .expected_tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let scale = if name.ends_with("norm.weight") { 0.2 } else { 0.3 };
-            let mut v: Vec<f32> = testing::normal(rng, n).into_iter().map(|x| x * scale).collect();
-            if name.ends_with("norm.weight") {
-                v.iter_mut().for_each(|x| *x += 1.0);
-            }
-            (name, HostTensor::f32(shape, v))
-        })
-        .collect()
-}
+pub use crate::testing::{random_tensors, tiny_config};
 
 fn argmax(v: &[f32]) -> u32 {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap() as u32

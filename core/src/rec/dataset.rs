@@ -62,6 +62,13 @@ pub struct Row {
     pub groundtruth: Vec<GroundTruth>,
 }
 
+impl Row {
+    /// The conversation as chat messages, ready for a chat template.
+    pub fn chat_messages(&self) -> Vec<crate::model::chat::Message> {
+        self.prompt.iter().map(|m| crate::model::chat::Message::new(m.role.clone(), m.content.clone())).collect()
+    }
+}
+
 /// A row to score: the completion text and what it is scored against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreRow {

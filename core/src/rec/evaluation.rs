@@ -3,7 +3,8 @@
 //! answered once, greedily, in batches; every row is then scored with the paper's metrics
 //! (Recall/NDCG@k of the first `rec_num` parsed items against the row's ground truth) plus three
 //! format diagnostics: the share of listed items found in the catalog, the share of non-empty lines
-//! that parse as `Title (Year)`, and the list length.
+//! that parse as `Title (Year)`, the list length, and the share of answers cut at the token
+//! budget (an answer cut short scores lower than the model deserves: raise `max_new_tokens`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +12,6 @@ use serde::Serialize;
 
 use super::{Catalog, Item, KS, MatchConfig, MeanSe, Row, evaluate, mean_se, parse_completion};
 use crate::gpu::Gpu;
-use crate::model::chat::Message;
 use crate::model::generate::{GenerateRequest, generate};
 use crate::model::gpu::{GpuModel, ModelError};
 use crate::model::text::{ChatText, TextError};
@@ -30,12 +30,14 @@ pub struct EvalOptions {
     /// Prompts generated together.
     pub batch_size: usize,
     pub max_new_tokens: usize,
+    /// Prompts are cut from the left to this many tokens, as in training.
+    pub max_prompt_length: usize,
     pub matching: MatchConfig,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { batch_size: 8, max_new_tokens: 400, matching: MatchConfig::default() }
+        Self { batch_size: 8, max_new_tokens: 400, max_prompt_length: 1024, matching: MatchConfig::default() }
     }
 }
 
@@ -46,14 +48,17 @@ pub struct UniquePrompts {
     pub of_row: Vec<usize>,
 }
 
-pub fn unique_prompts(text: &ChatText, rows: &[Row]) -> Result<UniquePrompts, TextError> {
+/// Prompts longer than `max_prompt_length` tokens keep their last tokens (the conversation's
+/// end, and the template's assistant header).
+pub fn unique_prompts(text: &ChatText, rows: &[Row], max_prompt_length: usize) -> Result<UniquePrompts, TextError> {
     let mut ids: Vec<Vec<u32>> = Vec::new();
     let mut of_row = Vec::with_capacity(rows.len());
     let mut seen: HashMap<Vec<u32>, usize> = HashMap::new();
     for row in rows {
-        let messages: Vec<Message> =
-            row.prompt.iter().map(|m| Message::new(m.role.clone(), m.content.clone())).collect();
-        let p = text.prompt_ids(&messages)?;
+        let mut p = text.prompt_ids(&row.chat_messages())?;
+        if p.len() > max_prompt_length.max(1) {
+            p.drain(..p.len() - max_prompt_length.max(1));
+        }
         let index = *seen.entry(p.clone()).or_insert_with(|| {
             ids.push(p);
             ids.len() - 1
@@ -72,7 +77,14 @@ pub struct EvalProgress {
     pub max_steps: usize,
 }
 
-/// Greedy completions (decoded, special tokens dropped) of every prompt.
+/// A greedy answer: its text (special tokens dropped) and whether the token budget cut it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub cut: bool,
+}
+
+/// Greedy completions of every prompt.
 pub async fn greedy_completions(
     gpu: &Gpu,
     model: &GpuModel,
@@ -80,9 +92,9 @@ pub async fn greedy_completions(
     prompts: &[Vec<u32>],
     options: &EvalOptions,
     mut on_progress: impl FnMut(EvalProgress),
-) -> Result<Vec<String>, EvalError> {
+) -> Result<Vec<Answer>, EvalError> {
     let batch = options.batch_size.max(1);
-    let mut texts = vec![String::new(); prompts.len()];
+    let mut texts = vec![Answer::default(); prompts.len()];
     for (chunk_index, chunk) in prompts.chunks(batch).enumerate() {
         let done = chunk_index * batch;
         let req = GenerateRequest {
@@ -102,7 +114,7 @@ pub async fn greedy_completions(
         })
         .await?;
         for c in out {
-            texts[done + c.prompt] = text.decode(&c.tokens)?;
+            texts[done + c.prompt] = Answer { text: text.decode(&c.tokens)?, cut: !c.stopped };
         }
         on_progress(EvalProgress {
             prompts_done: done + chunk.len(),
@@ -124,6 +136,8 @@ pub struct RowResult {
     pub metrics: BTreeMap<String, f64>,
     pub in_catalog: f64,
     pub valid_format: f64,
+    /// The answer ran into the token budget (no end-of-turn).
+    pub cut: bool,
 }
 
 /// Means over rows (with standard errors for the ranking metrics).
@@ -135,11 +149,12 @@ pub struct EvalSummary {
     pub in_catalog_rate: f64,
     pub valid_format_rate: f64,
     pub mean_list_length: f64,
+    pub cut_rate: f64,
 }
 
 impl EvalSummary {
     /// The summary as `convrec eval` writes it: `{"recall@5": {"mean", "se"}, …, "rows",
-    /// "in_catalog_rate", "valid_format_rate", "mean_list_length"}`.
+    /// "in_catalog_rate", "valid_format_rate", "mean_list_length", "cut_rate"}`.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();
         m.insert("rows".into(), self.rows.into());
@@ -149,6 +164,25 @@ impl EvalSummary {
         m.insert("in_catalog_rate".into(), self.in_catalog_rate.into());
         m.insert("valid_format_rate".into(), self.valid_format_rate.into());
         m.insert("mean_list_length".into(), self.mean_list_length.into());
+        m.insert("cut_rate".into(), self.cut_rate.into());
+        m
+    }
+
+    /// The metrics as flat numbers under `prefix` (`val_ndcg@20`, …, `val_cut_rate`): one line of
+    /// a training run's metrics JSONL, plottable by name.
+    pub fn flat(&self, prefix: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for (name, v) in &self.metrics {
+            m.insert(format!("{prefix}{name}"), v.mean.into());
+        }
+        for (name, v) in [
+            ("in_catalog_rate", self.in_catalog_rate),
+            ("valid_format_rate", self.valid_format_rate),
+            ("mean_list_length", self.mean_list_length),
+            ("cut_rate", self.cut_rate),
+        ] {
+            m.insert(format!("{prefix}{name}"), v.into());
+        }
         m
     }
 
@@ -163,26 +197,27 @@ impl EvalSummary {
             s += &format!("{name:<10} {:>8.4} {:>8.4}\n", v.mean, v.se);
         }
         s += &format!(
-            "in-catalog {:.3} · valid format {:.3} · mean list length {:.1} · {} rows",
-            self.in_catalog_rate, self.valid_format_rate, self.mean_list_length, self.rows
+            "in-catalog {:.3} · valid format {:.3} · mean list length {:.1} · cut at the token budget {:.3} · {} rows",
+            self.in_catalog_rate, self.valid_format_rate, self.mean_list_length, self.cut_rate, self.rows
         );
         s
     }
 }
 
-/// Scores every row's completion text.
+/// Scores every row's answer.
 pub fn score_rows(
     rows: &[Row],
-    completions: &[&str],
+    completions: &[&Answer],
     catalog: &Catalog,
     matching: &MatchConfig,
 ) -> (Vec<RowResult>, EvalSummary) {
     assert_eq!(rows.len(), completions.len(), "one completion per row");
     let mut per_metric: Vec<(String, Vec<f64>)> =
         KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).map(|n| (n, Vec::new())).collect();
-    let (mut lengths, mut in_catalog, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lengths, mut in_catalog, mut valid, mut cut) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut results = Vec::with_capacity(rows.len());
-    for (row, &text) in rows.iter().zip(completions) {
+    for (row, answer) in rows.iter().zip(completions) {
+        let text = answer.text.as_str();
         let items = parse_completion(text);
         let first: Vec<&Item> = items.iter().take(matching.rec_num).collect();
         let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
@@ -195,6 +230,7 @@ pub fn score_rows(
         lengths.push(first.len() as f64);
         in_catalog.push(row_in_catalog);
         valid.push(row_valid);
+        cut.push(answer.cut as u8 as f64);
         let m = evaluate(&items, &row.groundtruth, &row.seen_titles, catalog, matching);
         let named = m.named();
         for ((name, values), (n, v)) in per_metric.iter_mut().zip(&named) {
@@ -208,6 +244,7 @@ pub fn score_rows(
             metrics: named.into_iter().collect(),
             in_catalog: row_in_catalog,
             valid_format: row_valid,
+            cut: answer.cut,
         });
     }
     let summary = EvalSummary {
@@ -216,6 +253,7 @@ pub fn score_rows(
         in_catalog_rate: mean_se(&in_catalog).mean,
         valid_format_rate: mean_se(&valid).mean,
         mean_list_length: mean_se(&lengths).mean,
+        cut_rate: mean_se(&cut).mean,
     };
     (results, summary)
 }
@@ -235,9 +273,9 @@ pub async fn evaluate_rows(
     options: &EvalOptions,
     on_progress: impl FnMut(EvalProgress),
 ) -> Result<Evaluation, EvalError> {
-    let prompts = unique_prompts(text, rows)?;
+    let prompts = unique_prompts(text, rows, options.max_prompt_length)?;
     let texts = greedy_completions(gpu, model, text, &prompts.ids, options, on_progress).await?;
-    let per_row: Vec<&str> = prompts.of_row.iter().map(|&p| texts[p].as_str()).collect();
+    let per_row: Vec<&Answer> = prompts.of_row.iter().map(|&p| &texts[p]).collect();
     let (rows, summary) = score_rows(rows, &per_row, catalog, &options.matching);
     Ok(Evaluation { rows, summary })
 }
@@ -266,7 +304,9 @@ mod tests {
         // Row a: hit at rank 2, one item outside the catalog, one line that is not an item.
         // Row b: no hit. Row c: empty answer.
         let texts = ["Aliens (1986)\nThe Thing (1982)\nNotAMovie (2001)\nhello", "Aliens (1986)", ""];
-        let (results, s) = score_rows(&rows, &texts, &catalog, &MatchConfig::default());
+        let answers: Vec<Answer> =
+            texts.iter().enumerate().map(|(i, t)| Answer { text: t.to_string(), cut: i == 0 }).collect();
+        let (results, s) = score_rows(&rows, &answers.iter().collect::<Vec<_>>(), &catalog, &MatchConfig::default());
         assert_eq!(results[0].items.len(), 3);
         let ndcg_a = (1.0 / 3f64.log2()) / 1.0;
         assert!((results[0].metrics["ndcg@5"] - ndcg_a).abs() < 1e-12);
@@ -279,6 +319,10 @@ mod tests {
         assert!((s.mean("ndcg@5").unwrap() - ndcg_a / 3.0).abs() < 1e-12);
         assert!((s.mean("recall@20").unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert!((s.mean_list_length - 4.0 / 3.0).abs() < 1e-12);
+        assert!(results[0].cut && !results[1].cut);
+        assert!((s.cut_rate - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.flat("val_")["val_cut_rate"], s.cut_rate);
+        assert_eq!(s.flat("val_")["val_ndcg@5"], s.mean("ndcg@5").unwrap());
         let json = s.to_json();
         assert_eq!(json["rows"], 3);
         assert!(json["ndcg@20"]["se"].as_f64().unwrap() > 0.0);

@@ -4,7 +4,9 @@
 //! Everything takes text, never paths, so it runs the same in the CLI and in the browser.
 
 pub mod arrow;
+pub mod budget;
 pub mod catalog;
+pub mod compare;
 pub mod dataset;
 pub mod evaluation;
 pub mod metrics;

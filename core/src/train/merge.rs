@@ -82,13 +82,19 @@ impl LoraMerge {
         Ok(())
     }
 
+    /// Merges the current `params` (a training adapter on the GPU) and returns the merged model.
+    pub async fn refresh(&self, gpu: &Gpu, layout: &LoraLayout, params: &GpuBuffer) -> ModelResult<&GpuModel> {
+        let mut b = gpu.batch("merge adapter");
+        self.record(&mut b, layout, params)?;
+        b.submit().await?;
+        Ok(&self.model)
+    }
+
     /// The base model with an adapter's parameters merged in, once (for inference).
     pub async fn apply(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout, params: &[f32]) -> ModelResult<Self> {
         let merge = Self::new(gpu, base, layout).await?;
         let buf = gpu.upload("merge adapter", "parameters", params)?;
-        let mut b = gpu.batch("merge adapter");
-        merge.record(&mut b, layout, &buf)?;
-        b.submit().await?;
+        merge.refresh(gpu, layout, &buf).await?;
         Ok(merge)
     }
 }

@@ -1,7 +1,9 @@
+pub mod compare;
 pub mod data;
 pub mod demo;
 pub mod devices;
 pub mod eval;
+pub mod experiment;
 pub mod generate;
 pub mod logits;
 pub mod lora_grads;
@@ -52,4 +54,35 @@ pub fn self_check(gpu: &Gpu) -> anyhow::Result<()> {
     }
     anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
     Ok(())
+}
+
+/// A progress bar over optimiser steps, labelled `what`.
+pub fn progress_bar(steps: u64, what: &str) -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps · {msg} · ETA {eta}")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    Ok(bar)
+}
+
+/// The new-token budget: `flag` when given, else what a `rec_num`-item list in the rows' own
+/// style takes with a margin (`rec::budget`), else 256. Says which, so a cut list is explainable.
+pub fn token_budget(
+    text: &convrec_core::model::text::ChatText,
+    rows: &[convrec_core::rec::Row],
+    rec_num: usize,
+    flag: Option<u64>,
+    flag_name: &str,
+) -> anyhow::Result<usize> {
+    if let Some(n) = flag {
+        return Ok(n as usize);
+    }
+    let budget = convrec_core::rec::budget::list_token_budget(text, rows, rec_num)?;
+    match budget {
+        Some(n) => eprintln!("{flag_name} {n}: a {rec_num}-item list in the style of the rows, with a margin"),
+        None => eprintln!("{flag_name} 256: the rows hold no lists to measure (give {flag_name} to choose)"),
+    }
+    Ok(budget.unwrap_or(256))
 }

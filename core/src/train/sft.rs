@@ -1,0 +1,284 @@
+//! Stage 1, behaviour cloning (RANK_GRPO.md §8): the SFT trainer that `convrec sft`, the demo,
+//! the experiment and the browser page all drive. Rows in the Reddit-v2 schema become a
+//! chat-templated prompt (the template's default system message applies) followed by the
+//! demonstration as the assistant's turn; the loss is the mean NLL of the completion tokens,
+//! end-of-turn included. LoRA on a frozen base, AdamW with linear warm-up and cosine decay,
+//! gradient accumulation, a seeded shuffle per epoch. The trainer knows where it is (epoch,
+//! micro-batch), so a front end can checkpoint and resume it from that position alone.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::lora::LoraLayout;
+use super::trainer::{LoraTrainer, MicroBatch, Schedule};
+use crate::gpu::Gpu;
+use crate::model::gpu::GpuModel;
+use crate::model::text::ChatText;
+use crate::ops::adamw::AdamWConfig;
+use crate::rec::{InputError, Row};
+
+/// Prompt and completion ids of one demonstration.
+pub type Example = (Vec<u32>, Vec<u32>);
+
+/// The end-of-turn token a completion ends with: ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`,
+/// else the model's EOS.
+pub fn end_of_turn(text: &ChatText) -> Option<u32> {
+    ["<|im_end|>", "<|eot_id|>"]
+        .iter()
+        .find_map(|marker| text.tokenizer.token_to_id(marker))
+        .or_else(|| text.special.eos.as_ref().map(|t| t.id))
+}
+
+/// Tokenises demonstrations; prompts are cut from the left so that prompt + completion fit
+/// `max_length` (completions longer than that are cut at the end). `origin` names the rows'
+/// source in errors.
+pub fn sft_examples(
+    text: &ChatText,
+    rows: &[Row],
+    max_length: usize,
+    origin: &str,
+) -> Result<Vec<Example>, TrainError> {
+    let eot =
+        end_of_turn(text).ok_or_else(|| TrainError::Invalid("the model names no end-of-turn or EOS token".into()))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let completion = row
+            .completion
+            .as_ref()
+            .and_then(|c| c.scored_text())
+            .ok_or_else(|| InputError::entry(origin, i, "the row has no assistant completion to imitate"))?;
+        let mut prompt = text.prompt_ids(&row.chat_messages())?;
+        let mut comp = text.encode(completion)?;
+        comp.push(eot);
+        comp.truncate(max_length.saturating_sub(1).max(1));
+        let room = max_length.saturating_sub(comp.len());
+        if prompt.len() > room {
+            prompt.drain(..prompt.len() - room);
+        }
+        if prompt.is_empty() {
+            return Err(
+                InputError::entry(origin, i, format!("max length {max_length} leaves no room for the prompt")).into()
+            );
+        }
+        out.push((prompt, comp));
+    }
+    Ok(out)
+}
+
+/// What a front end chooses for an SFT run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    pub lr: f32,
+    pub epochs: usize,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Fraction of the steps of linear warm-up before the cosine decay.
+    pub warmup_ratio: f32,
+    /// Seeds the adapter's initialisation and each epoch's shuffle.
+    pub seed: u64,
+    /// Recompute activations in the backward (see `LoraTrainer::recompute`).
+    pub recompute: bool,
+}
+
+impl Default for SftConfig {
+    /// The paper's stage-1 recipe where it applies to LoRA (§8): lr 5e-5, cosine with 5% warm-up.
+    fn default() -> Self {
+        SftConfig { lr: 5e-5, epochs: 1, batch_size: 4, grad_accum: 1, warmup_ratio: 0.05, seed: 0, recompute: false }
+    }
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: &str| Err(TrainError::Invalid(what.to_string()));
+        if self.batch_size == 0 {
+            return bad("the batch size must be at least 1");
+        }
+        if self.grad_accum == 0 {
+            return bad("gradient accumulation must be at least 1 micro-batch");
+        }
+        if self.epochs == 0 {
+            return bad("at least one epoch is needed");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("the learning rate must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("the warm-up ratio must lie in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// Where an SFT run is; all a checkpoint needs besides the adapter and the optimiser moments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SftPosition {
+    pub step: u64,
+    pub epoch: usize,
+    /// Micro-batches of the current epoch already consumed.
+    pub batch_in_epoch: usize,
+}
+
+/// What one optimiser step did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SftStep {
+    /// Optimiser steps taken so far (this one included).
+    pub step: u64,
+    pub epoch: usize,
+    /// Mean completion NLL of the step's rows.
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Tokens (prompt and completion, padding included) the step ran through the model.
+    pub tokens: usize,
+}
+
+pub struct SftTrainer {
+    pub lora: LoraTrainer,
+    pub config: SftConfig,
+    examples: Vec<Example>,
+    schedule: Schedule,
+    epoch: usize,
+    batch_in_epoch: usize,
+    /// This epoch's micro-batches (row indices), from its seeded shuffle.
+    batches: Vec<Vec<usize>>,
+}
+
+/// Micro-batches of one epoch: the rows in a seeded permutation, `batch_size` at a time.
+fn epoch_batches(rows: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
+    order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+}
+
+impl SftTrainer {
+    /// A trainer for `examples` starting from the adapter `init` (e.g. `layout.init(seed)`).
+    pub async fn new(
+        gpu: &Gpu,
+        layout: LoraLayout,
+        init: &[f32],
+        examples: Vec<Example>,
+        config: SftConfig,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        if examples.is_empty() {
+            return Err(TrainError::Invalid("no training rows".into()));
+        }
+        // SFT recipe: AdamW β = (0.9, 0.999), no weight decay, gradient norm clipped at 1.
+        let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
+        let mut lora = LoraTrainer::new(gpu, layout, init, adamw).await?;
+        lora.recompute = config.recompute;
+        let steps_per_epoch = examples.len().div_ceil(config.batch_size * config.grad_accum) as u64;
+        let total = steps_per_epoch * config.epochs as u64;
+        let warmup = (total as f32 * config.warmup_ratio).round() as u64;
+        let batches = epoch_batches(examples.len(), config.batch_size, config.seed, 0);
+        Ok(SftTrainer {
+            lora,
+            schedule: Schedule::Cosine { warmup, total },
+            examples,
+            config,
+            epoch: 0,
+            batch_in_epoch: 0,
+            batches,
+        })
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        match self.schedule {
+            Schedule::Cosine { total, .. } => total,
+            Schedule::Constant => unreachable!("SFT always runs a cosine schedule"),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.epoch >= self.config.epochs
+    }
+
+    pub fn position(&self) -> SftPosition {
+        SftPosition { step: self.lora.step, epoch: self.epoch, batch_in_epoch: self.batch_in_epoch }
+    }
+
+    /// Continues from `position` (the adapter and moments are restored into `lora` separately).
+    pub fn resume_at(&mut self, position: SftPosition) -> Result<(), TrainError> {
+        if position.epoch > self.config.epochs || position.step > self.total_steps() {
+            return Err(TrainError::Invalid(format!(
+                "the checkpoint is at step {} (epoch {}), past this run's {} steps",
+                position.step,
+                position.epoch + 1,
+                self.total_steps()
+            )));
+        }
+        self.lora.step = position.step;
+        self.epoch = position.epoch;
+        self.batch_in_epoch = position.batch_in_epoch;
+        self.batches = epoch_batches(self.examples.len(), self.config.batch_size, self.config.seed, self.epoch);
+        Ok(())
+    }
+
+    /// One optimiser step: `grad_accum` micro-batches forward and backward, then AdamW.
+    pub async fn step(&mut self, gpu: &Gpu, model: &GpuModel) -> Result<SftStep, TrainError> {
+        if self.done() {
+            return Err(TrainError::Invalid("the run has finished its epochs".into()));
+        }
+        let end = (self.batch_in_epoch + self.config.grad_accum).min(self.batches.len());
+        let window = end - self.batch_in_epoch;
+        let (mut loss, mut tokens) = (0f64, 0usize);
+        for b in self.batch_in_epoch..end {
+            let seqs: Vec<Example> = self.batches[b].iter().map(|&i| self.examples[i].clone()).collect();
+            let n: usize = seqs.iter().map(|s| s.1.len()).sum();
+            let mb = MicroBatch::from_sequences(&seqs, 16, |_, _| -1.0 / n as f32);
+            let stats = self.lora.run(gpu, model, &mb, true, 1.0).await?;
+            loss += stats.logp.iter().zip(&mb.weights).map(|(l, w)| (*l * *w) as f64).sum::<f64>() / window as f64;
+            tokens += mb.ids.len();
+        }
+        let step = self.lora.step + 1;
+        // Checked before the update, so that a diverged step never reaches the adapter.
+        if !loss.is_finite() {
+            self.lora.zero_grads(gpu).await?;
+            return Err(TrainError::NonFinite { step, what: "loss", value: loss });
+        }
+        let lr = self.config.lr * self.schedule.factor(self.lora.step);
+        let grad_norm = self.lora.optimizer_step(gpu, lr, 1.0 / window as f32).await?;
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite { step, what: "gradient norm", value: grad_norm as f64 });
+        }
+        self.batch_in_epoch = end;
+        let epoch = self.epoch;
+        if self.batch_in_epoch >= self.batches.len() {
+            self.epoch += 1;
+            self.batch_in_epoch = 0;
+            self.batches = epoch_batches(self.examples.len(), self.config.batch_size, self.config.seed, self.epoch);
+        }
+        Ok(SftStep { step: self.lora.step, epoch, loss, lr, grad_norm, tokens })
+    }
+
+    /// Mean completion NLL of `examples` under the current adapter (no training).
+    pub async fn nll(&mut self, gpu: &Gpu, model: &GpuModel, examples: &[Example]) -> Result<f64, TrainError> {
+        mean_nll(&mut self.lora, gpu, model, examples, self.config.batch_size).await
+    }
+}
+
+/// Mean next-token NLL of the completion tokens of `examples`, `batch` sequences per pass.
+pub async fn mean_nll(
+    lora: &mut LoraTrainer,
+    gpu: &Gpu,
+    model: &GpuModel,
+    examples: &[Example],
+    batch: usize,
+) -> Result<f64, TrainError> {
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let mb = MicroBatch::from_sequences(chunk, 16, |_, _| 1.0);
+        let stats = lora.run(gpu, model, &mb, false, 1.0).await?;
+        for (lp, w) in stats.logp.iter().zip(&mb.weights) {
+            if *w != 0.0 {
+                sum -= *lp as f64;
+                count += 1;
+            }
+        }
+    }
+    Ok(sum / count.max(1) as f64)
+}
