@@ -30,9 +30,13 @@ pub struct RunDir {
     metrics: std::fs::File,
 }
 
-/// True when `dir` holds files of an earlier run.
+/// True when `dir` holds files of an earlier run (an empty metrics file records nothing).
 fn holds_a_run(dir: &Path) -> bool {
-    RUN_FILES.iter().any(|f| dir.join(f).exists()) || leftovers(dir).next().is_some()
+    let recorded = |f: &str| match f {
+        METRICS => dir.join(f).metadata().is_ok_and(|m| m.is_file() && m.len() > 0),
+        _ => dir.join(f).exists(),
+    };
+    RUN_FILES.iter().any(|f| recorded(f)) || leftovers(dir).next().is_some()
 }
 
 /// Hidden siblings an interrupted atomic folder write can leave (`.checkpoint.new-…`, `.adapter.old`).
@@ -68,7 +72,8 @@ impl RunDir {
                 path.display(),
                 path.join("checkpoint").display()
             ),
-            Start::Fresh { .. } => {
+            Start::Fresh { overwrite: false } => {}
+            Start::Fresh { overwrite: true } => {
                 for p in RUN_FILES.iter().map(|f| path.join(f)).chain(leftovers(path)) {
                     let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
                     if let Err(e) = removed

@@ -97,7 +97,7 @@ fn rank_grpo_steps_write_metrics_adapter_and_a_resumable_checkpoint() {
     let lines = jsonl(&dir.join("rl/metrics.jsonl"));
     assert_eq!(lines.len(), 2, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {
-        check_line(line, i as u64 + 1, "RankGrpo", 20);
+        check_line(line, i as u64 + 1, "rank-grpo", 20);
     }
     // Step 1 starts at the reference adapter with μ = 1: KL 0 and every ratio 1 (nothing clipped).
     assert!(num(&lines[0], "kl").abs() < 1e-9, "{}", lines[0]);
@@ -128,7 +128,7 @@ fn rank_grpo_steps_write_metrics_adapter_and_a_resumable_checkpoint() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming at step 2"));
     let lines = jsonl(&dir.join("rl/metrics.jsonl"));
     assert_eq!(lines.len(), 3, "{lines:?}");
-    check_line(&lines[2], 3, "RankGrpo", 20);
+    check_line(&lines[2], 3, "rank-grpo", 20);
     assert_eq!(state_step(&checkpoint), 3);
 
     // Resuming is exact: three steps in one run give the same adapter and step-3 metrics.
@@ -151,12 +151,12 @@ fn grpo_and_gspo_take_a_step_with_sequence_rewards() {
         return;
     }
     let dir = setup("grpo_gspo");
-    for (algo, name) in [("grpo", "Grpo"), ("gspo", "Gspo")] {
+    for algo in ["grpo", "gspo"] {
         train(&dir, algo, algo, &["--steps", "1"]);
         let lines = jsonl(&dir.join(algo).join("metrics.jsonl"));
         assert_eq!(lines.len(), 1, "{algo}: {lines:?}");
         // Token / sequence level: one sequence reward (DCG) per completion.
-        check_line(&lines[0], 1, name, 1);
+        check_line(&lines[0], 1, algo, 1);
         assert!(num(&lines[0], "kl").abs() < 1e-9 && num(&lines[0], "clip_fraction") == 0.0, "{}", lines[0]);
         assert_eq!(state_step(&dir.join(algo).join("checkpoint")), 1);
         let (layout, _, _) = load_adapter(&dir.join("model"), &dir.join(algo).join("adapter"));
@@ -189,4 +189,80 @@ fn the_single_pass_step_equals_separate_log_prob_and_gradient_passes() {
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(moved > 0.0);
     assert!(diff <= 1e-3 * moved, "adapters differ by {diff:e} after moving {moved:e}");
+}
+
+#[test]
+fn validation_over_training_keeps_metrics_and_a_series_of_adapters() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    let dir = setup("validation");
+    write_dataset(&dir.join("held_out.jsonl"), 3);
+    train(&dir, "rank-grpo", "rl", &["--steps", "3", "--eval-data", "held_out.jsonl", "--eval-every", "2"]);
+    let lines = jsonl(&dir.join("rl/metrics.jsonl"));
+    let validated: Vec<u64> =
+        lines.iter().filter(|l| l.get("val_ndcg@20").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    // At the start, every 2 steps, and at the end.
+    assert_eq!(validated, vec![0, 2, 3], "{lines:?}");
+    for l in lines.iter().filter(|l| l.get("val_ndcg@20").is_some()) {
+        for key in ["val_recall@5", "val_ndcg@20", "val_in_catalog_rate", "val_valid_format_rate", "val_cut_rate"] {
+            assert!((0.0..=1.0).contains(&num(l, key)), "{key} in {l}");
+        }
+    }
+    // The SFT adapter memorised the rows' answers: at step 0 the held-out rows (the same
+    // conversations) are answered with their ground truth.
+    assert!(num(&lines[0], "val_recall@20") > 0.0, "{}", lines[0]);
+    for step in validated {
+        let kept = dir.join(format!("rl/adapters/step-{step:06}"));
+        assert!(kept.join("adapter_model.safetensors").is_file(), "{}", kept.display());
+    }
+    // The step-0 adapter of the series is the SFT adapter itself.
+    let (_, sft, _) = load_adapter(&dir.join("model"), &dir.join("sft/adapter"));
+    let (_, first, _) = load_adapter(&dir.join("model"), &dir.join("rl/adapters/step-000000"));
+    assert_eq!(sft, first);
+    // `convrec plot` draws the validation curve by name.
+    run_ok(convrec().current_dir(&dir).args(["plot", "--run", "rl", "--metrics", "val_ndcg@20", "--out", "plots"]));
+    assert!(dir.join("plots/val_ndcg@20.svg").is_file());
+}
+
+#[test]
+fn a_run_folder_is_never_overwritten_by_accident_and_resumes_after_an_interrupted_save() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    let dir = setup("folders");
+    train(&dir, "rank-grpo", "rl", &["--steps", "2", "--save-every", "1"]);
+    let again = convrec()
+        .current_dir(&dir)
+        .args(["train", "--model", "model", "--adapter", "sft/adapter", "--data", "train.jsonl"])
+        .args(["--catalog", "catalog.tsv", "--out", "rl", "--steps", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("already holds a run") && err.contains("--overwrite"), "{err}");
+    assert_eq!(jsonl(&dir.join("rl/metrics.jsonl")).len(), 2, "the refused run wrote nothing");
+
+    // A save killed between its two renames: the step-2 checkpoint moved aside, the new one (as
+    // it would be at step 2 too) still in its staging folder, and a half-written staging folder.
+    let rl = dir.join("rl");
+    std::fs::rename(rl.join("checkpoint"), rl.join(".checkpoint.old")).unwrap();
+    std::fs::create_dir_all(rl.join(".checkpoint.new-broken")).unwrap();
+    std::fs::write(rl.join(".checkpoint.new-broken/trainer_state.json"), "{\"step\": 9").unwrap();
+    let out = train(&dir, "rank-grpo", "rl", &["--steps", "3", "--resume", "rl"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".checkpoint.old") && err.contains("resuming at step 2"), "{err}");
+    let lines = jsonl(&rl.join("metrics.jsonl"));
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(state_step(&rl.join("checkpoint")), 3);
+    // The save cleaned what the interrupted one left.
+    let leftovers: Vec<_> = std::fs::read_dir(&rl)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".checkpoint"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // --overwrite starts afresh.
+    train(&dir, "rank-grpo", "rl", &["--steps", "1", "--overwrite"]);
+    assert_eq!(jsonl(&rl.join("metrics.jsonl")).len(), 1);
 }
