@@ -269,3 +269,115 @@ mod demo {
         }
     }
 }
+
+mod training {
+    use super::*;
+    use base64::Engine as _;
+    use convrec_core::model::gpu::GpuModel;
+    use convrec_core::rec::parse_dataset;
+    use convrec_core::train::lora::{LoraConfig, LoraLayout, Target};
+    use convrec_core::train::sft::{SftConfig, SftTrainer, sft_examples};
+    use sha2::Digest as _;
+
+    const TEST: &str = "browser training";
+    const SFT_STEPS: usize = 3;
+    const CATALOG: [(&str, i32); 6] =
+        [("Up", 2009), ("Heat", 1995), ("Jaws", 1975), ("Alien", 1979), ("Big", 1988), ("Fargo", 1996)];
+
+    /// A tiny random model as an HF folder the page can load: the Llama fixture with a byte-level
+    /// tokenizer and ChatML; rows whose answers are catalog titles; the catalog.
+    fn files(dir: &Path) -> ServedFiles {
+        let src = workspace_root().join("tests/fixtures/models/llama_gqa");
+        let model = dir.join("tiny-llama");
+        std::fs::create_dir_all(&model).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), model.join(f)).unwrap();
+        }
+        std::fs::write(model.join("tokenizer.json"), convrec_core::testing::byte_level_tokenizer_json(320)).unwrap();
+        std::fs::write(model.join("tokenizer_config.json"), r#"{"eos_token": "<|im_end|>"}"#).unwrap();
+        let rows: String = (0..8)
+            .map(|i| {
+                let (seen, _) = CATALOG[i % 6];
+                let (title, year) = CATALOG[(i + 1) % 6];
+                format!(
+                    "{}\n",
+                    serde_json::json!({"sample_id": format!("r{i}"),
+                        "prompt": [{"role": "user", "content": format!("Liked {seen}. More?")}],
+                        "completion": [{"role": "assistant", "content": format!("{title} ({year})")}],
+                        "seen_titles": [seen], "groundtruth_with_release_year": [[title, year.to_string()]]})
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
+        let catalog: String =
+            std::iter::once("title\tyear\n".to_string()).chain(CATALOG.iter().map(|(t, y)| format!("{t}\t{y}\n"))).collect();
+        std::fs::write(dir.join("catalog.tsv"), catalog).unwrap();
+        ServedFiles {
+            model: Some(model),
+            adapter: None,
+            data: Some(dir.join("rows.jsonl")),
+            catalog: Some(dir.join("catalog.tsv")),
+        }
+    }
+
+    /// The same SFT steps through the core's trainer on this machine's Vulkan adapter (the code
+    /// `convrec sft` runs: native/tests/experiment.rs shows the command gives the trainer's losses).
+    fn native_sft_losses(dir: &Path) -> Vec<f64> {
+        let gpu = convrec_core::testing::gpu().expect("a GPU adapter for the native side");
+        let tm = convrec::text_model::load(&dir.join("tiny-llama")).unwrap();
+        let rows = parse_dataset("rows.jsonl", &std::fs::read_to_string(dir.join("rows.jsonl")).unwrap()).unwrap();
+        let examples = sft_examples(&tm, &rows, 64, "rows.jsonl").unwrap();
+        let model = GpuModel::upload(&gpu, tm.config.clone(), tm.tensors.clone(), 128).unwrap();
+        let layout = LoraLayout::new(&tm.config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let config = SftConfig { lr: 1e-2, batch_size: 2, seed: 3, ..SftConfig::default() };
+        let mut trainer = pollster::block_on(SftTrainer::new(&gpu, layout.clone(), &layout.init(3), examples, config)).unwrap();
+        (0..SFT_STEPS).map(|_| pollster::block_on(trainer.step(&gpu, &model)).unwrap().loss).collect()
+    }
+
+    #[test]
+    fn the_page_trains_sft_then_rank_grpo_and_its_adapter_loads_natively() {
+        let Some((chromium, pkg)) = browser_and_pkg(TEST) else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let served = files(dir.path());
+        let query = format!(
+            "auto=train&report=/report&sft_steps={SFT_STEPS}&rl_steps=2&sft_batch=2&sft_lr=0.01&sft_r=4&sft_length=64\
+             &seed=3&group=2&rl_prompts=2&rl_lr=0.001&rl_tokens=12"
+        );
+        let report = run_page(&chromium, &pkg, &served, &query, Duration::from_secs(600));
+        assert!(report.get("error").is_none(), "the page failed: {}", report["error"]);
+        assert_self_check(&report["selfcheck"]);
+
+        // SFT: the page's losses are the native trainer's.
+        let page: Vec<f64> = report["sft"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let native = native_sft_losses(dir.path());
+        eprintln!("SFT losses: page {page:?}, native {native:?}");
+        assert_eq!(page.len(), SFT_STEPS);
+        for (step, (p, n)) in page.iter().zip(&native).enumerate() {
+            assert!((p - n).abs() <= 1e-5 * n.abs(), "step {}: page {p} vs native {n}", step + 1);
+        }
+
+        // RL: two Rank-GRPO steps with finite numbers.
+        let rl = &report["rl"];
+        assert_eq!(rl["info"]["algo"], "rank-grpo");
+        for key in ["losses", "grad_norms", "mean_rewards", "kl"] {
+            let values = rl[key].as_array().unwrap_or_else(|| panic!("{key}: {rl}"));
+            assert_eq!(values.len(), 2, "{key}: {rl}");
+            assert!(values.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)), "{key}: {rl}");
+        }
+        assert!(rl["grad_norms"][0].as_f64().unwrap() > 0.0, "{rl}");
+
+        // The adapter: the bytes hash to the reported SHA-256 and load natively as a PEFT adapter.
+        let adapter = &report["adapter"];
+        let weights = base64::engine::general_purpose::STANDARD.decode(adapter["weights_base64"].as_str().unwrap()).unwrap();
+        let sha: String = sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(adapter["sha256"].as_str(), Some(sha.as_str()));
+        let folder = dir.path().join("downloaded");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("adapter_config.json"), adapter["config"].as_str().unwrap()).unwrap();
+        std::fs::write(folder.join("adapter_model.safetensors"), &weights).unwrap();
+        let tm = convrec::text_model::load(&dir.path().join("tiny-llama")).unwrap();
+        let (layout, params) = convrec::adapter_files::load_adapter(&folder, &tm.config).unwrap();
+        assert_eq!((layout.config.r, layout.config.alpha), (4, 8.0));
+        assert!(params.iter().all(|x| x.is_finite()) && params.iter().any(|&x| x != 0.0));
+    }
+}

@@ -8,6 +8,7 @@ use convrec_core::bench::{self, MODELS, Timer};
 use convrec_core::{Gpu, GpuOptions, selfcheck};
 
 mod session;
+mod training;
 
 pub use session::{ModelFiles, Session};
 
@@ -37,7 +38,7 @@ pub async fn self_check() -> Result<String, JsValue> {
 }
 
 /// `performance.now()` in seconds, in a window or a worker.
-fn now_secs() -> f64 {
+pub(crate) fn now_secs() -> f64 {
     let perf = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("performance")).ok();
     let now = perf.as_ref().and_then(|p| js_sys::Reflect::get(p, &JsValue::from_str("now")).ok());
     match (perf, now.and_then(|f| f.dyn_into::<js_sys::Function>().ok())) {

@@ -20,14 +20,16 @@ use convrec_core::model::tokenizer::from_hf_files;
 use convrec_core::ops::decode::SamplingConfig;
 use convrec_core::rec::evaluation::{EvalOptions, evaluate_rows};
 use convrec_core::rec::{Catalog, conversation_prompt, parse_completion, parse_dataset};
+use convrec_core::train::lora::LoraLayout;
 use convrec_core::train::merge::LoraMerge;
-use convrec_core::train::peft::from_peft;
+use convrec_core::train::peft::{from_peft, to_peft};
 use convrec_core::{Gpu, GpuOptions};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::js_err;
+use crate::training::{RlSettings, SftSettings, Training, start_rl, start_sft};
 
 /// Positions prepared for RoPE: the model's own limit, capped (the tables are small, but a 128k
 /// limit would still cost memory for nothing in a demo).
@@ -40,13 +42,23 @@ struct State {
     text: ChatText,
     config: ModelConfig,
     model_name: String,
-    adapter: Option<serde_json::Value>,
+    /// The current adapter: loaded with the model, or trained in the page.
+    lora: Option<(LoraLayout, Vec<f32>)>,
     catalog: Option<(String, Catalog)>,
+    training: Option<Training>,
 }
 
 impl State {
     fn model(&self) -> &GpuModel {
         self.merged.as_ref().map_or(&self.base, |m| &m.model)
+    }
+
+    fn adapter_summary(&self) -> Option<serde_json::Value> {
+        self.lora.as_ref().map(|(layout, params)| {
+            json!({"r": layout.config.r, "alpha": layout.config.alpha,
+                "targets": layout.config.targets.iter().map(|t| t.module_name()).collect::<Vec<_>>(),
+                "parameters": params.len()})
+        })
     }
 }
 
@@ -143,19 +155,16 @@ async fn load(mut files: ModelFiles) -> Result<Session, String> {
     let positions = config.max_position_embeddings.clamp(1, MAX_POSITIONS);
     let base = GpuModel::upload(&gpu, config.clone(), tensors, positions)
         .map_err(|e| format!("{} does not fit this adapter: {e}", files.name))?;
-    let (merged, adapter) = match (files.adapter_config.take(), files.adapter_weights.take()) {
+    let (merged, lora) = match (files.adapter_config.take(), files.adapter_weights.take()) {
         (Some(cfg), Some(weights)) => {
             let (layout, params) = from_peft(&config, &cfg, &weights).map_err(|e| format!("adapter: {e}"))?;
-            let summary = json!({"r": layout.config.r, "alpha": layout.config.alpha,
-                "targets": layout.config.targets.iter().map(|t| t.module_name()).collect::<Vec<_>>(),
-                "parameters": params.len()});
             let merge = LoraMerge::apply(&gpu, &base, &layout, &params).await.map_err(|e| format!("adapter: {e}"))?;
-            (Some(merge), Some(summary))
+            (Some(merge), Some((layout, params)))
         }
         (None, None) => (None, None),
         _ => return Err("an adapter needs both adapter_config.json and adapter_model.safetensors".into()),
     };
-    let state = State { gpu, base, merged, text, config, model_name: files.name, adapter, catalog: None };
+    let state = State { gpu, base, merged, text, config, model_name: files.name, lora, catalog: None, training: None };
     Ok(Session { state: Rc::new(RefCell::new(state)) })
 }
 
@@ -184,7 +193,7 @@ impl Session {
             "model": {"name": s.model_name, "architecture": format!("{:?}", c.architecture),
                 "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
                 "kv_heads": c.num_kv_heads, "vocab": c.vocab_size},
-            "lora": s.adapter,
+            "lora": s.adapter_summary(),
             "catalog": s.catalog.as_ref().map(|(name, c)| json!({"name": name, "titles": c.len()})),
         })
         .to_string()
@@ -272,6 +281,114 @@ impl Session {
             let result = json!({"summary": eval.summary.to_json(), "rows": eval.rows});
             Ok(JsValue::from_str(&result.to_string()))
         })
+    }
+
+    /// Starts an SFT run (a new adapter on the base model) on rows in the Reddit-v2 schema with
+    /// `settings` (JSON, see `training::SftSettings`). Resolves to `{stage, rows, steps, parameters}`.
+    pub fn start_sft(&self, source: String, rows_jsonl: String, settings: String) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let settings: SftSettings =
+                serde_json::from_str(&settings).map_err(|e| js_err(format!("SFT settings: {e}")))?;
+            let rows = parse_dataset(&source, &rows_jsonl).map_err(js_err)?;
+            let mut s = state.try_borrow_mut().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+            s.training = None; // a new run frees the last one's buffers first
+            let (training, info) =
+                start_sft(&s.gpu, &s.config, &s.text, &source, rows, &settings).await.map_err(train_err)?;
+            s.training = Some(training);
+            Ok(JsValue::from_str(&info.to_string()))
+        })
+    }
+
+    /// Starts an RL run from the current adapter (loaded, or the page's SFT result) on rows with
+    /// ground truth, scored against the catalog; `settings` is JSON (see `training::RlSettings`).
+    /// Resolves to `{stage, algo, prompts, max_new_tokens, steps_per_epoch, parameters}`.
+    pub fn start_rl(&self, source: String, rows_jsonl: String, settings: String) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let settings: RlSettings =
+                serde_json::from_str(&settings).map_err(|e| js_err(format!("RL settings: {e}")))?;
+            let rows = parse_dataset(&source, &rows_jsonl).map_err(js_err)?;
+            let mut s = state.try_borrow_mut().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+            if s.catalog.is_none() {
+                return Err(js_err("RL scores lists against a catalog: set one first"));
+            }
+            let Some((layout, params)) = s.lora.clone() else {
+                return Err(js_err("RL starts from an adapter: load one with the model, or run SFT first"));
+            };
+            // The trainer merges its own copy; the session's merged model would double the memory.
+            s.training = None;
+            s.merged = None;
+            let (training, info) = start_rl(&s.gpu, &s.base, &s.text, &source, rows, (&layout, &params), &settings)
+                .await
+                .map_err(train_err)?;
+            s.training = Some(training);
+            Ok(JsValue::from_str(&info.to_string()))
+        })
+    }
+
+    /// One optimiser step of the running SFT or RL run; resolves to the step's statistics (JSON:
+    /// SFT `{step, loss, lr, grad_norm, …, done}`, RL the fields of a `convrec train` metrics line
+    /// plus `mean_reward`).
+    pub fn train_step(&self) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut guard = state.try_borrow_mut().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+            let s = &mut *guard;
+            let training = s.training.as_mut().ok_or_else(|| js_err("start an SFT or RL run first"))?;
+            let catalog = s.catalog.as_ref().map(|(_, c)| c);
+            let out = training.step(&s.gpu, &s.base, &s.text, catalog, &crate::now_secs).await.map_err(train_err)?;
+            Ok(JsValue::from_str(&out.to_string()))
+        })
+    }
+
+    /// Ends the running run: its adapter becomes the session's (merged for Recommend and
+    /// Evaluate, and what `adapter_files` returns). Resolves to the adapter's summary.
+    pub fn finish_training(&self) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut s = state.try_borrow_mut().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+            let training = s.training.take().ok_or_else(|| js_err("no run to finish"))?;
+            let (layout, params) = training.adapter(&s.gpu).await.map_err(train_err)?;
+            drop(training);
+            s.merged = None;
+            let merge = LoraMerge::apply(&s.gpu, &s.base, &layout, &params).await.map_err(js_err)?;
+            s.merged = Some(merge);
+            s.lora = Some((layout, params));
+            Ok(JsValue::from_str(&s.adapter_summary().unwrap_or_default().to_string()))
+        })
+    }
+
+    /// The current adapter as PEFT files: `adapter_config.json` (text).
+    pub fn adapter_config(&self) -> Result<String, JsValue> {
+        Ok(self.peft_files()?.0)
+    }
+
+    /// The current adapter as PEFT files: `adapter_model.safetensors` (bytes).
+    pub fn adapter_weights(&self) -> Result<Vec<u8>, JsValue> {
+        Ok(self.peft_files()?.1)
+    }
+}
+
+impl Session {
+    fn peft_files(&self) -> Result<(String, Vec<u8>), JsValue> {
+        let s = self.state.try_borrow().map_err(|_| js_err("busy: wait for the running task to finish"))?;
+        let (layout, params) = s.lora.as_ref().ok_or_else(|| js_err("no adapter: load one or train one"))?;
+        to_peft(layout, params, &s.model_name).map_err(js_err)
+    }
+}
+
+/// A training error in words, saying when the model does not fit the adapter's limits.
+fn train_err(e: convrec_core::train::TrainError) -> JsValue {
+    use convrec_core::gpu::GpuError;
+    use convrec_core::model::gpu::ModelError;
+    use convrec_core::train::TrainError;
+    match e {
+        TrainError::Gpu(g @ GpuError::TooLarge { .. })
+        | TrainError::Model(ModelError::Gpu(g @ GpuError::TooLarge { .. })) => {
+            js_err(format!("this model is too large to train on this adapter in the browser: {g}"))
+        }
+        other => js_err(other),
     }
 }
 

@@ -3,6 +3,11 @@
 //   ?report=PATH            run the kernel self-check and POST its report to PATH (browser test)
 //   ?auto=full&report=PATH  also load the server's model, recommend, evaluate `rows` rows with
 //                           `max_new_tokens`, run one benchmark, and POST everything to PATH
+//   ?auto=train&sft_steps=N&rl_steps=M&report=PATH
+//                           load the server's model, train N SFT steps then M RL steps on the
+//                           server's rows and catalog (settings: sft_rows, sft_batch, sft_lr, sft_r,
+//                           sft_length, seed, algo, group, rl_prompts, rl_lr, rl_tokens), and POST the
+//                           per-step numbers and the adapter (SHA-256 and files) to PATH
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
@@ -76,7 +81,8 @@ function showModel(info) {
   const lora = info.lora ? `LoRA r=${info.lora.r} α=${info.lora.alpha} on ${info.lora.targets.join(', ')} (${info.lora.parameters} parameters, merged)` : 'no adapter';
   const cat = info.catalog ? `${info.catalog.titles} catalog titles (${info.catalog.name})` : 'no catalog';
   $('model').textContent = `${m.name}: ${m.architecture}, ${m.layers} layers, hidden ${m.hidden}, ${m.heads}/${m.kv_heads} heads, vocab ${m.vocab}\n${lora}\n${cat}`;
-  for (const id of ['recommend', 'evaluate']) $(id).disabled = false;
+  for (const id of ['recommend', 'evaluate', 'sft-start', 'rl-start']) $(id).disabled = false;
+  $('adapter-download').disabled = !info.lora;
 }
 
 async function load(name, files) {
@@ -175,9 +181,15 @@ function drawChart(summary) {
   svg.innerHTML = out;
 }
 
-async function evaluate({ limit, maxNewTokens, batchSize = 8 }) {
+// The rows Evaluate and Train read: a picked file, else the server's.
+function currentRows() {
   const rows = pickedRows ?? (serverFiles?.data ? { source: serverFiles.data.name, url: serverFiles.data.url } : null);
   if (!rows) throw new Error('pick a JSONL file of rows first');
+  return rows;
+}
+
+async function evaluate({ limit, maxNewTokens, batchSize = 8 }) {
+  const rows = currentRows();
   const bar = $('eval-progress');
   const result = await call('evaluate', { ...rows, limit, batchSize, maxNewTokens }, (p) => {
     bar.max = p.prompts;
@@ -199,6 +211,100 @@ async function evaluate({ limit, maxNewTokens, batchSize = 8 }) {
 }
 $('evaluate').onclick = () => evaluate({ limit: Number($('eval-rows').value), maxNewTokens: Number($('eval-tokens').value) })
   .catch((e) => { $('eval-status').textContent = message(e); });
+
+// --- train ---------------------------------------------------------------------------------------
+let stopRequested = false;
+
+// Lines of one or more series on a shared y axis; `series`: [{label, color, points: [[x, y]]}].
+function drawLines(svg, series, xLabel) {
+  const all = series.flatMap((s) => s.points);
+  if (!all.length) { svg.innerHTML = ''; return; }
+  const W = Number(svg.getAttribute('width')), H = Number(svg.getAttribute('height')), pad = 36;
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  const [y0, y1] = [Math.min(0, ...ys), Math.max(...ys, 1e-9)];
+  const X = (x) => pad + (W - 2 * pad) * (x - x0) / (x1 - x0), Y = (y) => H - pad - (H - 2 * pad) * (y - y0) / (y1 - y0);
+  let out = `<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="#888"/>` +
+    `<text x="${W - pad}" y="${H - 8}" font-size="11" text-anchor="end">${xLabel} ${x1}</text>` +
+    `<text x="4" y="${pad - 4}" font-size="11">${y1.toPrecision(3)}</text><text x="4" y="${H - pad}" font-size="11">${y0.toPrecision(3)}</text>`;
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    out += `<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${s.points.map(([x, y]) => `${X(x)},${Y(y)}`).join(' ')}"/>`;
+    const last = s.points[s.points.length - 1][1];
+    out += `<text x="${pad + 4 + i * 170}" y="14" font-size="12" fill="${s.color}">■ ${s.label} ${last.toPrecision(4)}</text>`;
+  });
+  svg.innerHTML = out;
+}
+
+function drawTraining(stage, steps) {
+  const pts = (key) => steps.filter((s) => Number.isFinite(s[key])).map((s) => [s.step, s[key]]);
+  const series = stage === 'sft'
+    ? [{ label: 'SFT loss', color: '#3b6ea8', points: pts('loss') }]
+    : [{ label: 'mean reward per rank', color: '#1a7f37', points: pts('mean_reward') },
+       { label: 'sampled NDCG@20', color: '#c77c1e', points: pts('ndcg20') },
+       { label: 'loss', color: '#3b6ea8', points: pts('loss') }];
+  drawLines($('train-chart'), series, 'step');
+}
+
+// One run: start it, step it until `steps` (or its end, or Stop), then make its adapter the session's.
+async function train(stage, settings, steps) {
+  const rows = currentRows();
+  stopRequested = false;
+  for (const id of ['sft-start', 'rl-start', 'adapter-download']) $(id).disabled = true;
+  $('train-stop').disabled = false;
+  try {
+    const info = await call(stage === 'sft' ? 'startSft' : 'startRl', { ...rows, settings });
+    const history = [];
+    $('train-status').textContent = `${stage}: started (${JSON.stringify(info)})`;
+    for (let i = 0; i < steps && !stopRequested; i++) {
+      const s = await call('trainStep');
+      history.push(s);
+      drawTraining(stage, history);
+      $('train-status').textContent = stage === 'sft'
+        ? `SFT step ${s.step}/${Math.min(steps, info.steps)} · loss ${s.loss.toFixed(4)} · ${s.step_s.toFixed(1)} s/step`
+        : `${info.algo} step ${s.step} · mean reward ${s.mean_reward.toFixed(3)} · NDCG@20 ${s.ndcg20.toFixed(3)} · loss ${s.loss.toExponential(2)} · ${s.step_s.toFixed(1)} s/step`;
+      if (s.done) break;
+    }
+    const adapter = await call('finishTraining');
+    $('train-status').textContent += stopRequested ? ' · stopped; adapter kept' : ' · done; adapter kept';
+    showModel(await call('info'));
+    return { info, steps: history, adapter };
+  } finally {
+    for (const id of ['sft-start', 'rl-start']) $(id).disabled = false;
+    $('train-stop').disabled = true;
+  }
+}
+
+function sftSettings() {
+  const q = (id) => Number($(id).value);
+  return { limit: q('sft-rows'), batch_size: q('sft-batch'), lr: q('sft-lr'), lora_r: q('sft-r'), lora_alpha: 2 * q('sft-r'), max_length: q('sft-length') };
+}
+function rlSettings() {
+  return { algo: $('rl-algo').value, group_size: Number($('rl-group').value), prompts_per_step: Number($('rl-prompts').value),
+    lr: Number($('rl-lr').value), max_new_tokens: Number($('rl-tokens').value) };
+}
+const trainFailed = (e) => { $('train-status').textContent = message(e); };
+$('sft-start').onclick = () => train('sft', sftSettings(), Number($('sft-steps').value)).catch(trainFailed);
+$('rl-start').onclick = () => train('rl', rlSettings(), Number($('rl-steps').value)).catch(trainFailed);
+$('train-stop').onclick = () => { stopRequested = true; $('train-stop').disabled = true; };
+
+async function adapterFiles() {
+  const { config, weights } = await call('adapterFiles');
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', weights));
+  return { config, weights, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') };
+}
+$('adapter-download').onclick = async () => {
+  try {
+    const { config, weights } = await adapterFiles();
+    for (const [name, body, type] of [['adapter_config.json', config, 'application/json'], ['adapter_model.safetensors', weights, 'application/octet-stream']]) {
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(new Blob([body], { type }));
+      a.download = name;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    }
+  } catch (e) { trainFailed(e); }
+};
 
 // --- benchmark -----------------------------------------------------------------------------------
 async function runBenchmark({ model, tokens, group, budgetMs = 300 }) {
@@ -244,6 +350,7 @@ async function main() {
   const check = await selfCheck();
   showVerdict(check);
   if (params.get('auto') === 'full') return post(await automatic(check));
+  if (params.get('auto') === 'train') return post(await automaticTraining(check));
   if (params.has('report')) await post(check);
 }
 
@@ -264,6 +371,40 @@ async function automatic(check) {
   report.pass = check.pass && ['load', 'recommend', 'evaluate', 'benchmark'].every((k) => !report[k].error);
   document.body.dataset.verdict = report.pass ? 'pass' : 'fail';
   document.body.dataset.finished = 'yes'; // scripts/screenshot_page.py waits for this
+  return report;
+}
+
+// The browser test's training script: SFT, then RL, on the server's files; numbers and adapter.
+async function automaticTraining(check) {
+  const report = { selfcheck: check };
+  const num = (key, fallback) => Number(params.get(key) ?? fallback);
+  try {
+    report.load = await load(serverFiles.model.name, serverFiles.model.files.concat(serverFiles.adapter ?? []));
+    const seed = num('seed', 0);
+    const sft = await train('sft', {
+      limit: num('sft_rows', 0), batch_size: num('sft_batch', 2), lr: num('sft_lr', 1e-3), lora_r: num('sft_r', 16),
+      lora_alpha: 2 * num('sft_r', 16), max_length: num('sft_length', 512), seed,
+    }, num('sft_steps', 2));
+    report.sft = { info: sft.info, losses: sft.steps.map((s) => s.loss), grad_norms: sft.steps.map((s) => s.grad_norm) };
+    if (num('rl_steps', 0) > 0) {
+      const rl = await train('rl', {
+        algo: params.get('algo') ?? 'rank-grpo', group_size: num('group', 2), prompts_per_step: num('rl_prompts', 1),
+        lr: num('rl_lr', 1e-5), max_new_tokens: num('rl_tokens', 16), seed,
+      }, num('rl_steps', 1));
+      report.rl = { info: rl.info, losses: rl.steps.map((s) => s.loss), mean_rewards: rl.steps.map((s) => s.mean_reward),
+        grad_norms: rl.steps.map((s) => s.grad_norm), kl: rl.steps.map((s) => s.kl) };
+    }
+    const files = await adapterFiles();
+    let binary = '';
+    for (const b of files.weights) binary += String.fromCharCode(b);
+    report.adapter = { sha256: files.sha256, config: files.config, weights_base64: btoa(binary) };
+    report.pass = check.pass;
+  } catch (e) {
+    report.error = message(e);
+    report.pass = false;
+  }
+  document.body.dataset.verdict = report.pass ? 'pass' : 'fail';
+  document.body.dataset.finished = 'yes';
   return report;
 }
 

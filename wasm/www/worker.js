@@ -44,9 +44,24 @@ const commands = {
     return JSON.parse(await requireSession().evaluate(source, rows, limit, batchSize, maxNewTokens,
       (p) => emit(JSON.parse(p))));
   },
+  // Training: the page owns the loop (one `trainStep` per optimiser step) so it can stop any time.
+  startSft: async ({ source, text, url, settings }) =>
+    JSON.parse(await requireSession().start_sft(source, await rowsText(text, url), JSON.stringify(settings))),
+  startRl: async ({ source, text, url, settings }) =>
+    JSON.parse(await requireSession().start_rl(source, await rowsText(text, url), JSON.stringify(settings))),
+  trainStep: async () => JSON.parse(await requireSession().train_step()),
+  finishTraining: async () => JSON.parse(await requireSession().finish_training()),
+  adapterFiles: async () => {
+    const s = requireSession();
+    return { config: s.adapter_config(), weights: s.adapter_weights() };
+  },
   benchmark: async ({ model, tokens, group, budgetMs }, emit) =>
     JSON.parse(await benchmark(model, tokens, group, budgetMs, (c) => emit(JSON.parse(c)))),
 };
+
+async function rowsText(text, url) {
+  return url ? await (await fetch(url)).text() : text;
+}
 
 function requireSession() {
   if (!session) throw new Error('load a model first');
