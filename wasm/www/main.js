@@ -6,7 +6,7 @@
 //   ?auto=train&sft_steps=N&rl_steps=M&report=PATH
 //                           load the server's model, train N SFT steps then M RL steps on the
 //                           server's rows and catalog (settings: sft_rows, sft_batch, sft_lr, sft_r,
-//                           sft_length, seed, algo, group, rl_prompts, rl_lr, rl_tokens), and POST the
+//                           sft_length, sft_epochs, seed, algo, group, rl_prompts, rl_lr, rl_tokens), and POST the
 //                           per-step numbers and the adapter (SHA-256 and files) to PATH
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -383,7 +383,7 @@ async function automaticTraining(check) {
     const seed = num('seed', 0);
     const sft = await train('sft', {
       limit: num('sft_rows', 0), batch_size: num('sft_batch', 2), lr: num('sft_lr', 1e-3), lora_r: num('sft_r', 16),
-      lora_alpha: 2 * num('sft_r', 16), max_length: num('sft_length', 512), seed,
+      lora_alpha: 2 * num('sft_r', 16), max_length: num('sft_length', 512), epochs: num('sft_epochs', 1), seed,
     }, num('sft_steps', 2));
     report.sft = { info: sft.info, losses: sft.steps.map((s) => s.loss), grad_norms: sft.steps.map((s) => s.grad_norm) };
     if (num('rl_steps', 0) > 0) {

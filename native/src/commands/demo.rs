@@ -13,7 +13,7 @@ use convrec::plots::{Series, field_series, line_chart};
 use convrec::session::Session;
 use convrec_core::GpuOptions;
 use convrec_core::rec::compare::markdown_table;
-use convrec_core::rl::trainer::{Aggregation, Algo};
+use convrec_core::rl::trainer::Algo;
 use serde_json::Value;
 
 use super::{compare, eval, sft, train};
@@ -99,31 +99,15 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         &session,
         &sft::Args {
             model: args.model.clone(),
-            data: sft_data,
-            out: sft_out.clone(),
-            eval_data: None,
-            catalog: None,
-            eval_every: None,
-            eval_limit: None,
-            max_new_tokens: None,
-            lora_r: 16,
-            lora_alpha: 32.0,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
             lr: args.sft_lr,
             epochs: args.sft_epochs,
             batch_size: args.sft_batch_size,
-            grad_accum: 1,
             max_length: 512,
             seed: args.seed,
-            warmup_ratio: 0.05,
-            limit: None,
             save_every: 1000,
-            resume: None,
             // A demo run starts afresh each time: an earlier demo's files would mix in.
             overwrite: true,
-            recompute: false,
+            ..super::stage_args(&[("data", &sft_data), ("out", &sft_out)])?
         },
     )?;
 
@@ -133,13 +117,9 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             &eval::Args {
                 model: args.model.clone(),
                 adapter: Some(adapter.to_path_buf()),
-                data: eval_data.clone(),
-                catalog: catalog.clone(),
-                limit: None,
                 out: Some(out.join(dir)),
-                batch_size: 8,
                 max_new_tokens: Some(args.max_new_tokens),
-                max_prompt_length: 1024,
+                ..super::stage_args(&[("data", &eval_data), ("catalog", &catalog)])?
             },
         )
     };
@@ -153,33 +133,21 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         &train::Args {
             algo: args.algo,
             model: args.model.clone(),
-            adapter: sft_out.join("adapter"),
-            data: rl_data,
-            catalog: catalog.clone(),
-            out: rl_out.clone(),
-            reward: convrec_core::rl::rollout::RewardKind::ExpInf,
             group_size: args.group_size,
             prompts_per_step: args.prompts_per_step,
             steps: Some(args.rl_steps),
             lr: args.rl_lr,
-            beta: None,
-            eps_low: None,
-            eps_high: None,
-            mu: 1,
-            aggregation: Aggregation::TokenMean,
-            temperature: 1.0,
             max_new_tokens: Some(args.max_new_tokens),
-            max_prompt_length: 1024,
             micro_batch: args.micro_batch,
-            limit: None,
             seed: args.seed,
             save_every: 1000,
-            resume: None,
             overwrite: true,
-            recompute: false,
-            eval_data: None,
-            eval_every: None,
-            eval_limit: None,
+            ..super::stage_args(&[
+                ("adapter", &sft_out.join("adapter")),
+                ("data", &rl_data),
+                ("catalog", &catalog),
+                ("out", &rl_out),
+            ])?
         },
     )?;
 

@@ -14,8 +14,7 @@ use convrec::plots::{Series, field_series, line_chart};
 use convrec::session::Session;
 use convrec_core::GpuOptions;
 use convrec_core::rec::compare::{Paired, compared_metrics, markdown_table};
-use convrec_core::rl::rollout::RewardKind;
-use convrec_core::rl::trainer::{Aggregation, Algo};
+use convrec_core::rl::trainer::Algo;
 use serde::Serialize;
 
 use super::{compare, eval, sft, train};
@@ -309,30 +308,20 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
         &session,
         &sft::Args {
             model: args.model.clone(),
-            data: data.sft.clone(),
-            out: sft_out.clone(),
             eval_data: Some(data.validation.clone()),
             catalog: Some(data.catalog.clone()),
             eval_every: Some(plan.eval_every),
-            eval_limit: None,
             max_new_tokens: plan.max_new_tokens,
             lora_r: plan.lora_r,
             lora_alpha: 2.0 * plan.lora_r as f32,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
             lr: plan.sft_lr,
             epochs: plan.sft_epochs,
             batch_size: plan.sft_batch_size,
-            grad_accum: 1,
             max_length: plan.max_length,
             seed: args.seed,
-            warmup_ratio: 0.05,
-            limit: None,
             save_every: 1_000_000,
-            resume: None,
             overwrite: true,
-            recompute: false,
+            ..super::stage_args(&[("data", &data.sft), ("out", &sft_out)])?
         },
     )?;
     stage("SFT".into(), t);
@@ -344,33 +333,24 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             &train::Args {
                 algo,
                 model: args.model.clone(),
-                adapter: sft_out.join("adapter"),
-                data: data.rl.clone(),
-                catalog: data.catalog.clone(),
-                out: out.join(algo.name()),
-                reward: RewardKind::ExpInf,
                 group_size: plan.group_size,
                 prompts_per_step: plan.prompts_per_step,
                 steps: Some(plan.rl_steps),
                 lr: plan.rl_lr,
-                beta: None,
-                eps_low: None,
-                eps_high: None,
-                mu: 1,
-                aggregation: Aggregation::TokenMean,
-                temperature: 1.0,
                 max_new_tokens: plan.max_new_tokens,
                 max_prompt_length: plan.max_prompt_length,
                 micro_batch: plan.micro_batch,
-                limit: None,
                 seed: args.seed,
                 save_every: 1_000_000,
-                resume: None,
                 overwrite: true,
-                recompute: false,
                 eval_data: Some(data.validation.clone()),
                 eval_every: Some(plan.eval_every),
-                eval_limit: None,
+                ..super::stage_args(&[
+                    ("adapter", &sft_out.join("adapter")),
+                    ("data", &data.rl),
+                    ("catalog", &data.catalog),
+                    ("out", &out.join(algo.name())),
+                ])?
             },
         )?;
         stage(format!("{algo} ({} steps)", plan.rl_steps), t);
@@ -389,13 +369,11 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
             &eval::Args {
                 model: args.model.clone(),
                 adapter: Some(adapter),
-                data: data.test.clone(),
-                catalog: data.catalog.clone(),
-                limit: None,
                 out: Some(dir.clone()),
                 batch_size: plan.micro_batch.max(8),
                 max_new_tokens: plan.max_new_tokens,
                 max_prompt_length: plan.max_prompt_length,
+                ..super::stage_args(&[("data", &data.test), ("catalog", &data.catalog)])?
             },
         )?;
         summaries.insert(label.clone(), summary);

@@ -86,3 +86,20 @@ pub fn token_budget(
     }
     Ok(budget.unwrap_or(256))
 }
+
+/// A command's arguments as its command line would give them with only `given` flags set: every
+/// other field takes the default `--help` shows, from the one place it is declared. The demo and
+/// the experiment start their stages from these and override what they choose.
+pub fn stage_args<A: clap::Args>(given: &[(&str, &std::path::Path)]) -> anyhow::Result<A> {
+    #[derive(clap::Parser)]
+    struct Command<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    let mut argv: Vec<std::ffi::OsString> = vec!["convrec".into()];
+    for (flag, value) in given {
+        argv.push(format!("--{flag}").into());
+        argv.push(value.into());
+    }
+    Ok(<Command<A> as clap::Parser>::try_parse_from(argv)?.args)
+}
