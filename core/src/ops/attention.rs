@@ -437,10 +437,6 @@ impl Attention {
         Ok(Attention { forward, kernel_kind, combine, backward, partials: Mutex::new(None) })
     }
 
-    pub fn kernel_kind(&self) -> AttentionKernel {
-        self.kernel_kind
-    }
-
     fn check_io(s: &AttentionShape, io: &AttentionIo) -> GpuResult<()> {
         s.validate()?;
         need(OP, "q", io.q, s.q_elems())?;
