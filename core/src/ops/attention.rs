@@ -833,9 +833,9 @@ mod tests {
     /// The flash kernels against the references on fresh inputs: the forward once per number of
     /// key splits (out and stats poisoned with NaN), each followed by the backward — overwriting
     /// NaN-poisoned gradients, then accumulating into random ones — against the analytic
-    /// reference (itself checked by finite differences below). Bounds: ‖gpu − ref‖/‖ref‖ ≤ 1e-5
-    /// for out and the log-sum-exp, 2e-5 for the gradients (f32 sums over up to 520 keys or
-    /// queries, in a different order from the reference's).
+    /// reference (itself checked by finite differences below). Bound: ‖gpu − ref‖/‖ref‖ ≤ 1e-5
+    /// for out, the log-sum-exp and the gradients (f32 sums over up to 520 keys or queries in
+    /// another order than the reference's; measured up to 3e-7 for out, 8e-7 for gradients).
     fn flash_matches(gpu: &Gpu, s: &AttentionShape, key_start: &[u32], splits: &[usize], rng: &mut StdRng) {
         let (q, k, v, dout) = (
             testing::normal(rng, s.q_elems()),
@@ -885,7 +885,7 @@ mod tests {
                     }
                     let defined = |x: &[f32]| if g == 0 { defined_q(s, x) } else { defined_k(s, x) };
                     let err = rel_err(&defined(&read(&grads[g])), &defined(&f32s(&want)));
-                    assert!(err <= 2e-5, "{what}: {name} {err:e}");
+                    assert!(err <= 1e-5, "{what}: {name} {err:e}");
                 }
             }
         }
