@@ -115,7 +115,8 @@ fn attention_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     stats[idx] = select(0.0, m + log(l), l > 0.0);
 }
 
-// GPU adapters: one workgroup of KB lanes per (b, h, i) query row, instead of one invocation.
+// One workgroup of KB lanes per (b, h, i) query row, instead of one invocation (the GPU path
+// before attention_flash.wgsl, kept so a GPU run can time both: AttentionKernel::PerWorkgroup).
 // Per block of KB keys, lane j scores key t0 + j (q held in workgroup memory), the block's
 // maximum and sum meet in workgroup memory, and lane d accumulates output dimensions
 // d, d + KB, … reading value rows contiguously across lanes. A thread-per-query kernel keeps

@@ -175,11 +175,12 @@ fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>) {
     //#end
 }
 
-// GPU adapters: the same
-// gradients with one workgroup of KB lanes per query row (dq) or per key row and key/value
-// head (dk, dv), as shaders/attention.wgsl's attention_forward_rows: lanes score KB keys (or queries)
-// at a time, the block's weights meet in workgroup memory, and lane d accumulates dimensions
-// d, d + KB, … with contiguous reads across lanes. Rows are numbered y·(groups in x) + x.
+// The same gradients with one workgroup of KB lanes per query row (dq) or per key row and
+// key/value head (dk, dv) — the GPU path before attention_flash.wgsl, kept so a GPU run can time
+// both (AttentionKernel::PerWorkgroup) — as shaders/attention.wgsl's attention_forward_rows:
+// lanes score KB keys (or queries) at a time, the block's weights meet in workgroup memory, and
+// lane d accumulates dimensions d, d + KB, … with contiguous reads across lanes. Rows are
+// numbered y·(groups in x) + x.
 // Specialisation adds KB and DPL = ⌈HEAD_DIM / KB⌉.
 
 var<workgroup> row_a: array<f32, HEAD_DIM>; // scaled q (dq) or scaled k (dk/dv)

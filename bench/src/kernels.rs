@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use convrec_core::Gpu;
-use convrec_core::bench::{Case, MODELS, Timer, adamw_case, linear_cases, other_cases, square_cases};
+use convrec_core::bench::{Case, MODELS, Timer, adamw_case, attention_cases, linear_cases, other_cases, square_cases};
 use pollster::block_on;
 use serde::Serialize;
 
@@ -31,6 +31,10 @@ pub struct Args {
     /// Only ops whose name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// Also time every attention kernel kind, forced, forward and forward + backward (slow on a
+    /// CPU adapter).
+    #[arg(long)]
+    attention_kinds: bool,
     /// Square products N×N×N (C = A·Bᵀ, f32) to measure against the card's peak, e.g. 2048,4096.
     #[arg(long, value_delimiter = ',')]
     square: Vec<usize>,
@@ -96,6 +100,11 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         }
         if let Err(e) = block_on(other_cases(gpu, model, t, &timer, &mut cases)) {
             println!("{} · {t} tokens: some cases skipped: {e}", model.name);
+        }
+        if args.attention_kinds {
+            if let Err(e) = block_on(attention_cases(gpu, model, t, &timer, &mut cases)) {
+                println!("{} · {t} tokens: some attention cases skipped: {e}", model.name);
+            }
         }
         if first {
             block_on(adamw_case(gpu, &timer, &mut cases))?;

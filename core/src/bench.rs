@@ -10,7 +10,7 @@ use crate::dtype::{self, Dtype};
 use crate::gpu::{Batch, GpuBuffer, GpuResult};
 use crate::model::gpu::ModelResult;
 use crate::ops::adamw::{AdamW, AdamWConfig};
-use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
+use crate::ops::attention::{Attention, AttentionIo, AttentionKernel, AttentionShape};
 use crate::ops::elementwise::SwiGlu;
 use crate::ops::linear::{LinearBackwardInput, LinearBackwardWeight, LinearForward, LinearShape};
 use crate::ops::output_head::{HeadShape, OutputHead};
@@ -255,6 +255,71 @@ pub async fn other_cases(
         sgemm: Some((t, h, m.vocab)),
         secs,
     });
+    Ok(())
+}
+
+/// Attention with each kernel kind forced (the adapter's own choice is `other_cases`' "attention
+/// fwd"): for `t` ≥ 64 the causal forward and forward + backward over `t` tokens (training,
+/// prefill); below, decode of `t` sequences against 256 cached keys and, at `t` = 8, of 64
+/// sequences against 2,048 (long prefixes, where the flash forward splits keys).
+pub async fn attention_cases(
+    gpu: &Gpu,
+    m: &ModelShape,
+    t: usize,
+    timer: &Timer<'_>,
+    cases: &mut Vec<Case>,
+) -> ModelResult<()> {
+    let (heads, kv_heads, d) = (m.heads, m.kv_heads, m.head_dim);
+    let mut shapes = Vec::new();
+    if t >= 64 {
+        shapes.push((AttentionShape::token_major(1, t, heads, kv_heads, d), format!("causal 1x{t}"), false));
+        shapes.push((AttentionShape::token_major(1, t, heads, kv_heads, d), format!("causal 1x{t}"), true));
+    } else {
+        let s = AttentionShape::cached(t, 1, 255, 256, heads, kv_heads, d);
+        shapes.push((s, format!("decode {t}x1 vs 256 cached"), false));
+        if t == 8 {
+            let s = AttentionShape::cached(64, 1, 2047, 2048, heads, kv_heads, d);
+            shapes.push((s, "decode 64x1 vs 2048 cached".into(), false));
+        }
+    }
+    for (s, label, backward) in shapes {
+        let kv_elems = s.batch * s.k_sb;
+        let q_elems = s.batch * s.tq * s.q_stride;
+        let (q, k, v, out, dout) =
+            (buf(gpu, q_elems)?, buf(gpu, kv_elems)?, buf(gpu, kv_elems)?, buf(gpu, q_elems)?, buf(gpu, q_elems)?);
+        let (dq, dk, dv) = (buf(gpu, q_elems)?, buf(gpu, kv_elems)?, buf(gpu, kv_elems)?);
+        let stats = buf(gpu, 2 * s.batch * s.heads * s.tq)?;
+        let ks = gpu.upload("bench", "key_start", &vec![0u32; s.batch])?;
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_start: &ks, out: &out, stats: &stats };
+        // Query-key pairs the mask keeps.
+        let pairs = if s.q_pos0 == 0 { (t * (t + 1) / 2) as f64 } else { (s.batch * s.tk) as f64 };
+        // Per pair and dimension: 4 flops forward, 10 more backward (scores, dout·v, dq, dk, dv).
+        let flops = if backward { 14.0 } else { 4.0 } * pairs * (heads * d) as f64;
+        for kind in AttentionKernel::ALL {
+            let op = Attention::with_forward(gpu, d, backward, false, kind).await?;
+            let secs = time_op(gpu, timer, |b| {
+                op.forward(b, &s, &io)?;
+                if backward {
+                    op.backward(b, &s, &io, &dout, &dq, &dk, &dv)?;
+                }
+                Ok(())
+            })
+            .await?;
+            let name = match kind {
+                AttentionKernel::PerInvocation => "per-inv",
+                AttentionKernel::PerWorkgroup => "per-wg",
+                AttentionKernel::Flash => "flash",
+            };
+            cases.push(Case {
+                op: format!("attention {} [{name}]", if backward { "fwd+bwd" } else { "fwd" }),
+                shape: label.clone(),
+                flops: Some(flops),
+                bytes: 4.0 * 2.0 * kv_elems as f64,
+                sgemm: None,
+                secs,
+            });
+        }
+    }
     Ok(())
 }
 

@@ -32,6 +32,7 @@ macro_rules! shader {
 shader!(ADAMW, "adamw");
 shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
+shader!(ATTENTION_FLASH, "attention_flash");
 shader!(EMBEDDING, "embedding");
 shader!(GRPO_LOSS, "grpo_loss");
 shader!(KV_CACHE, "kv_cache");
@@ -51,6 +52,7 @@ pub static ALL: &[&Shader] = &[
     &ADAMW,
     &ATTENTION,
     &ATTENTION_BACKWARD,
+    &ATTENTION_FLASH,
     &EMBEDDING,
     &GRPO_LOSS,
     &KV_CACHE,

@@ -18,8 +18,18 @@ pub fn in_ci() -> bool {
 /// The shared test device, or `None` (outside CI) when this machine has no adapter.
 pub fn gpu() -> Option<Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let gpu = GPU.get_or_init(|| pollster::block_on(Gpu::new(&GpuOptions::default())).map_err(|e| e.to_string()));
-    match gpu {
+    shared(&GPU, GpuOptions::default())
+}
+
+/// A second device on the same adapter that picks the GPU-adapter kernel variants
+/// (`GpuOptions::gpu_kernels`): on lavapipe, the model runs the kernels a real GPU would.
+pub fn gpu_with_gpu_kernels() -> Option<Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    shared(&GPU, GpuOptions { gpu_kernels: true, ..GpuOptions::default() })
+}
+
+fn shared(cell: &'static OnceLock<Result<Gpu, String>>, options: GpuOptions) -> Option<Gpu> {
+    match cell.get_or_init(|| pollster::block_on(Gpu::new(&options)).map_err(|e| e.to_string())) {
         Ok(gpu) => Some(gpu.clone()),
         Err(e) if in_ci() => panic!("CI=true but no GPU adapter could be opened: {e}"),
         Err(e) => {

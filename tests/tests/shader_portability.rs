@@ -1,12 +1,44 @@
 //! Every WGSL file, in every specialisation the code can compile, is validated by naga under
-//! WebGPU's capabilities and translated to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12): the
-//! portability check for platforms CI does not have.
+//! WebGPU's capabilities and default workgroup limits and translated to SPIR-V (Vulkan), MSL
+//! (Metal) and HLSL (DX12): the portability check for platforms CI does not have.
 
 use std::collections::BTreeSet;
 
 use convrec_core::ops::all_specializations;
 use convrec_core::shaders::{self, Variant};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+/// WebGPU's default `maxComputeWorkgroupStorageSize` and `maxComputeInvocationsPerWorkgroup`,
+/// which naga's validator does not check: an entry point past them fails on adapters that grant
+/// no more.
+const WORKGROUP_STORAGE_BYTES: u32 = 16384;
+const INVOCATIONS_PER_WORKGROUP: u32 = 256;
+
+/// The workgroup memory the entry point uses (through the functions it calls too) and its
+/// workgroup size, against WebGPU's defaults.
+fn within_webgpu_default_limits(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    index: usize,
+) -> Result<(), String> {
+    let uses = info.get_entry_point(index);
+    let bytes: u32 = module
+        .global_variables
+        .iter()
+        .filter(|(h, var)| var.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+        .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+        .sum();
+    if bytes > WORKGROUP_STORAGE_BYTES {
+        return Err(format!("{bytes} bytes of workgroup memory (WebGPU's default limit: {WORKGROUP_STORAGE_BYTES})"));
+    }
+    let invocations: u32 = module.entry_points[index].workgroup_size.iter().product();
+    if invocations > INVOCATIONS_PER_WORKGROUP {
+        return Err(format!(
+            "{invocations} invocations per workgroup (WebGPU's default limit: {INVOCATIONS_PER_WORKGROUP})"
+        ));
+    }
+    Ok(())
+}
 
 fn translate(variant: &Variant) -> Result<(), String> {
     let source = variant.render();
@@ -20,9 +52,12 @@ fn translate(variant: &Variant) -> Result<(), String> {
     let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
         .validate(&module)
         .map_err(|e| format!("{label}: validation error: {}", e.emit_to_string(&source)))?;
-    if !module.entry_points.iter().any(|ep| ep.name == variant.entry && ep.stage == naga::ShaderStage::Compute) {
+    let Some(index) =
+        module.entry_points.iter().position(|ep| ep.name == variant.entry && ep.stage == naga::ShaderStage::Compute)
+    else {
         return Err(format!("{label}: no compute entry point named {}", variant.entry));
-    }
+    };
+    within_webgpu_default_limits(&module, &info, index).map_err(|e| format!("{label}: {e}"))?;
 
     let spv = naga::back::spv::write_vec(
         &module,

@@ -21,6 +21,9 @@ pub struct GpuOptions {
     /// them. Off unless asked for: the feature is experimental in wgpu and switches the SPIR-V
     /// of every kernel to the Vulkan memory model.
     pub cooperative_matrix: bool,
+    /// Choose the GPU-adapter kernel variants even on a CPU adapter (`Gpu::cpu_kernels`): tests
+    /// run the GPU paths of a whole model on lavapipe this way.
+    pub gpu_kernels: bool,
 }
 
 /// Access of one storage binding, in binding order after the uniform at binding 0.
@@ -91,6 +94,7 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     summary: AdapterSummary,
+    cpu_kernels: bool,
     limits: wgpu::Limits,
     pool: BufferPool,
     caches: Mutex<Caches>,
@@ -184,6 +188,7 @@ impl Gpu {
                 limits: device.limits(),
                 device,
                 queue,
+                cpu_kernels: summary.is_cpu() && !options.gpu_kernels,
                 summary,
                 pool: BufferPool::default(),
                 caches: Mutex::new(Caches::default()),
@@ -215,6 +220,11 @@ impl Gpu {
 
     pub fn summary(&self) -> &AdapterSummary {
         &self.inner.summary
+    }
+    /// Whether ops pick their CPU-adapter kernel variants: on a CPU adapter (llvmpipe wants big
+    /// register blocks and no workgroup memory) unless `GpuOptions::gpu_kernels` asked otherwise.
+    pub fn cpu_kernels(&self) -> bool {
+        self.inner.cpu_kernels
     }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits

@@ -18,7 +18,36 @@ fn argmax(v: &[f32]) -> u32 {
 #[test]
 fn greedy_decode_matches_the_full_forward_for_left_padded_batches() {
     let Some(gpu) = testing::gpu() else { return };
-    let mut rng = testing::rng("model decode consistency");
+    decode_matches_full_forward(&gpu, "model decode consistency");
+}
+
+/// The same with the GPU-adapter kernels (flash attention, tiled matmuls, RMSNorm rows), on
+/// whatever adapter runs the tests.
+#[test]
+fn greedy_decode_matches_the_full_forward_with_gpu_kernel_variants() {
+    let Some(gpu) = testing::gpu_with_gpu_kernels() else { return };
+    decode_matches_full_forward(&gpu, "model decode consistency, gpu kernels");
+}
+
+/// Full-forward logits are the same whichever kernel variants compute them.
+#[test]
+fn gpu_kernel_variants_give_the_same_logits() {
+    let (Some(cpu), Some(gpu)) = (testing::gpu(), testing::gpu_with_gpu_kernels()) else { return };
+    let mut rng = testing::rng("model logits across kernel variants");
+    let config = tiny_config(Architecture::Llama, false);
+    let tensors = random_tensors(&config, &mut rng);
+    let ids: Vec<u32> = (0..70).map(|i| (i * 37 % config.vocab_size) as u32).collect();
+    let logits = |gpu: &crate::Gpu| {
+        let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
+        pollster::block_on(sequence_logits(gpu, &model, &ids)).unwrap()
+    };
+    let err = testing::rel_err(&logits(&gpu), &logits(&cpu));
+    assert!(err <= 1e-5, "{err:e}");
+}
+
+fn decode_matches_full_forward(gpu: &crate::Gpu, test: &str) {
+    let gpu = gpu.clone();
+    let mut rng = testing::rng(test);
     for (arch, tied) in [(Architecture::Llama, false), (Architecture::Qwen2, true)] {
         let config = tiny_config(arch, tied);
         let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();

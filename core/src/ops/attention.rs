@@ -1,8 +1,9 @@
 //! Causal grouped-query attention with left-padding masks, streaming over keys (memory linear in
 //! sequence length), for training (forward + backward), prefill and KV-cache decode.
-//! WGSL: `shaders/attention.wgsl`, `shaders/attention_backward.wgsl` (layouts in their headers).
+//! WGSL: `shaders/attention.wgsl`, `shaders/attention_backward.wgsl` (layouts in their headers),
+//! and the tiled GPU kernels of `shaders/attention_flash.wgsl`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::launch::need;
 use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
@@ -131,8 +132,13 @@ impl AttentionShape {
             q_pos0: u(self.q_pos0),
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             tk: u(self.tk),
-            _pad: 0,
+            splits: 1,
         }
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
     }
 }
 
@@ -150,7 +156,8 @@ struct Params {
     q_pos0: u32,
     scale: f32,
     tk: u32,
-    _pad: u32,
+    /// Key splits of the flash forward (the other kernels ignore it).
+    splits: u32,
 }
 
 /// How the forward and backward spread rows over the adapter.
@@ -162,18 +169,120 @@ pub enum AttentionKernel {
     /// One workgroup of `ROW_LANES` per query row (GPUs: keys scored in parallel, value rows
     /// read contiguously, no per-invocation HEAD_DIM accumulator to spill).
     PerWorkgroup,
+    /// Blocks of rows per workgroup with key (or query) tiles in workgroup memory, online softmax
+    /// and split keys for decode (`shaders/attention_flash.wgsl`; GPU adapters): each row loaded
+    /// serves a block of rows, where the per-row kernels read every key once per query.
+    Flash,
+}
+
+impl AttentionKernel {
+    pub const ALL: [AttentionKernel; 3] =
+        [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup, AttentionKernel::Flash];
+
+    /// The kernel an adapter gets: per invocation on CPU adapters (llvmpipe pays for every
+    /// barrier and for workgroup memory), flash on GPUs.
+    pub fn for_adapter(gpu: &Gpu) -> Self {
+        if gpu.cpu_kernels() { AttentionKernel::PerInvocation } else { AttentionKernel::Flash }
+    }
+}
+
+/// The blocking of a flash kernel: rows a workgroup owns (queries, or keys for dk/dv), rows of
+/// each tile it streams through workgroup memory, and invocations per owned row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashTiles {
+    pub rows: u32,
+    pub cols: u32,
+    pub tpr: u32,
+}
+
+impl FlashTiles {
+    /// Forward: 16 query rows of 4 invocations, tiles of 16 keys (at most 12 KiB of workgroup
+    /// memory; an invocation keeps 2·head_dim/4 floats of q and accumulator).
+    pub fn forward(_head_dim: usize) -> Self {
+        FlashTiles { rows: 16, cols: 16, tpr: 4 }
+    }
+
+    /// dq and dk/dv keep three or four slices of their row per invocation (q, dout, dq; or k, v,
+    /// dk, dv), so wide heads get more invocations per row (at most 16 dimensions each), and
+    /// stream two tiles: smaller tiles where the heads are wide, to stay within 16 KiB.
+    pub fn backward(head_dim: usize) -> Self {
+        let tpr = (head_dim as u32 / 16).max(4);
+        let (rows, cols) = match head_dim {
+            0..=32 => (16, 16),
+            33..=96 => (16, 8),
+            _ => (8, 8),
+        };
+        FlashTiles { rows, cols, tpr }
+    }
+
+    pub fn invocations(&self) -> u32 {
+        self.rows * self.tpr
+    }
+
+    /// Workgroup memory of the forward (one tile, one set of partial sums) or of a backward
+    /// kernel (two of each, and for dk/dv the tile's (lse, delta) pairs), as the shader
+    /// declares it; the portability test measures the same from the compiled module.
+    pub fn workgroup_bytes(&self, head_dim: usize, backward: bool) -> u32 {
+        let tile = self.cols * head_dim as u32;
+        let partials = self.rows * self.cols * self.tpr;
+        4 * if backward { 2 * tile + 2 * partials + 2 * self.cols } else { tile + partials }
+    }
+
+    /// Row blocks per (sequence, key/value head) of a forward or dq over `s`: its rows are the
+    /// (query, query head) pairs of one key/value head.
+    fn query_blocks(&self, s: &AttentionShape) -> usize {
+        (s.tq * s.group()).div_ceil(self.rows as usize)
+    }
+}
+
+/// A flash forward whose grid has fewer workgroups than this cuts each block's keys into splits
+/// (a decode step of a few sequences otherwise leaves most of a GPU idle), never into pieces of
+/// fewer than `SPLIT_MIN_KEYS` keys nor more than `MAX_SPLITS`. Guesses until measured on a GPU.
+const SPLIT_BELOW_WORKGROUPS: usize = 1024;
+const SPLIT_MIN_KEYS: usize = 128;
+const MAX_SPLITS: usize = 32;
+
+/// Key splits of the flash forward for a shape (1: one pass, no partials).
+pub fn flash_splits(s: &AttentionShape) -> usize {
+    let base = s.batch * s.kv_heads * FlashTiles::forward(s.head_dim).query_blocks(s);
+    if base >= SPLIT_BELOW_WORKGROUPS {
+        return 1;
+    }
+    SPLIT_BELOW_WORKGROUPS.div_ceil(base).min(s.tk / SPLIT_MIN_KEYS).clamp(1, MAX_SPLITS)
+}
+
+const FLASH_FORWARD: &str = "attention_flash_forward";
+const FLASH_COMBINE: &str = "attention_flash_combine";
+const FLASH_DQ: &str = "attention_flash_dq";
+const FLASH_DKV: &str = "attention_flash_dkv";
+
+fn flash_variant(entry: &'static str, head_dim: usize, accumulate: bool) -> Variant {
+    let t = match entry {
+        FLASH_DQ | FLASH_DKV => FlashTiles::backward(head_dim),
+        _ => FlashTiles::forward(head_dim),
+    };
+    Variant {
+        shader: "attention_flash",
+        entry,
+        defs: vec![
+            Def::U32("HEAD_DIM", head_dim as u32),
+            Def::U32("ROWS", t.rows),
+            Def::U32("COLS", t.cols),
+            Def::U32("TPR", t.tpr),
+            Def::U32("NV", head_dim as u32 / (4 * t.tpr)),
+            Def::Bool("ACCUMULATE", accumulate),
+        ],
+    }
 }
 
 /// Lanes of the per-workgroup forward, and keys per block.
 const ROW_LANES: u32 = 64;
 
-fn forward_variant(head_dim: usize, kernel: AttentionKernel) -> Variant {
+/// A per-row forward kernel (`shaders/attention.wgsl`).
+fn forward_variant(head_dim: usize, entry: &'static str) -> Variant {
     Variant {
         shader: "attention",
-        entry: match kernel {
-            AttentionKernel::PerInvocation => "attention_forward",
-            AttentionKernel::PerWorkgroup => "attention_forward_rows",
-        },
+        entry,
         defs: vec![
             Def::U32("HEAD_DIM", head_dim as u32),
             Def::U32("WG", WG),
@@ -198,12 +307,35 @@ fn backward_variant(entry: &'static str, head_dim: usize, accumulate: bool) -> V
     }
 }
 
-/// delta (always per invocation: one dot product per row), dq, dk/dv.
-fn backward_entries(kind: AttentionKernel) -> [&'static str; 3] {
+const DELTA: &str = "attention_delta";
+
+/// The backward's kernels: delta (always per invocation: one dot product per row), dq, dk/dv.
+fn backward_variants(kind: AttentionKernel, head_dim: usize, accumulate: bool) -> [Variant; 3] {
+    let delta = backward_variant(DELTA, head_dim, accumulate);
     match kind {
-        AttentionKernel::PerInvocation => ["attention_delta", "attention_backward_dq", "attention_backward_dkv"],
-        AttentionKernel::PerWorkgroup => {
-            ["attention_delta", "attention_backward_dq_rows", "attention_backward_dkv_rows"]
+        AttentionKernel::PerInvocation => [
+            delta,
+            backward_variant("attention_backward_dq", head_dim, accumulate),
+            backward_variant("attention_backward_dkv", head_dim, accumulate),
+        ],
+        AttentionKernel::PerWorkgroup => [
+            delta,
+            backward_variant("attention_backward_dq_rows", head_dim, accumulate),
+            backward_variant("attention_backward_dkv_rows", head_dim, accumulate),
+        ],
+        AttentionKernel::Flash => {
+            [delta, flash_variant(FLASH_DQ, head_dim, accumulate), flash_variant(FLASH_DKV, head_dim, accumulate)]
+        }
+    }
+}
+
+/// The forward's kernel, and the flash forward's combine of split partials.
+fn forward_variants(kind: AttentionKernel, head_dim: usize) -> (Variant, Option<Variant>) {
+    match kind {
+        AttentionKernel::PerInvocation => (forward_variant(head_dim, "attention_forward"), None),
+        AttentionKernel::PerWorkgroup => (forward_variant(head_dim, "attention_forward_rows"), None),
+        AttentionKernel::Flash => {
+            (flash_variant(FLASH_FORWARD, head_dim, false), Some(flash_variant(FLASH_COMBINE, head_dim, false)))
         }
     }
 }
@@ -211,14 +343,18 @@ fn backward_entries(kind: AttentionKernel) -> [&'static str; 3] {
 pub fn specializations() -> Vec<Variant> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
-        v.push(forward_variant(d, AttentionKernel::PerInvocation));
-        v.push(forward_variant(d, AttentionKernel::PerWorkgroup));
-        for acc in [false, true] {
-            for kind in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
-                v.extend(backward_entries(kind).map(|e| backward_variant(e, d, acc)));
+        for kind in AttentionKernel::ALL {
+            let (forward, combine) = forward_variants(kind, d);
+            v.push(forward);
+            v.extend(combine);
+            for acc in [false, true] {
+                v.extend(backward_variants(kind, d, acc));
             }
         }
     }
+    // Every kind shares the delta kernel: list it once.
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
     v
 }
 
@@ -239,7 +375,12 @@ const BACKWARD_BINDINGS: [Access; 8] = [
 pub struct Attention {
     forward: Arc<Kernel>,
     kernel_kind: AttentionKernel,
+    /// Flash: merges the partials of a split forward.
+    combine: Option<Arc<Kernel>>,
     backward: Option<[Arc<Kernel>; 3]>,
+    /// Flash: the split forward's partials, grown on demand and shared by every call (the
+    /// dispatches of a submission run in order, and a batch keeps the buffers it records).
+    partials: Mutex<Option<GpuBuffer>>,
 }
 
 /// The buffers of one attention call.
@@ -257,12 +398,11 @@ pub struct AttentionIo<'a> {
 impl Attention {
     /// `backward`: also compile the backward kernels (`accumulate`: add into dq/dk/dv).
     pub async fn new(gpu: &Gpu, head_dim: usize, backward: bool, accumulate: bool) -> GpuResult<Self> {
-        let kernel =
-            if gpu.summary().is_cpu() { AttentionKernel::PerInvocation } else { AttentionKernel::PerWorkgroup };
-        Self::with_forward(gpu, head_dim, backward, accumulate, kernel).await
+        Self::with_forward(gpu, head_dim, backward, accumulate, AttentionKernel::for_adapter(gpu)).await
     }
 
-    /// With a given forward kernel (tests run both on any adapter).
+    /// With a given kernel kind for the forward and the backward (tests run every kind on any
+    /// adapter).
     pub async fn with_forward(
         gpu: &Gpu,
         head_dim: usize,
@@ -276,17 +416,25 @@ impl Attention {
                 format!("head_dim {head_dim} has no compiled kernel (supported: {HEAD_DIMS:?})"),
             ));
         }
-        let forward = gpu.kernel(&forward_variant(head_dim, kernel_kind), &FORWARD_BINDINGS).await?;
+        // The flash kernels share the backward's eight bindings (see the shader's header).
+        let forward_bindings: &[Access] =
+            if kernel_kind == AttentionKernel::Flash { &BACKWARD_BINDINGS } else { &FORWARD_BINDINGS };
+        let (forward, combine) = forward_variants(kernel_kind, head_dim);
+        let forward = gpu.kernel(&forward, forward_bindings).await?;
+        let combine = match combine {
+            Some(v) => Some(gpu.kernel(&v, &BACKWARD_BINDINGS).await?),
+            None => None,
+        };
         let backward = if backward {
             let mut ks = Vec::new();
-            for e in backward_entries(kernel_kind) {
-                ks.push(gpu.kernel(&backward_variant(e, head_dim, accumulate), &BACKWARD_BINDINGS).await?);
+            for v in backward_variants(kernel_kind, head_dim, accumulate) {
+                ks.push(gpu.kernel(&v, &BACKWARD_BINDINGS).await?);
             }
             Some([ks[0].clone(), ks[1].clone(), ks[2].clone()])
         } else {
             None
         };
-        Ok(Attention { forward, kernel_kind, backward })
+        Ok(Attention { forward, kernel_kind, combine, backward, partials: Mutex::new(None) })
     }
 
     fn check_io(s: &AttentionShape, io: &AttentionIo) -> GpuResult<()> {
@@ -309,18 +457,62 @@ impl Attention {
         super::launch::grid_1d(gpu, OP, rows, 1).map(|(groups, _)| groups)
     }
 
+    /// The grid of the per-row kernels (one invocation or one workgroup per row).
     fn grid(&self, gpu: &Gpu, rows: usize) -> GpuResult<[u32; 3]> {
         match self.kernel_kind {
             AttentionKernel::PerInvocation => Self::groups(gpu, rows),
-            AttentionKernel::PerWorkgroup => Self::row_groups(gpu, rows),
+            _ => Self::row_groups(gpu, rows),
         }
     }
 
     pub fn forward(&self, b: &mut Batch, s: &AttentionShape, io: &AttentionIo) -> GpuResult<()> {
+        if self.kernel_kind == AttentionKernel::Flash {
+            return self.flash_forward(b, s, io, flash_splits(s));
+        }
         Self::check_io(s, io)?;
         let groups = self.grid(b.gpu(), s.batch * s.heads * s.tq)?;
         b.dispatch(&self.forward, &s.params(), &[io.q, io.k, io.v, io.key_start, io.out, io.stats], groups);
         Ok(())
+    }
+
+    /// The flash forward with each block's keys cut into `splits` pieces: one workgroup per
+    /// piece writes unnormalised partials, and a second kernel combines them (1: one pass).
+    pub fn flash_forward(&self, b: &mut Batch, s: &AttentionShape, io: &AttentionIo, splits: usize) -> GpuResult<()> {
+        let Some(combine) = &self.combine else {
+            return Err(GpuError::shape(OP, format!("{:?} kernels have no split forward", self.kernel_kind)));
+        };
+        Self::check_io(s, io)?;
+        if !(1..=MAX_SPLITS).contains(&splits) {
+            return Err(GpuError::shape(OP, format!("{splits} key splits (1 to {MAX_SPLITS})")));
+        }
+        let gpu = b.gpu().clone();
+        let rows = s.batch * s.heads * s.tq;
+        // Without splits the partials binding is unused, but it must be a buffer of its own.
+        let partials = self.partials(&gpu, if splits > 1 { splits * rows * (s.head_dim + 2) } else { 1 })?;
+        let mut params = s.params();
+        params.splits = splits as u32;
+        let blocks = s.batch * s.kv_heads * FlashTiles::forward(s.head_dim).query_blocks(s) * splits;
+        // The forward and the combine leave binding 5 (dout) unused: q stands in.
+        let buffers = [io.q, io.k, io.v, io.key_start, io.q, io.stats, io.out, &partials];
+        b.dispatch(&self.forward, &params, &buffers, Self::row_groups(&gpu, blocks)?);
+        if splits > 1 {
+            let (groups, _) = super::launch::grid_1d(&gpu, OP, rows * s.head_dim / 4, 64)?;
+            b.dispatch(combine, &params, &buffers, groups);
+        }
+        Ok(())
+    }
+
+    /// The shared partials buffer, with room for at least `elems` floats.
+    fn partials(&self, gpu: &Gpu, elems: usize) -> GpuResult<GpuBuffer> {
+        let mut held = self.partials.lock().expect("partials lock");
+        match &*held {
+            Some(buf) if buf.len_bytes() >= elems as u64 * 4 => Ok(buf.clone()),
+            _ => {
+                let buf = gpu.storage(OP, "split-key partials", elems as u64 * 4)?;
+                *held = Some(buf.clone());
+                Ok(buf)
+            }
+        }
     }
 
     /// dq, dk, dv (laid out like q, k, v) from dout, after `forward` filled `out` and `stats`.
@@ -346,8 +538,17 @@ impl Attention {
         let params = s.params();
         let rows = s.batch * s.heads * s.tq;
         let key_rows = s.batch * s.kv_heads * s.tk;
-        let queries = self.grid(b.gpu(), rows)?;
-        let keys = self.grid(b.gpu(), key_rows)?;
+        let (queries, keys) = if self.kernel_kind == AttentionKernel::Flash {
+            // One workgroup per block of query rows (dq) or of keys (dk/dv).
+            let t = FlashTiles::backward(s.head_dim);
+            let key_blocks = s.batch * s.kv_heads * s.tk.div_ceil(t.rows as usize);
+            (
+                Self::row_groups(b.gpu(), s.batch * s.kv_heads * t.query_blocks(s))?,
+                Self::row_groups(b.gpu(), key_blocks)?,
+            )
+        } else {
+            (self.grid(b.gpu(), rows)?, self.grid(b.gpu(), key_rows)?)
+        };
         let delta_groups = Self::groups(b.gpu(), rows)?;
         b.dispatch(delta, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dq, io.out], delta_groups);
         b.dispatch(dq_kernel, &params, &[io.q, io.k, io.v, io.key_start, dout, io.stats, dq, io.out], queries);
@@ -430,6 +631,7 @@ pub fn attention_ref(s: &AttentionShape, q: &[f64], k: &[f64], v: &[f64], key_st
 mod tests {
     use super::*;
     use crate::testing::{self, f32s, f64s, fd_grad, rel_err};
+    use rand::rngs::StdRng;
 
     /// Reference backward by finite differences of the reference forward (loss = Σ dout ⊙ out).
     fn fd_backward(s: &AttentionShape, q: &[f64], k: &[f64], v: &[f64], ks: &[u32], dout: &[f64]) -> [Vec<f64>; 3] {
@@ -439,9 +641,30 @@ mod tests {
         [fd_grad(&|x| loss(x, k, v), q), fd_grad(&|x| loss(q, x, v), k), fd_grad(&|x| loss(q, k, x), v)]
     }
 
-    /// Checks both forward kernels (and the backward after each) on the same shape.
+    /// The elements of a q-shaped buffer the op defines: q/out rows outside the heads (stride
+    /// padding) are never written.
+    fn defined_q(s: &AttentionShape, x: &[f32]) -> Vec<f32> {
+        (0..x.len()).filter(|&i| i % s.q_stride < s.heads * s.head_dim).map(|i| x[i]).collect()
+    }
+
+    /// The elements of a k-shaped buffer the op defines: the rows of the `tk` keys (a cache's
+    /// capacity may hold more).
+    fn defined_k(s: &AttentionShape, x: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for b in 0..s.batch {
+            for g in 0..s.kv_heads {
+                for t in 0..s.tk {
+                    let base = b * s.k_sb + g * s.k_sh + t * s.k_st;
+                    out.extend_from_slice(&x[base..base + s.head_dim]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks every kernel kind (forward, then backward) on the same shape.
     fn run(gpu: &Gpu, s: &AttentionShape, key_start: &[u32], accumulate: bool, rng: &mut rand::rngs::StdRng) {
-        for kernel in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
+        for kernel in AttentionKernel::ALL {
             run_with(gpu, s, key_start, accumulate, kernel, rng);
         }
     }
@@ -480,11 +703,7 @@ mod tests {
 
         let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
         let (out, lse) = attention_ref(s, &qd, &kd, &vd, key_start);
-        // Elements of q/out rows outside the heads (stride padding) are never written by the
-        // kernel: compare only what the op defines.
-        let mask_q = |x: &[f32]| -> Vec<f32> {
-            (0..x.len()).filter(|&i| i % s.q_stride < s.heads * s.head_dim).map(|i| x[i]).collect()
-        };
+        let mask_q = |x: &[f32]| defined_q(s, x);
         let got_out = read(&outb);
         let err = rel_err(&mask_q(&got_out), &mask_q(&f32s(&out)));
         assert!(err <= 1e-5, "{kernel:?} {s:?} out: {err:e}");
@@ -504,18 +723,7 @@ mod tests {
             "{s:?} dq: {:e}",
             rel_err(&mask_q(&got_dq), &mask_q(&f32s(&dq)))
         );
-        let k_used = |x: &[f32]| -> Vec<f32> {
-            let mut out = Vec::new();
-            for b in 0..s.batch {
-                for g in 0..s.kv_heads {
-                    for t in 0..s.tk {
-                        let base = b * s.k_sb + g * s.k_sh + t * s.k_st;
-                        out.extend_from_slice(&x[base..base + s.head_dim]);
-                    }
-                }
-            }
-            out
-        };
+        let k_used = |x: &[f32]| defined_k(s, x);
         let (gdk, gdv) = (read(&dkb), read(&dvb));
         assert!(
             rel_err(&k_used(&gdk), &k_used(&f32s(&dk))) <= 1e-4,
@@ -573,7 +781,7 @@ mod tests {
         // Gradients at these lengths are too costly for finite differences: the analytic
         // reference (itself checked by finite differences) stands in.
         let mut grads: Vec<Vec<Vec<f32>>> = Vec::new();
-        for kernel in [AttentionKernel::PerInvocation, AttentionKernel::PerWorkgroup] {
+        for kernel in AttentionKernel::ALL {
             let op = pollster::block_on(Attention::with_forward(gpu, s.head_dim, true, false, kernel)).unwrap();
             let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
             let (qb, kb, vb) = (up(&q), up(&k), up(&v));
@@ -596,16 +804,16 @@ mod tests {
             assert!(err <= 1e-5, "{kernel:?} {s:?} lse: {err:e}");
         }
         let want = attention_backward_ref(s, &f64s(&q), &f64s(&k), &f64s(&v), key_start, &f64s(&dout));
-        for (kind, got) in ["per invocation", "per workgroup"].iter().zip(&grads) {
+        for (kind, got) in AttentionKernel::ALL.iter().zip(&grads) {
             for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
                 let err = rel_err(g, &f32s(w));
-                assert!(err <= 1e-5, "{s:?} {kind} {name}: {err:e}");
+                assert!(err <= 1e-5, "{s:?} {kind:?} {name}: {err:e}");
             }
         }
     }
 
     #[test]
-    fn both_kernel_kinds_match_over_many_key_blocks_forward_and_backward() {
+    fn every_kernel_kind_matches_over_many_key_blocks_forward_and_backward() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("attention long forward");
         // 150 tokens (3 blocks of 64, ragged), GQA, the second sequence left-padded by 77 so its
@@ -620,6 +828,134 @@ mod tests {
         }
         // Decode of 3 sequences against 200 cached keys, head_dim 96 (lanes past 96 idle).
         forward_matches(&gpu, &AttentionShape::cached(3, 1, 200, 203, 6, 2, 96), &[0, 5, 130], &mut rng);
+    }
+
+    /// The flash kernels against the references on fresh inputs: the forward once per number of
+    /// key splits (out and stats poisoned with NaN), each followed by the backward — overwriting
+    /// NaN-poisoned gradients, then accumulating into random ones — against the analytic
+    /// reference (itself checked by finite differences below). Bound: ‖gpu − ref‖/‖ref‖ ≤ 1e-5
+    /// for out, the log-sum-exp and the gradients (f32 sums over up to 520 keys or queries in
+    /// another order than the reference's; measured up to 3e-7 for out, 8e-7 for gradients).
+    fn flash_matches(gpu: &Gpu, s: &AttentionShape, key_start: &[u32], splits: &[usize], rng: &mut StdRng) {
+        let (q, k, v, dout) = (
+            testing::normal(rng, s.q_elems()),
+            testing::normal(rng, s.k_elems()),
+            testing::normal(rng, s.k_elems()),
+            testing::normal(rng, s.q_elems()),
+        );
+        let init =
+            [testing::normal(rng, s.q_elems()), testing::normal(rng, s.k_elems()), testing::normal(rng, s.k_elems())];
+        let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
+        let (want_out, want_lse) = attention_ref(s, &qd, &kd, &vd, key_start);
+        let want_grads = attention_backward_ref(s, &qd, &kd, &vd, key_start, &f64s(&dout));
+        let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
+        let read = |x: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", x)).unwrap();
+        let (qb, kb, vb, doutb) = (up(&q), up(&k), up(&v), up(&dout));
+        let ksb = gpu.upload("t", "key_start", key_start).unwrap();
+        for &n in splits {
+            for accumulate in [false, true] {
+                let op = pollster::block_on(Attention::with_forward(
+                    gpu,
+                    s.head_dim,
+                    true,
+                    accumulate,
+                    AttentionKernel::Flash,
+                ))
+                .unwrap();
+                let (outb, statsb) = (up(&vec![f32::NAN; s.q_elems()]), up(&vec![f32::NAN; s.stats_elems()]));
+                let grads: Vec<GpuBuffer> = if accumulate {
+                    init.iter().map(|x| up(x)).collect()
+                } else {
+                    init.iter().map(|x| up(&vec![f32::NAN; x.len()])).collect()
+                };
+                let io = AttentionIo { q: &qb, k: &kb, v: &vb, key_start: &ksb, out: &outb, stats: &statsb };
+                let mut b = gpu.batch("t");
+                op.flash_forward(&mut b, s, &io, n).unwrap();
+                op.backward(&mut b, s, &io, &doutb, &grads[0], &grads[1], &grads[2]).unwrap();
+                pollster::block_on(b.submit()).unwrap();
+                let what = format!("{s:?} key_start {key_start:?}, {n} splits, accumulate {accumulate}");
+                let err = rel_err(&defined_q(s, &read(&outb)), &defined_q(s, &f32s(&want_out)));
+                assert!(err <= 1e-5, "{what}: out {err:e}");
+                let err = rel_err(&read(&statsb)[..want_lse.len()], &f32s(&want_lse));
+                assert!(err <= 1e-5, "{what}: lse {err:e}");
+                for (g, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                    let mut want = want_grads[g].clone();
+                    if accumulate {
+                        want.iter_mut().zip(&init[g]).for_each(|(w, x)| *w += *x as f64);
+                    }
+                    let defined = |x: &[f32]| if g == 0 { defined_q(s, x) } else { defined_k(s, x) };
+                    let err = rel_err(&defined(&read(&grads[g])), &defined(&f32s(&want)));
+                    assert!(err <= 1e-5, "{what}: {name} {err:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flash_kernels_match_the_references_at_awkward_sizes() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("attention flash training layout");
+        let tm = AttentionShape::token_major;
+        // One token, MHA, head_dim 32.
+        flash_matches(&gpu, &tm(1, 1, 2, 2, 32), &[0], &[1, 2], &mut rng);
+        // 17 tokens, GQA 4/2, head_dim 16, the second sequence left-padded by 5; 32 splits leave
+        // most pieces empty.
+        flash_matches(&gpu, &tm(2, 17, 4, 2, 16), &[0, 5], &[1, 2, 32], &mut rng);
+        // 70 tokens, 6/2 heads (blocks of 16 rows end mid-query), head_dim 64; the second sequence
+        // has one real token, so its other queries see no key at all.
+        flash_matches(&gpu, &tm(2, 70, 6, 2, 64), &[33, 69], &[1, 3], &mut rng);
+        // 70 tokens, 4/1 heads, head_dim 96, q rows strided past the heads.
+        let mut s = tm(1, 70, 4, 1, 96);
+        s.q_stride = 4 * 96 + 3;
+        flash_matches(&gpu, &s, &[2], &[1], &mut rng);
+        // 300 tokens, MHA, head_dim 128, left padding of 11.
+        flash_matches(&gpu, &tm(1, 300, 2, 2, 128), &[11], &[1, 4], &mut rng);
+        // SmolLM2's heads at 520 tokens (llvmpipe's loop limit, bench/RESULTS.md).
+        let s = tm(1, 520, 9, 3, 64);
+        flash_matches(&gpu, &s, &[0], &[1, flash_splits(&s)], &mut rng);
+    }
+
+    #[test]
+    fn flash_decode_and_prefill_against_a_cache_match_the_reference() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("attention flash cache layout");
+        // Decode of 5 sequences at position 300, Qwen2.5's 14/2 heads (7 query heads per block),
+        // left padding up to the last key; splits as chosen for the shape and forced.
+        let s = AttentionShape::cached(5, 1, 300, 311, 14, 2, 64);
+        assert!(flash_splits(&s) > 1, "a small decode batch splits its keys");
+        flash_matches(&gpu, &s, &[0, 3, 100, 250, 300], &[1, 3, 7, flash_splits(&s)], &mut rng);
+        // Decode, MHA, head_dim 128 and 16.
+        flash_matches(&gpu, &AttentionShape::cached(3, 1, 17, 20, 2, 2, 128), &[0, 1, 17], &[1, 2], &mut rng);
+        flash_matches(&gpu, &AttentionShape::cached(2, 1, 70, 71, 3, 1, 16), &[9, 0], &[1, 5], &mut rng);
+        // Prefill of 9 queries after a cached prefix of 40, head_dim 32.
+        flash_matches(&gpu, &AttentionShape::cached(2, 9, 40, 64, 4, 2, 32), &[0, 20], &[1, 2], &mut rng);
+    }
+
+    /// WebGPU's default `maxComputeWorkgroupStorageSize` and `maxComputeInvocationsPerWorkgroup`:
+    /// every flash blocking fits them, so the kernels run on any adapter.
+    const WEBGPU_WORKGROUP_BYTES: u32 = 16384;
+    const WEBGPU_INVOCATIONS: u32 = 256;
+
+    #[test]
+    fn flash_blockings_fit_webgpu_default_limits() {
+        for d in HEAD_DIMS {
+            for (tiles, backward) in [(FlashTiles::forward(d), false), (FlashTiles::backward(d), true)] {
+                assert!(tiles.workgroup_bytes(d, backward) <= WEBGPU_WORKGROUP_BYTES, "{d} {tiles:?}");
+                assert!(tiles.invocations() <= WEBGPU_INVOCATIONS, "{d} {tiles:?}");
+                assert_eq!(d as u32 % (4 * tiles.tpr), 0, "{d} {tiles:?}: whole vec4 slices per invocation");
+            }
+        }
+    }
+
+    #[test]
+    fn flash_splits_keys_only_when_the_grid_is_small() {
+        // Training, 4 × 1,024 tokens of SmolLM2: thousands of workgroups already.
+        assert_eq!(flash_splits(&AttentionShape::token_major(4, 1024, 9, 3, 64)), 1);
+        // Decode of 64 sequences against 2,048 cached keys: 192 workgroups without splits.
+        let s = AttentionShape::cached(64, 1, 2047, 2048, 9, 3, 64);
+        assert_eq!(flash_splits(&s), 6);
+        // Too few keys to split.
+        assert_eq!(flash_splits(&AttentionShape::cached(1, 1, 100, 101, 9, 3, 64)), 1);
     }
 
     #[test]

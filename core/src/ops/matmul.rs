@@ -335,7 +335,7 @@ fn extent(op: &Operand, rows: usize, cols: usize, batch: usize) -> usize {
 
 impl Matmul {
     pub async fn new(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Self> {
-        let cpu = gpu.summary().is_cpu();
+        let cpu = gpu.cpu_kernels();
         if !cpu {
             // GPUs: the workgroup-tiled kernel for any operands, split-K for aligned decode rows.
             let mut mm = Self::tiled(gpu, spec, shape, tiled_tiling(shape)).await?;

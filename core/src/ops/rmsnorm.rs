@@ -50,7 +50,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// `accumulate`: the backward adds into dx and dw (residual streams, gradient accumulation).
     pub async fn new(gpu: &Gpu, rows: usize, h: usize, eps: f32, accumulate: bool) -> GpuResult<Self> {
-        Self::with_forward(gpu, rows, h, eps, accumulate, !gpu.summary().is_cpu()).await
+        Self::with_forward(gpu, rows, h, eps, accumulate, !gpu.cpu_kernels()).await
     }
 
     /// With the forward kernel chosen (`forward_rows`: a workgroup per row); tests run both.

@@ -115,6 +115,38 @@ mod tests {
 }
 
 #[cfg(test)]
+mod variant_tests {
+    use super::*;
+    use crate::model::Architecture;
+    use crate::model::tests::{random_tensors, tiny_config};
+    use crate::testing;
+    use crate::train::lora::{LoraConfig, Target};
+    use rand::Rng;
+
+    /// The training forward and backward with the GPU-adapter kernels (flash attention forward
+    /// and backward, tiled matmuls, RMSNorm rows) give the loss and gradients of the CPU-adapter
+    /// kernels, both run on the test adapter; the latter are checked by finite differences above.
+    #[test]
+    fn gpu_kernel_variants_give_the_same_loss_and_gradients() {
+        let (Some(cpu), Some(gpu)) = (testing::gpu(), testing::gpu_with_gpu_kernels()) else { return };
+        let mut rng = testing::rng("lora grads across kernel variants");
+        let config = tiny_config(Architecture::Qwen2, false);
+        let tensors = random_tensors(&config, &mut rng);
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        let run = |gpu: &Gpu| {
+            let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
+            pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
+        };
+        let ((loss_gpu, grads_gpu), (loss_cpu, grads_cpu)) = (run(&gpu), run(&cpu));
+        assert!((loss_gpu - loss_cpu).abs() <= 1e-5 * loss_cpu.abs(), "{loss_gpu} vs {loss_cpu}");
+        let err = testing::rel_err(&grads_gpu, &grads_cpu);
+        assert!(err <= 1e-4, "{err:e}");
+    }
+}
+
+#[cfg(test)]
 mod long_tests {
     use super::*;
     use crate::model::Architecture;
