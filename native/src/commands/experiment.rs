@@ -73,7 +73,7 @@ impl Preset {
                 max_new_tokens: Some(48),
                 max_prompt_length: 512,
                 val_rows: 1,
-                eval_every: 1,
+                eval_every: 2,
                 test_rows: 2,
                 algos: all,
             },
@@ -358,7 +358,8 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
 
     // Every final adapter answers the same test rows; SFT first (the comparison's base).
     let mut runs: Vec<(String, PathBuf)> = Vec::new();
-    let mut summaries = serde_json::Map::new();
+    // In run order (SFT first): the report's table follows it.
+    let mut summaries: Vec<(String, serde_json::Value)> = Vec::new();
     let adapters = std::iter::once(("sft".to_string(), sft_out.join("adapter")))
         .chain(plan.algos.iter().map(|a| (a.name().to_string(), out.join(a.name()).join("adapter"))));
     for (label, adapter) in adapters {
@@ -376,7 +377,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
                 ..super::stage_args(&[("data", &data.test), ("catalog", &data.catalog)])?
             },
         )?;
-        summaries.insert(label.clone(), summary);
+        summaries.push((label.clone(), summary));
         runs.push((label.clone(), dir));
         stage(format!("test evaluation of {label}"), t);
     }
@@ -385,7 +386,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let report = report(&args, &plan, &summaries, &pairs, &plots, &stages, started.elapsed().as_secs_f64());
     convrec::fetch::write_atomic(&out.join("report.md"), report.as_bytes())?;
     let summary = serde_json::json!({
-        "preset": args.preset, "plan": plan, "seed": args.seed, "test": summaries, "paired": pairs,
+        "preset": args.preset, "plan": plan, "seed": args.seed, "test": summaries.iter().cloned().collect::<serde_json::Map<_, _>>(), "paired": pairs,
         "stages": stages, "seconds": started.elapsed().as_secs_f64(),
     });
     convrec::fetch::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
@@ -440,7 +441,7 @@ fn write_plots(out: &Path, plan: &Plan) -> anyhow::Result<Vec<(String, PathBuf)>
 fn report(
     args: &Args,
     plan: &Plan,
-    summaries: &serde_json::Map<String, serde_json::Value>,
+    summaries: &[(String, serde_json::Value)],
     pairs: &[Paired],
     plots: &[(String, PathBuf)],
     stages: &[Stage],
@@ -471,7 +472,7 @@ fn report(
         plan.rl_lr,
         rows(plan.val_rows),
         plan.eval_every,
-        summaries.values().next().and_then(|v| v["rows"].as_u64()).unwrap_or(0),
+        summaries.first().and_then(|(_, v)| v["rows"].as_u64()).unwrap_or(0),
     );
     s += "## Test set (greedy)\n\n| adapter | NDCG@20 ± s.e. | Recall@20 ± s.e. | in-catalog | valid format | items | cut |\n";
     s += "|---|---|---|---:|---:|---:|---:|\n";
