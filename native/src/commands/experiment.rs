@@ -59,7 +59,7 @@ impl Preset {
         let all = Algo::ALL.to_vec();
         match self {
             Preset::CpuSmoke => Plan {
-                sft_rows: 8,
+                sft_rows: 6,
                 sft_epochs: 1,
                 sft_batch_size: 2,
                 sft_lr: 1e-3,
