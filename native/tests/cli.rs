@@ -31,7 +31,14 @@ fn devices_check_runs_kernels_against_references() {
     let out = convrec().args(["devices", "--check"]).output().expect("run convrec");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("self-check linear_forward") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // Every family ran, forward and backward, and the command says so.
+    for family in convrec_core::selfcheck::FAMILIES {
+        let line = format!("self-check family {family:<12}");
+        assert!(stdout.lines().any(|l| l.starts_with(&line) && l.ends_with("ok")), "{family}:\n{stdout}");
+    }
+    assert!(stdout.contains("linear dW = dyᵀ·x") && stdout.contains("attention dk"), "{stdout}");
+    assert!(stdout.contains("all 10 kernel families match their CPU references"), "{stdout}");
 }
 
 #[test]

@@ -121,9 +121,20 @@ fn assert_self_check(report: &serde_json::Value) {
     let cases = report["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "the page ran no kernel");
     for case in cases {
-        let err = case["rel_err"].as_f64().expect("rel_err");
-        assert!(err <= convrec_core::selfcheck::F32_TOLERANCE, "{} {}: rel.err {err:e}", case["op"], case["shape"]);
+        let (err, bound) = (case["rel_err"].as_f64(), case["bound"].as_f64().expect("bound"));
+        assert!(
+            err.is_some_and(|e| e <= bound),
+            "{} {} {}: error {:?} > bound {bound:e}",
+            case["family"],
+            case["op"],
+            case["shape"],
+            err
+        );
     }
+    // Every kernel family ran in the browser, forward and backward.
+    let families: Vec<&str> =
+        report["families"].as_array().expect("families").iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(families, convrec_core::selfcheck::FAMILIES, "{}", report["families"]);
     assert_eq!(report["pass"], true);
     let adapter = &report["adapter"];
     assert_eq!(adapter["backend"], "BrowserWebGpu", "the page must run on the browser's WebGPU");

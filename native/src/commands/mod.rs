@@ -38,18 +38,34 @@ pub fn with_adapter<'a>(
     Ok(&holder.insert(merge).model)
 }
 
-/// Prints the kernel self-check and fails if any kernel disagrees with its reference.
+/// Prints the kernel self-check (every case with its bound, then which families ran) and fails
+/// if any kernel disagrees with its reference.
 pub fn self_check(gpu: &Gpu) -> anyhow::Result<()> {
-    let report = pollster::block_on(convrec_core::selfcheck::run(gpu))?;
+    let report = pollster::block_on(convrec_core::selfcheck::run(gpu));
     for c in &report.cases {
         println!(
-            "self-check {:<16} {:<28} rel.err {:.2e}  {}",
+            "self-check {:<12} {:<34} {:<58} error {:.2e} (bound {:.0e})  {}",
+            c.family,
             c.op,
             c.shape,
             c.rel_err,
+            c.bound,
             if c.pass { "ok" } else { "FAIL" }
         );
     }
+    for f in &report.families {
+        let verdict = match (&f.error, f.pass) {
+            (Some(e), _) => format!("FAILED to run: {e}"),
+            (None, true) => "ok".to_string(),
+            (None, false) => "FAIL".to_string(),
+        };
+        println!("self-check family {:<12} {:>2} cases  {verdict}", f.name, f.cases);
+    }
     anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
+    println!(
+        "self-check: all {} kernel families match their CPU references on {}",
+        report.families.len(),
+        report.adapter.name
+    );
     Ok(())
 }
