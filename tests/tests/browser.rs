@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use convrec::web::{ServedFiles, build_pkg, missing_build_tools, start};
+use convrec::web::{ServeOptions, ServedFiles, build_pkg, missing_build_tools, start};
 use convrec_tests::{skip_or_fail, workspace_root};
 
 fn find_chromium() -> Option<PathBuf> {
@@ -73,7 +73,8 @@ fn run_page(chromium: &Path, pkg: &Path, files: &ServedFiles, query: &str, limit
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = workspace_root();
-    let server = start(&root.join("wasm/www"), pkg, files, "127.0.0.1:0").expect("start the server");
+    let options = ServeOptions { report: true, ..Default::default() };
+    let server = start(&root.join("wasm/www"), pkg, files, "127.0.0.1:0", &options).expect("start the server");
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{}/index.html?{query}", server.addr);
     let child = Command::new(chromium)
