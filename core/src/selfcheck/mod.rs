@@ -73,36 +73,25 @@ pub async fn run(gpu: &Gpu) -> SelfCheckReport {
 /// fail, so none can pass whatever the kernel computes).
 async fn run_checks(gpu: &Gpu, perturb: bool) -> SelfCheckReport {
     let mut c = Checker { family: FAMILIES[0], cases: Vec::new(), families: Vec::new(), perturb };
-    c.family("matmul");
-    let r = matmul::check(gpu, &mut c).await;
-    c.finish(r);
-    c.family("attention");
-    let r = layers::attention(gpu, &mut c).await;
-    c.finish(r);
-    c.family("rmsnorm");
-    let r = layers::rmsnorm(gpu, &mut c).await;
-    c.finish(r);
-    c.family("rope");
-    let r = layers::rope(gpu, &mut c).await;
-    c.finish(r);
-    c.family("swiglu");
-    let r = layers::swiglu(gpu, &mut c).await;
-    c.finish(r);
-    c.family("embedding");
-    let r = layers::embedding(gpu, &mut c).await;
-    c.finish(r);
-    c.family("output head");
-    let r = head::output_head(gpu, &mut c).await;
-    c.finish(r);
-    c.family("sampling");
-    let r = head::sampling(gpu, &mut c).await;
-    c.finish(r);
-    c.family("adamw");
-    let r = training::adamw(gpu, &mut c).await;
-    c.finish(r);
-    c.family("rl objective");
-    let r = training::objective(gpu, &mut c).await;
-    c.finish(r);
+    // Each family's cases are collected under its name, then the family is closed with how its
+    // run ended (in FAMILIES order: the tests hold the report to it).
+    macro_rules! family {
+        ($name:literal, $check:path) => {{
+            c.family = $name;
+            let outcome = $check(gpu, &mut c).await;
+            c.finish(outcome);
+        }};
+    }
+    family!("matmul", matmul::check);
+    family!("attention", layers::attention);
+    family!("rmsnorm", layers::rmsnorm);
+    family!("rope", layers::rope);
+    family!("swiglu", layers::swiglu);
+    family!("embedding", layers::embedding);
+    family!("output head", head::output_head);
+    family!("sampling", head::sampling);
+    family!("adamw", training::adamw);
+    family!("rl objective", training::objective);
     let pass = c.families.len() == FAMILIES.len() && c.families.iter().all(|f| f.pass);
     SelfCheckReport { adapter: gpu.summary().clone(), families: c.families, cases: c.cases, pass }
 }
@@ -121,10 +110,6 @@ struct Checker {
 }
 
 impl Checker {
-    fn family(&mut self, name: &'static str) {
-        self.family = name;
-    }
-
     /// Closes the running family: it passes when it ran to the end and every case passed.
     fn finish(&mut self, outcome: GpuResult<()>) {
         let name = self.family;

@@ -38,11 +38,17 @@ pub fn with_adapter<'a>(
     Ok(&holder.insert(merge).model)
 }
 
-/// Prints the kernel self-check (every case with its bound, then which families ran) and fails
-/// if any kernel disagrees with its reference.
+/// Runs the kernel self-check, prints a line per family (and any failing case) and fails if any
+/// kernel disagrees with its reference (the demo's first stage).
 pub fn self_check(gpu: &Gpu) -> anyhow::Result<()> {
+    run_self_check(gpu, false)
+}
+
+/// As [`self_check`], printing every case with its error and bound when `every_case`
+/// (`convrec devices --check`).
+pub fn run_self_check(gpu: &Gpu, every_case: bool) -> anyhow::Result<()> {
     let report = pollster::block_on(convrec_core::selfcheck::run(gpu));
-    for c in &report.cases {
+    for c in report.cases.iter().filter(|c| every_case || !c.pass) {
         println!(
             "self-check {:<12} {:<34} {:<58} error {:.2e} (bound {:.0e})  {}",
             c.family,
