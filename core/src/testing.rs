@@ -99,3 +99,31 @@ pub fn byte_level_tokenizer_json(vocab: usize) -> String {
     .to_string()
 }
 
+/// Several files in one fuzz input (the adapter's config and weights, a tokenizer with its config
+/// and template): each part but the last behind its length as a little-endian u32. The fuzz
+/// targets split with [`fuzz_parts`]; their seeds (`fuzz/seeds/`) are written with this.
+pub fn fuzz_join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 < parts.len() {
+            out.extend((part.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The `n` parts of a fuzz input written by [`fuzz_join`]; any bytes split somehow (a length
+/// past the end takes what is there, missing parts are empty).
+pub fn fuzz_parts(mut data: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut parts = Vec::with_capacity(n);
+    for _ in 1..n {
+        let len = data.get(..4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        data = data.get(4..).unwrap_or_default();
+        let (part, rest) = data.split_at(len.min(data.len()));
+        parts.push(part);
+        data = rest;
+    }
+    parts.push(data);
+    parts
+}
