@@ -4,6 +4,8 @@
 
 pub mod bench;
 pub mod dtype;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod fuzz_seeds;
 pub mod gpu;
 pub mod model;
 pub mod numeric;

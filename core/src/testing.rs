@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{Architecture, HostTensor, ModelConfig};
@@ -48,45 +48,13 @@ pub fn rng(test: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-/// Approximately standard-normal values (sum of uniforms), enough to exercise kernels.
-pub fn normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 1.732).collect()
-}
-
-pub use crate::numeric::rel_err;
-
-/// Widens to f64 (references and finite differences run in f64).
-pub fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// Narrows to f32 for comparison with GPU output.
-pub fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
+pub use crate::numeric::{f32s, f64s, fd_grad, normal, rel_err};
 
 /// ‖a − b‖ / ‖b‖ in f64.
 pub fn rel_err64(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
-}
-
-/// Central finite differences of a scalar function, in f64.
-pub fn fd_grad(f: &dyn Fn(&[f64]) -> f64, x: &[f64]) -> Vec<f64> {
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let h = 1e-6 * (1.0 + x[i].abs());
-            let orig = x[i];
-            x[i] = orig + h;
-            let up = f(&x);
-            x[i] = orig - h;
-            let down = f(&x);
-            x[i] = orig;
-            (up - down) / (2.0 * h)
-        })
-        .collect()
 }
 
 /// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
@@ -194,4 +162,33 @@ pub fn random_tensors(config: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Vec
             (name, HostTensor::f32(shape, v))
         })
         .collect()
+}
+
+/// Several files in one fuzz input (the adapter's config and weights, a tokenizer with its config
+/// and template): each part but the last behind its length as a little-endian u32. The fuzz
+/// targets split with [`fuzz_parts`]; their seeds (`fuzz/seeds/`) are written with this.
+pub fn fuzz_join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 < parts.len() {
+            out.extend((part.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The `n` parts of a fuzz input written by [`fuzz_join`]; any bytes split somehow (a length
+/// past the end takes what is there, missing parts are empty).
+pub fn fuzz_parts(mut data: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut parts = Vec::with_capacity(n);
+    for _ in 1..n {
+        let len = data.get(..4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        data = data.get(4..).unwrap_or_default();
+        let (part, rest) = data.split_at(len.min(data.len()));
+        parts.push(part);
+        data = rest;
+    }
+    parts.push(data);
+    parts
 }

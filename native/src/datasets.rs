@@ -9,7 +9,7 @@ use convrec_core::rec::Row;
 use convrec_core::rec::arrow::{parse_arrow, parse_dataset_dict, parse_state};
 use convrec_core::rec::movielens::{self, MovieLensData, MovieLensOptions};
 
-use crate::fetch;
+use crate::{fetch, read_text};
 
 /// MovieLens-100K as RecBole ships it: (package, version, folder inside the wheel).
 pub const MOVIELENS_100K: (&str, &str, &str) = ("recbole", "1.2.1", "recbole/dataset_example/ml-100k");
@@ -115,9 +115,4 @@ pub fn read_rows(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Row>> 
 /// A catalog file: TSV `title<TAB>year` with a header, or a JSON list.
 pub fn read_catalog(path: &Path) -> anyhow::Result<convrec_core::rec::Catalog> {
     Ok(convrec_core::rec::Catalog::parse(&path.display().to_string(), &read_text(path)?)?)
-}
-
-pub fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }

@@ -21,3 +21,11 @@ pub fn default_model_path() -> anyhow::Result<std::path::PathBuf> {
     let (package, version, member) = DEFAULT_MODEL;
     fetch::pypi_path(package, version, member)
 }
+
+/// A text file's contents; invalid UTF-8 is reported with the file, the line and the byte.
+pub fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    convrec_core::rec::utf8_text(&path.display().to_string(), &bytes)?;
+    Ok(String::from_utf8(bytes).expect("checked above"))
+}

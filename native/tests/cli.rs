@@ -31,7 +31,14 @@ fn devices_check_runs_kernels_against_references() {
     let out = convrec().args(["devices", "--check"]).output().expect("run convrec");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("self-check linear_forward") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // Every family ran, forward and backward, and the command says so.
+    for family in convrec_core::selfcheck::FAMILIES {
+        let line = format!("self-check family {family:<12}");
+        assert!(stdout.lines().any(|l| l.starts_with(&line) && l.ends_with("ok")), "{family}:\n{stdout}");
+    }
+    assert!(stdout.contains("linear dW = dyᵀ·x") && stdout.contains("attention dk"), "{stdout}");
+    assert!(stdout.contains("all 10 kernel families match their CPU references"), "{stdout}");
 }
 
 #[test]
@@ -84,4 +91,60 @@ fn logits_with_an_adapter_match_peft() {
     let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
     let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
     assert!(convrec_core::numeric::rel_err(&got, &want) < 1e-4);
+}
+
+/// `convrec serve` on a fake page folder, package and model; returns the child and its address.
+fn serve(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let (www, pkg, model) = (dir.join("www"), dir.join("pkg"), dir.join("m.gguf"));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(www.join("index.html"), "<p>page</p>").unwrap();
+    std::fs::write(pkg.join("convrec_wasm.js"), "").unwrap();
+    std::fs::write(&model, "GGUF").unwrap();
+    let mut child = convrec()
+        .args(["serve", "--port", "0", "--www"])
+        .arg(&www)
+        .arg("--pkg")
+        .arg(&pkg)
+        .arg("--model")
+        .arg(&model)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run convrec serve");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.split("http://").nth(1).and_then(|s| s.split('/').next()).expect(&first).to_string();
+    (child, addr)
+}
+
+/// POSTs a body to `/report`; the status code.
+fn post_report(addr: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST /report HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+#[test]
+fn serve_writes_reports_only_with_report_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(dir.path(), &[]);
+    assert_eq!(post_report(&addr, "{\"pass\":true}"), 404, "no uploads unless asked for");
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    let report = dir.path().join("out/report.json");
+    let (mut child, addr) = serve(dir.path(), &["--report".as_ref(), report.as_os_str()]);
+    assert_eq!(post_report(&addr, "{\"pass\":true}"), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&report).ok().as_deref() != Some("{\"pass\":true}") {
+        assert!(std::time::Instant::now() < deadline, "the report was not written to {}", report.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
 }

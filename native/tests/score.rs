@@ -147,6 +147,34 @@ fn a_malformed_line_is_an_error_naming_file_and_line() {
 }
 
 #[test]
+fn invalid_utf8_names_file_and_line_and_empty_input_is_refused() {
+    let dir = scratch("utf8_empty");
+    let catalog = dir.join("catalog.tsv");
+    std::fs::write(&catalog, "title\tyear\nHeat\t1995\n").unwrap();
+    let input = dir.join("rows.jsonl");
+    let good = r#"{"completion": "Heat (1995)", "seen_titles": [], "groundtruth_with_release_year": []}"#;
+    let mut bytes = format!("{good}\n{good}\n").into_bytes();
+    bytes.extend_from_slice(b"{\"completion\": \"Heat \xff (1995)\"}\n");
+    std::fs::write(&input, bytes).unwrap();
+    let out = score(&catalog, &input);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}: line 3: not valid UTF-8 text (byte 22 of the line)", input.display())),
+        "{stderr}"
+    );
+
+    // An empty (or blank) file has no rows: no scores and no summary of nothing.
+    for empty in ["", "\n  \n"] {
+        std::fs::write(&input, empty).unwrap();
+        let out = score(&catalog, &input);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{empty:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{}: no rows to score", input.display())), "{stderr}");
+    }
+}
+
+#[test]
 fn catalog_and_file_errors_name_the_file() {
     let dir = scratch("file_errors");
     let input = dir.join("rows.jsonl");

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use convrec::web::{ServedFiles, build_pkg, missing_build_tools, start};
+use convrec::web::{ServeOptions, ServedFiles, build_pkg, missing_build_tools, start};
 use convrec_tests::{skip_or_fail, workspace_root};
 
 fn find_chromium() -> Option<PathBuf> {
@@ -73,7 +73,8 @@ fn run_page(chromium: &Path, pkg: &Path, files: &ServedFiles, query: &str, limit
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = workspace_root();
-    let server = start(&root.join("wasm/www"), pkg, files, "127.0.0.1:0").expect("start the server");
+    let options = ServeOptions { report: true, ..Default::default() };
+    let server = start(&root.join("wasm/www"), pkg, files, "127.0.0.1:0", &options).expect("start the server");
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{}/index.html?{query}", server.addr);
     let child = Command::new(chromium)
@@ -121,9 +122,20 @@ fn assert_self_check(report: &serde_json::Value) {
     let cases = report["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "the page ran no kernel");
     for case in cases {
-        let err = case["rel_err"].as_f64().expect("rel_err");
-        assert!(err <= convrec_core::selfcheck::F32_TOLERANCE, "{} {}: rel.err {err:e}", case["op"], case["shape"]);
+        let (err, bound) = (case["rel_err"].as_f64(), case["bound"].as_f64().expect("bound"));
+        assert!(
+            err.is_some_and(|e| e <= bound),
+            "{} {} {}: error {:?} > bound {bound:e}",
+            case["family"],
+            case["op"],
+            case["shape"],
+            err
+        );
     }
+    // Every kernel family ran in the browser, forward and backward.
+    let families: Vec<&str> =
+        report["families"].as_array().expect("families").iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(families, convrec_core::selfcheck::FAMILIES, "{}", report["families"]);
     assert_eq!(report["pass"], true);
     let adapter = &report["adapter"];
     assert_eq!(adapter["backend"], "BrowserWebGpu", "the page must run on the browser's WebGPU");

@@ -110,10 +110,8 @@ pub async fn start_sft(
 ) -> Result<(Training, serde_json::Value), TrainError> {
     let rows = rows_of(rows, settings.limit);
     let examples = sft_examples(text, &rows, settings.max_length, source)?;
-    let layout = LoraLayout::new(
-        config,
-        LoraConfig { r: settings.lora_r, alpha: settings.lora_alpha, targets: Target::ALL.to_vec() },
-    );
+    let lora = LoraConfig { r: settings.lora_r, alpha: settings.lora_alpha, targets: Target::ALL.to_vec() };
+    let layout = LoraLayout::checked(config, lora).map_err(|e| TrainError::Invalid(format!("LoRA: {e}")))?;
     let sft = SftConfig {
         lr: settings.lr,
         epochs: settings.epochs,

@@ -53,11 +53,15 @@ async function selfCheck() {
     showAdapter(report.adapter);
     const body = document.querySelector('#checks tbody');
     body.textContent = '';
+    // A non-finite error (an output left unwritten, NaN) arrives as null.
+    const num = (x) => (x === null ? 'not finite' : x === 0 ? '0' : x.toExponential(2));
     for (const c of report.cases) {
       const row = body.insertRow();
-      for (const text of [c.op, c.shape, c.rel_err.toExponential(2), c.pass ? 'ok' : 'FAIL']) row.insertCell().textContent = text;
+      for (const text of [c.family, c.op, c.shape, num(c.rel_err), c.bound === 0 ? 'exact' : num(c.bound), c.pass ? 'ok' : 'FAIL']) row.insertCell().textContent = text;
       row.lastChild.className = c.pass ? 'pass' : 'fail';
     }
+    $('families').textContent = 'Families: ' + report.families
+      .map((f) => `${f.name} ${f.error ? `FAILED to run (${f.error})` : f.pass ? `ok (${f.cases} cases)` : 'FAIL'}`).join(' · ');
     return report;
   } catch (e) {
     $('adapter').textContent = message(e);
@@ -69,7 +73,7 @@ async function selfCheck() {
 
 function showVerdict(v) {
   const el = $('verdict');
-  el.textContent = v.pass ? 'all kernels match their CPU references' : `FAILED: ${v.error ?? 'a kernel disagrees with its reference'}`;
+  el.textContent = v.pass ? `all ${v.families.length} kernel families match their CPU references` : `FAILED: ${v.error ?? 'a kernel disagrees with its reference'}`;
   el.className = v.pass ? 'pass' : 'fail';
 }
 

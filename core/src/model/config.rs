@@ -69,12 +69,109 @@ struct HfConfig {
     pretraining_tp: Option<usize>,
 }
 
-fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
-    match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => Vec::new(),
+/// Token ids of `bos_token_id` / `eos_token_id` (a number or a list); one past u32 is refused
+/// rather than truncated into another token.
+fn ids(field: &str, v: &Option<serde_json::Value>) -> Result<Vec<u32>, ConfigError> {
+    let id = |x: &serde_json::Value| -> Result<Option<u32>, ConfigError> {
+        match x.as_u64() {
+            None => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| ConfigError::Unsupported(format!("{field}: {n} is not a token id"))),
+        }
+    };
+    Ok(match v {
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().map(id).filter_map(Result::transpose).collect::<Result<_, _>>()?
+        }
+        Some(x) => id(x)?.into_iter().collect(),
+        None => Vec::new(),
+    })
+}
+
+/// A field of the configuration, for messages that name it as the file does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    VocabSize,
+    HiddenSize,
+    IntermediateSize,
+    NumLayers,
+    NumHeads,
+    NumKvHeads,
+    HeadDim,
+    MaxPositions,
+    RopeTheta,
+    RmsNormEps,
+    EosTokenId,
+}
+
+impl Field {
+    /// The name in Hugging Face's `config.json`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Field::VocabSize => "vocab_size",
+            Field::HiddenSize => "hidden_size",
+            Field::IntermediateSize => "intermediate_size",
+            Field::NumLayers => "num_hidden_layers",
+            Field::NumHeads => "num_attention_heads",
+            Field::NumKvHeads => "num_key_value_heads",
+            Field::HeadDim => "head_dim",
+            Field::MaxPositions => "max_position_embeddings",
+            Field::RopeTheta => "rope_theta",
+            Field::RmsNormEps => "rms_norm_eps",
+            Field::EosTokenId => "eos_token_id",
+        }
     }
+
+    /// The GGUF metadata key after `{architecture}.` (the vocabulary is the token list's length).
+    pub fn gguf_key(self) -> &'static str {
+        match self {
+            Field::VocabSize => "vocab_size",
+            Field::HiddenSize => "embedding_length",
+            Field::IntermediateSize => "feed_forward_length",
+            Field::NumLayers => "block_count",
+            Field::NumHeads => "attention.head_count",
+            Field::NumKvHeads => "attention.head_count_kv",
+            Field::HeadDim => "attention.key_length",
+            Field::MaxPositions => "context_length",
+            Field::RopeTheta => "rope.freq_base",
+            Field::RmsNormEps => "attention.layer_norm_rms_epsilon",
+            Field::EosTokenId => "eos_token_id",
+        }
+    }
+}
+
+/// The largest size convrec accepts per field: far above any released Llama/Qwen2 model (vocab
+/// 152k, hidden 16k, 126 layers, 128 heads, head size 128, FFN 53k, 1M positions), and low
+/// enough that nothing derived from them (tensor names, shapes, buffer sizes) overflows or
+/// exhausts memory before the weights are compared with them.
+const SIZE_LIMITS: [(Field, usize); 8] = [
+    (Field::VocabSize, 1 << 22),
+    (Field::HiddenSize, 1 << 17),
+    (Field::IntermediateSize, 1 << 20),
+    (Field::NumLayers, 1 << 10),
+    (Field::NumHeads, 1 << 10),
+    (Field::NumKvHeads, 1 << 10),
+    (Field::HeadDim, 1 << 10),
+    (Field::MaxPositions, 1 << 24),
+];
+
+/// Parameters convrec accepts in one model (2^40, a trillion): beyond it no adapter holds the
+/// weights, and element counts would come close to overflowing on 64-bit hosts.
+const MAX_PARAMETERS: u64 = 1 << 40;
+
+/// `hidden / heads` when a file gives no head size, refusing a remainder (a silently wrong head
+/// size would mis-slice every projection). `name` names fields as the file does.
+pub fn derived_head_dim(hidden: usize, heads: usize, name: &dyn Fn(Field) -> String) -> Result<usize, String> {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(format!(
+            "{} {hidden} is not a multiple of {} {heads}, and {} is not given",
+            name(Field::HiddenSize),
+            name(Field::NumHeads),
+            name(Field::HeadDim)
+        ));
+    }
+    Ok(hidden / heads)
 }
 
 impl ModelConfig {
@@ -127,6 +224,10 @@ impl ModelConfig {
         }
         let hidden = c.hidden_size.ok_or(ConfigError::Missing("hidden_size"))?;
         let heads = c.num_attention_heads.ok_or(ConfigError::Missing("num_attention_heads"))?;
+        let head_dim = match c.head_dim {
+            Some(d) => d,
+            None => derived_head_dim(hidden, heads, &|f| f.hf_name().to_string()).map_err(ConfigError::Unsupported)?,
+        };
         let config = ModelConfig {
             architecture,
             vocab_size: c.vocab_size.ok_or(ConfigError::Missing("vocab_size"))?,
@@ -135,36 +236,108 @@ impl ModelConfig {
             num_layers: c.num_hidden_layers.ok_or(ConfigError::Missing("num_hidden_layers"))?,
             num_heads: heads,
             num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
-            head_dim: c.head_dim.unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
+            head_dim,
             rope_theta: rope_theta.unwrap_or(10000.0),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             // Qwen2 always has q/k/v biases; Llama has them only with attention_bias.
             attention_bias: architecture == Architecture::Qwen2 || c.attention_bias.unwrap_or(false),
             max_position_embeddings: c.max_position_embeddings.unwrap_or(2048),
-            bos_token_id: ids(&c.bos_token_id).first().copied(),
-            eos_token_ids: ids(&c.eos_token_id),
+            bos_token_id: ids("bos_token_id", &c.bos_token_id)?.first().copied(),
+            eos_token_ids: ids("eos_token_id", &c.eos_token_id)?,
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the numbers fit together.
+    /// Checks the numbers fit together, naming fields as `config.json` does.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Unsupported(m));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!(
-                "{} attention heads are not a multiple of {} key/value heads",
-                self.num_heads, self.num_kv_heads
+        self.check(&|f| f.hf_name().to_string()).map_err(ConfigError::Unsupported)
+    }
+
+    /// Checks every size against its limit, the sizes against each other and the RoPE base and
+    /// RMS epsilon for finite, sensible values — before anything is sized from them. `name`
+    /// names a field as the file does (`config.json` keys, GGUF metadata keys).
+    pub fn check(&self, name: &dyn Fn(Field) -> String) -> Result<(), String> {
+        let sizes = [
+            (Field::VocabSize, self.vocab_size),
+            (Field::HiddenSize, self.hidden_size),
+            (Field::IntermediateSize, self.intermediate_size),
+            (Field::NumLayers, self.num_layers),
+            (Field::NumHeads, self.num_heads),
+            (Field::NumKvHeads, self.num_kv_heads),
+            (Field::HeadDim, self.head_dim),
+            (Field::MaxPositions, self.max_position_embeddings),
+        ];
+        for (field, value) in sizes {
+            let limit = SIZE_LIMITS.iter().find(|l| l.0 == field).map_or(usize::MAX, |l| l.1);
+            if value == 0 {
+                return Err(format!("{} is 0; it must be positive", name(field)));
+            }
+            if value > limit {
+                return Err(format!(
+                    "{} = {value} is implausibly large (convrec accepts at most {limit})",
+                    name(field)
+                ));
+            }
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "{} attention heads ({}) are not a multiple of {} key/value heads ({})",
+                self.num_heads,
+                name(Field::NumHeads),
+                self.num_kv_heads,
+                name(Field::NumKvHeads)
             ));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head_dim {} must be even", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!("{} = {} must be even (RoPE rotates pairs)", name(Field::HeadDim), self.head_dim));
         }
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.intermediate_size == 0 {
-            return bad("vocab_size, hidden_size, intermediate_size and num_hidden_layers must be positive".into());
+        let params = self.parameter_count();
+        if params > MAX_PARAMETERS || usize::try_from(params).is_err() {
+            return Err(format!(
+                "these sizes ({} {}, {} {}, {} {}, {} {}) make {params} parameters, more than convrec accepts ({})",
+                name(Field::VocabSize),
+                self.vocab_size,
+                name(Field::HiddenSize),
+                self.hidden_size,
+                name(Field::IntermediateSize),
+                self.intermediate_size,
+                name(Field::NumLayers),
+                self.num_layers,
+                MAX_PARAMETERS.min(usize::MAX as u64)
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(format!("{} = {} must be a finite number above 1", name(Field::RopeTheta), self.rope_theta));
+        }
+        // An epsilon regularises the mean square of unit-scale activations: NaN, negative or
+        // above 1 is a corrupt file, not a model.
+        if !(self.rms_norm_eps.is_finite() && (0.0..=1.0).contains(&self.rms_norm_eps)) {
+            return Err(format!("{} = {} must be in [0, 1]", name(Field::RmsNormEps), self.rms_norm_eps));
+        }
+        if let Some(id) =
+            self.eos_token_ids.iter().chain(&self.bos_token_id).find(|&&id| id as usize >= self.vocab_size)
+        {
+            return Err(format!(
+                "token id {id} (BOS/EOS) is outside the vocabulary of {} ({})",
+                self.vocab_size,
+                name(Field::VocabSize)
+            ));
         }
         Ok(())
+    }
+
+    /// Weights the configuration implies, counted in u64 (never overflows for sizes within
+    /// their limits).
+    pub fn parameter_count(&self) -> u64 {
+        let u = |v: usize| v as u64;
+        let (h, f, d) = (u(self.hidden_size), u(self.intermediate_size), u(self.head_dim));
+        let (qd, kvd) = (u(self.num_heads) * d, u(self.num_kv_heads) * d);
+        let embeddings = u(self.vocab_size) * h * if self.tie_word_embeddings { 1 } else { 2 };
+        let biases = if self.attention_bias { qd + 2 * kvd } else { 0 };
+        let layer = 2 * h + 2 * qd * h + 2 * kvd * h + 3 * f * h + biases;
+        embeddings + h + u(self.num_layers) * layer
     }
 
     /// Every weight the model needs, with its HF name and shape.
@@ -229,5 +402,81 @@ mod tests {
         let bad = text.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#);
         assert!(ModelConfig::from_hf_json(&bad).unwrap_err().to_string().contains("not a multiple"));
         assert!(ModelConfig::from_hf_json("{").unwrap_err().to_string().contains("not valid JSON"));
+    }
+
+    const SMALL: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":320,"hidden_size":64,
+        "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,
+        "rope_theta":10000.0,"rms_norm_eps":1e-5,"eos_token_id":2,"bos_token_id":1}"#;
+
+    /// The error for `SMALL` with one field set to `value` (JSON text).
+    fn refused(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        ModelConfig::from_hf_json(&v.to_string()).expect_err(&format!("{field} = {value}")).to_string()
+    }
+
+    #[test]
+    fn sizes_are_checked_before_anything_is_sized_from_them() {
+        assert!(ModelConfig::from_hf_json(SMALL).is_ok());
+        // Each once made the loader build billions of tensor names or allocate without bound.
+        for (field, value) in [
+            ("num_hidden_layers", "1000000000"),
+            ("vocab_size", "100000000000"),
+            ("hidden_size", "1073741824"),
+            ("intermediate_size", "4294967296"),
+            ("num_attention_heads", "65536"),
+            ("num_key_value_heads", "65536"),
+            ("head_dim", "1000000"),
+            ("max_position_embeddings", "18446744073709551615"),
+        ] {
+            let e = refused(field, value);
+            assert!(e.starts_with(&format!("config.json: {field} = {value} is implausibly large")), "{e}");
+        }
+        let e = refused("num_hidden_layers", "0");
+        assert!(e.contains("num_hidden_layers is 0"), "{e}");
+        // Each within its limit, together past what any machine holds.
+        let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
+        v["num_hidden_layers"] = 1000.into();
+        v["hidden_size"] = 65536.into();
+        v["intermediate_size"] = 1000000.into();
+        let e = ModelConfig::from_hf_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("parameters, more than convrec accepts"), "{e}");
+    }
+
+    #[test]
+    fn head_sizes_must_fit_the_heads() {
+        // No head_dim: hidden_size must split evenly over the heads (64 / 3 would truncate).
+        let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
+        v.as_object_mut().unwrap().remove("head_dim");
+        assert_eq!(ModelConfig::from_hf_json(&v.to_string()).unwrap().head_dim, 16);
+        v["num_attention_heads"] = 3.into();
+        v["num_key_value_heads"] = 1.into();
+        let e = ModelConfig::from_hf_json(&v.to_string()).unwrap_err().to_string();
+        assert!(
+            e.contains("hidden_size 64 is not a multiple of num_attention_heads 3, and head_dim is not given"),
+            "{e}"
+        );
+        let e = refused("head_dim", "15");
+        assert!(e.contains("head_dim = 15 must be even"), "{e}");
+        let e = refused("num_key_value_heads", "3");
+        assert!(e.contains("not a multiple of 3 key/value heads"), "{e}");
+        // An explicit head size other than hidden / heads is a valid Llama layout.
+        let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
+        v["head_dim"] = 32.into();
+        assert_eq!(ModelConfig::from_hf_json(&v.to_string()).unwrap().head_dim, 32);
+    }
+
+    #[test]
+    fn non_finite_or_negative_rope_base_and_epsilon_are_refused() {
+        // 1e39 is past f32: it reads as infinity.
+        for (field, value) in [("rope_theta", "1e39"), ("rope_theta", "-10000.0"), ("rope_theta", "0.5")] {
+            assert!(refused(field, value).contains("rope_theta = "), "{field} {value}");
+        }
+        for value in ["1e39", "-1e-5", "2.0"] {
+            let e = refused("rms_norm_eps", value);
+            assert!(e.contains("rms_norm_eps = ") && e.contains("must be in [0, 1]"), "{e}");
+        }
+        assert!(refused("eos_token_id", "320").contains("token id 320 (BOS/EOS) is outside the vocabulary"));
+        assert!(refused("eos_token_id", "[2, 4294967296]").contains("eos_token_id: 4294967296 is not a token id"));
     }
 }

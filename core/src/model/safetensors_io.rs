@@ -38,7 +38,11 @@ pub fn read_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(String, Host
                 ));
             }
         };
-        out.push((name, HostTensor { shape, data }));
+        let tensor = HostTensor { shape, data };
+        if let Some((i, v)) = tensor.first_non_finite() {
+            return Err(err(source_name, format!("tensor {name}: element {i} is {v}; weights must be finite")));
+        }
+        out.push((name, tensor));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -95,5 +99,26 @@ mod tests {
         assert!(e.starts_with("bad.safetensors: not a valid safetensors file"), "{e}");
         let e = read_tensors(&bytes[..bytes.len() - 3], "cut.safetensors").unwrap_err().to_string();
         assert!(e.starts_with("cut.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_naming_file_tensor_and_element() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let bytes =
+                write_f32(&[("ok".into(), vec![2], vec![1.0, 2.0]), ("w".into(), vec![3], vec![0.5, bad, 1.0])])
+                    .unwrap();
+            let e = read_tensors(&bytes, "model.safetensors").unwrap_err().to_string();
+            assert!(e.starts_with("model.safetensors: tensor w: element 1 is"), "{e}");
+        }
+        // f16 and bf16: an all-ones exponent is infinity or NaN; the largest finite values pass.
+        for (dtype, bad, big) in [(StDtype::F16, 0x7e00u16, 0x7bffu16), (StDtype::BF16, 0xff80, 0x7f7f)] {
+            for (bits, ok) in [(bad, false), (big, true)] {
+                let data: Vec<u8> = [0x3c00u16, bits].iter().flat_map(|b| b.to_le_bytes()).collect();
+                let view = safetensors::tensor::TensorView::new(dtype, vec![2], &data).unwrap();
+                let bytes = safetensors::serialize([("h".to_string(), view)], None).unwrap();
+                let got = read_tensors(&bytes, "half.safetensors");
+                assert_eq!(got.is_ok(), ok, "{dtype:?} {bits:#06x}: {:?}", got.err().map(|e| e.to_string()));
+            }
+        }
     }
 }

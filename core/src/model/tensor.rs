@@ -42,6 +42,20 @@ impl HostTensor {
         }
     }
 
+    /// The first element that is NaN or infinite, with its value: weights are checked once as
+    /// they are read, since one such weight turns every output into NaN.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        // An all-ones exponent is infinity or NaN in every IEEE format.
+        let bits16 = |v: &[u16], exponent: u16, widen: fn(u16) -> f32| {
+            v.iter().position(|&b| b & exponent == exponent).map(|i| (i, widen(v[i])))
+        };
+        match &self.data {
+            TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            TensorData::F16(v) => bits16(v, 0x7c00, |b| f16::from_bits(b).to_f32()),
+            TensorData::Bf16(v) => bits16(v, 0x7f80, |b| bf16::from_bits(b).to_f32()),
+        }
+    }
+
     /// The values as f32 (a copy for f16/bf16).
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.data {

@@ -296,12 +296,32 @@ fn config_template(v: Option<&serde_json::Value>) -> Result<Option<String>, Toke
 /// Reads an HF folder's `tokenizer.json` and, when there is one, `tokenizer_config.json` (special
 /// tokens, chat template). A separate `chat_template.jinja` (newer transformers) is passed as
 /// `chat_template_jinja` and wins over the config's, as in transformers.
+/// `tokenizers` 0.22 panics (an `expect`) on some malformed `tokenizer.json`: a decoder whose JSON
+/// does not parse, a precompiled normalizer it cannot read. Invalid JSON is refused first, with
+/// serde's line and column; a panic left in the library becomes an error where panics unwind
+/// (natively; a wasm32 build aborts instead).
+fn tokenizer_from_json(bytes: &[u8]) -> Result<Tokenizer, TokenizerError> {
+    // A full parse (escapes such as a lone surrogate are checked only when strings are read).
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .map_err(|e| TokenizerError::HfJson(format!("not valid JSON: {e}")))?;
+    match std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)) {
+        Ok(loaded) => loaded.map_err(|e| TokenizerError::HfJson(e.to_string())),
+        Err(panic) => {
+            let why = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+            Err(TokenizerError::HfJson(format!(
+                "the tokenizers library cannot read it ({})",
+                why.unwrap_or("it panicked")
+            )))
+        }
+    }
+}
+
 pub fn from_hf_files(
     tokenizer_json: &[u8],
     tokenizer_config_json: Option<&[u8]>,
     chat_template_jinja: Option<&str>,
 ) -> Result<LoadedTokenizer, TokenizerError> {
-    let tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(|e| TokenizerError::HfJson(e.to_string()))?;
+    let tokenizer = tokenizer_from_json(tokenizer_json)?;
     let config: serde_json::Value = match tokenizer_config_json {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| TokenizerError::HfConfig(e.to_string()))?,
         None => serde_json::Value::Null,
@@ -505,5 +525,31 @@ mod tests {
                 .to_string()
                 .contains("\"<nope>\" is not in the vocabulary")
         );
+    }
+
+    /// Found by the `tokenizer` fuzz target: `tokenizers` 0.22 panics (`expect("Helper")`,
+    /// `expect("Precompiled")`) on these instead of returning an error.
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        let good = crate::testing::byte_level_tokenizer_json(300);
+        assert!(from_hf_files(good.as_bytes(), None, None).is_ok());
+        // A decoder whose JSON does not parse.
+        let garbled = good.replacen(r#""decoder":{"#, r#""decoder":{"type":"ByteLevel",x,"#, 1);
+        assert_ne!(garbled, good);
+        let e = from_hf_files(garbled.as_bytes(), None, None).unwrap_err().to_string();
+        assert!(e.starts_with("tokenizer.json: not valid JSON: "), "{e}");
+        // Or whose string holds a lone surrogate (JSON that only a full parse refuses).
+        let surrogate = good.replacen(r#""decoder":{"#, r#""decoder":{"x":"\udc00","#, 1);
+        let e = from_hf_files(surrogate.as_bytes(), None, None).unwrap_err().to_string();
+        assert!(e.starts_with("tokenizer.json: not valid JSON: "), "{e}");
+        // A precompiled normalizer whose character map is not one.
+        let precompiled = good.replacen(
+            r#""normalizer":null"#,
+            r#""normalizer":{"type":"Precompiled","precompiled_charsmap":"AAAA"}"#,
+            1,
+        );
+        assert_ne!(precompiled, good);
+        let e = from_hf_files(precompiled.as_bytes(), None, None).unwrap_err().to_string();
+        assert!(e.starts_with("tokenizer.json: "), "{e}");
     }
 }

@@ -167,10 +167,44 @@ pub fn adamw_ref(
     norm
 }
 
+/// The reference of [`adamw_once`]: steps 1, 2, … with one gradient each, from zero moments;
+/// returns the parameters and the last step's gradient norm.
+pub fn adamw_steps_ref(p0: &[f32], grads: &[Vec<f32>], lr: f64, grad_scale: f64, c: AdamWConfig) -> (Vec<f64>, f64) {
+    let mut p = crate::numeric::f64s(p0);
+    let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+    let mut norm = 0.0;
+    for (i, g) in grads.iter().enumerate() {
+        norm = adamw_ref(&mut p, &crate::numeric::f64s(g), &mut m, &mut v, i as u64 + 1, lr, grad_scale, c);
+    }
+    (p, norm)
+}
+
+/// Runs one step per gradient (steps 1, 2, …) on the GPU from parameters `p0`; returns the
+/// parameters and the last step's gradient norm.
+pub async fn adamw_once(
+    gpu: &Gpu,
+    c: AdamWConfig,
+    p0: &[f32],
+    grads: &[Vec<f32>],
+    lr: f32,
+    grad_scale: f32,
+) -> GpuResult<(Vec<f32>, f32)> {
+    let opt = AdamW::new(gpu, p0.len(), c).await?;
+    let pb = gpu.upload(OP, "parameters", p0)?;
+    for (i, g) in grads.iter().enumerate() {
+        let gb = gpu.upload(OP, "gradients", g)?;
+        let mut b = gpu.batch(OP);
+        opt.step(&mut b, &pb, &gb, i as u64 + 1, lr, grad_scale)?;
+        b.submit().await?;
+    }
+    let stats = gpu.read::<f32>(OP, &opt.norm).await?;
+    Ok((gpu.read::<f32>(OP, &pb).await?, stats[opt.norm_index()]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self, f32s, f64s, rel_err};
+    use crate::testing::{self, f32s, rel_err};
 
     #[test]
     fn reference_first_step_moves_each_parameter_by_lr() {
@@ -187,23 +221,12 @@ mod tests {
         let mut rng = testing::rng("adamw");
         for &(n, max_norm) in &[(5usize, 1.0f32), (3001, 1e9), (2500, 0.5)] {
             let c = AdamWConfig { max_grad_norm: max_norm, ..Default::default() };
-            let opt = pollster::block_on(AdamW::new(&gpu, n, c)).unwrap();
             let p0 = testing::normal(&mut rng, n);
-            let pb = gpu.upload("t", "p", &p0).unwrap();
-            let (mut p, mut m, mut v) = (f64s(&p0), vec![0.0; n], vec![0.0; n]);
-            let mut norm = 0.0;
-            for step in 1..=3u64 {
-                let g = testing::normal(&mut rng, n);
-                let gb = gpu.upload("t", "g", &g).unwrap();
-                let mut b = gpu.batch("t");
-                opt.step(&mut b, &pb, &gb, step, 1e-2, 0.5).unwrap();
-                pollster::block_on(b.submit()).unwrap();
-                norm = adamw_ref(&mut p, &f64s(&g), &mut m, &mut v, step, 1e-2, 0.5, c);
-            }
-            let got = pollster::block_on(gpu.read::<f32>("t", &pb)).unwrap();
+            let grads: Vec<Vec<f32>> = (0..3).map(|_| testing::normal(&mut rng, n)).collect();
+            let (got, got_norm) = pollster::block_on(adamw_once(&gpu, c, &p0, &grads, 1e-2, 0.5)).unwrap();
+            let (p, norm) = adamw_steps_ref(&p0, &grads, 1e-2, 0.5, c);
             assert!(rel_err(&got, &f32s(&p)) <= 1e-6, "n={n}: {:e}", rel_err(&got, &f32s(&p)));
-            let stats = pollster::block_on(gpu.read::<f32>("t", &opt.norm)).unwrap();
-            let got_norm = stats[opt.norm_index()] as f64;
+            let got_norm = got_norm as f64;
             assert!((got_norm - norm).abs() <= 1e-5 * norm, "norm {got_norm} vs {norm}");
         }
     }

@@ -255,6 +255,27 @@ pub fn allowed_tokens(logits: &[f32], cfg: &SamplingConfig) -> Vec<usize> {
     kept
 }
 
+/// Draws one token per row of `logits` (`[rows, vocab]`) once on the GPU, the rows named 0…rows−1
+/// for the RNG; the output starts as `u32::MAX`, which no draw can leave.
+pub async fn sample_once(
+    gpu: &Gpu,
+    sampler: &Sampler,
+    logits: &[f32],
+    vocab: usize,
+    cfg: &SamplingConfig,
+    step: u32,
+) -> GpuResult<Vec<u32>> {
+    const OP: &str = "sampling";
+    let rows = logits.len() / vocab.max(1);
+    let lb = gpu.upload(OP, "logits", logits)?;
+    let ids = gpu.upload(OP, "row ids", &(0..rows as u32).collect::<Vec<_>>())?;
+    let out = gpu.upload(OP, "out", &vec![u32::MAX; rows])?;
+    let mut b = gpu.batch(OP);
+    sampler.record(&mut b, cfg, rows, vocab, step, &lb, &ids, &out)?;
+    b.submit().await?;
+    gpu.read::<u32>(OP, &out).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,22 +323,8 @@ mod tests {
         assert!(ops.write(&mut gpu.batch("t"), s, 6, 2, &srcb, &cache).is_err(), "past capacity must be refused");
     }
 
-    fn draw(
-        gpu: &Gpu,
-        sampler: &Sampler,
-        logits: &[f32],
-        rows: usize,
-        vocab: usize,
-        cfg: &SamplingConfig,
-        step: u32,
-    ) -> Vec<u32> {
-        let lb = gpu.upload("t", "logits", logits).unwrap();
-        let ids = gpu.upload("t", "row ids", &(0..rows as u32).collect::<Vec<_>>()).unwrap();
-        let out = gpu.upload("t", "out", &vec![u32::MAX; rows]).unwrap();
-        let mut b = gpu.batch("t");
-        sampler.record(&mut b, cfg, rows, vocab, step, &lb, &ids, &out).unwrap();
-        pollster::block_on(b.submit()).unwrap();
-        pollster::block_on(gpu.read::<u32>("t", &out)).unwrap()
+    fn draw(gpu: &Gpu, sampler: &Sampler, logits: &[f32], vocab: usize, cfg: &SamplingConfig, step: u32) -> Vec<u32> {
+        pollster::block_on(sample_once(gpu, sampler, logits, vocab, cfg, step)).unwrap()
     }
 
     #[test]
@@ -329,7 +336,7 @@ mod tests {
         let mut logits = testing::normal(&mut rng, rows * vocab);
         logits[2 * vocab + 17] = 50.0;
         logits[2 * vocab + 900] = 50.0; // tie: the lower id wins
-        let got = draw(&gpu, &sampler, &logits, rows, vocab, &SamplingConfig::greedy(), 0);
+        let got = draw(&gpu, &sampler, &logits, vocab, &SamplingConfig::greedy(), 0);
         for r in 0..rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
             assert_eq!(got[r] as usize, allowed_tokens(row, &SamplingConfig::greedy())[0], "row {r}");
@@ -354,7 +361,7 @@ mod tests {
             let allowed = allowed_tokens(&base, &cfg);
             let mut counts = vec![0usize; vocab];
             for step in 0..40 {
-                for id in draw(&gpu, &sampler, &logits, rows, vocab, &cfg, step) {
+                for id in draw(&gpu, &sampler, &logits, vocab, &cfg, step) {
                     assert!(allowed.contains(&(id as usize)), "{cfg:?}: drew {id}, allowed {allowed:?}");
                     counts[id as usize] += 1;
                 }
@@ -372,8 +379,8 @@ mod tests {
         }
         // Same seed and step → same draws; another seed → different draws.
         let cfg = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 };
-        let a = draw(&gpu, &sampler, &logits, rows, vocab, &cfg, 3);
-        assert_eq!(a, draw(&gpu, &sampler, &logits, rows, vocab, &cfg, 3));
-        assert_ne!(a, draw(&gpu, &sampler, &logits, rows, vocab, &SamplingConfig { seed: 2, ..cfg }, 3));
+        let a = draw(&gpu, &sampler, &logits, vocab, &cfg, 3);
+        assert_eq!(a, draw(&gpu, &sampler, &logits, vocab, &cfg, 3));
+        assert_ne!(a, draw(&gpu, &sampler, &logits, vocab, &SamplingConfig { seed: 2, ..cfg }, 3));
     }
 }

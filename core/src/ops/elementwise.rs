@@ -251,6 +251,69 @@ pub fn swiglu_backward_ref(gate: &[f64], up: &[f64], dh: &[f64]) -> (Vec<f64>, V
     (dgate, dup)
 }
 
+/// CPU reference of [`Embedding`]: rows of `table` (`[vocab, h]`, f32 values) by id, zeros for
+/// ids past the vocabulary.
+pub fn embedding_ref(table: &[f32], h: usize, ids: &[u32]) -> Vec<f32> {
+    let vocab = table.len() / h;
+    ids.iter()
+        .flat_map(|&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] })
+        .collect()
+}
+
+/// Runs the SwiGLU forward and backward once on fresh buffers (outputs poisoned with NaN) and
+/// reads `[h, dgate, dup]`.
+pub async fn swiglu_once(gpu: &Gpu, op: &SwiGlu, gate: &[f32], up: &[f32], dh: &[f32]) -> GpuResult<[Vec<f32>; 3]> {
+    let n = gate.len();
+    let load = |what: &str, v: &[f32]| gpu.upload(SWIGLU, what, v);
+    let (gb, ub, db) = (load("gate", gate)?, load("up", up)?, load("dh", dh)?);
+    let poison = vec![f32::NAN; n];
+    let (hb, dgb, dub) = (load("h", &poison)?, load("dgate", &poison)?, load("dup", &poison)?);
+    let mut b = gpu.batch(SWIGLU);
+    op.forward(&mut b, n, &gb, &ub, &hb)?;
+    op.backward(&mut b, n, &gb, &ub, &db, &dgb, &dub)?;
+    b.submit().await?;
+    Ok([gpu.read(SWIGLU, &hb).await?, gpu.read(SWIGLU, &dgb).await?, gpu.read(SWIGLU, &dub).await?])
+}
+
+/// Gathers `ids` from a table given as row shards (first row, f32 values of the shard's rows),
+/// stored on the GPU in `op`'s type; the output starts as NaN.
+pub async fn embedding_once(
+    gpu: &Gpu,
+    op: &Embedding,
+    dtype: Dtype,
+    shards: &[(usize, &[f32])],
+    ids: &[u32],
+) -> GpuResult<Vec<f32>> {
+    const OP: &str = "embedding";
+    let bufs = shards
+        .iter()
+        .map(|&(row0, rows)| Ok((row0, gpu.upload(OP, "table", &crate::dtype::pack(dtype, rows))?)))
+        .collect::<GpuResult<Vec<_>>>()?;
+    let table: Vec<(usize, &GpuBuffer)> = bufs.iter().map(|(r, b)| (*r, b)).collect();
+    let ib = gpu.upload(OP, "ids", ids)?;
+    let out = gpu.upload(OP, "out", &vec![f32::NAN; ids.len() * op.h])?;
+    let mut b = gpu.batch(OP);
+    op.record(&mut b, &ib, ids.len(), &table, &out)?;
+    b.submit().await?;
+    gpu.read(OP, &out).await
+}
+
+/// Scatters `src` rows to `index` in a copy of `before` on the GPU and reads it back.
+pub async fn row_scatter_once(
+    gpu: &Gpu,
+    op: &RowScatter,
+    index: &[u32],
+    src: &[f32],
+    before: &[f32],
+) -> GpuResult<Vec<f32>> {
+    const OP: &str = "row scatter";
+    let (ib, sb, ob) = (gpu.upload(OP, "index", index)?, gpu.upload(OP, "src", src)?, gpu.upload(OP, "out", before)?);
+    let mut b = gpu.batch(OP);
+    op.record(&mut b, &ib, index.len(), &sb, &ob)?;
+    b.submit().await?;
+    gpu.read(OP, &ob).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,21 +339,14 @@ mod tests {
         let op = pollster::block_on(SwiGlu::new(&gpu)).unwrap();
         for n in [1, 63, 1000] {
             let (g, u, d) = (testing::normal(&mut rng, n), testing::normal(&mut rng, n), testing::normal(&mut rng, n));
-            let up_ = |v: &[f32]| gpu.upload("t", "t", v).unwrap();
-            let (gb, ub, db) = (up_(&g), up_(&u), up_(&d));
-            let (hb, dgb, dub) = (up_(&vec![f32::NAN; n]), up_(&vec![f32::NAN; n]), up_(&vec![f32::NAN; n]));
-            let mut b = gpu.batch("t");
-            op.forward(&mut b, n, &gb, &ub, &hb).unwrap();
-            op.backward(&mut b, n, &gb, &ub, &db, &dgb, &dub).unwrap();
-            pollster::block_on(b.submit()).unwrap();
-            let read = |b: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", b)).unwrap();
+            let [h, dgate, dup] = pollster::block_on(swiglu_once(&gpu, &op, &g, &u, &d)).unwrap();
             let (dg, du) = swiglu_backward_ref(&f64s(&g), &f64s(&u), &f64s(&d));
             // A handful of f32 roundings (sigmoid, products, 1 + g·(1 − s)): a single element can be
             // off by ~15 ulps (1.7e-6 seen at n = 1, seed 1795673558091669682); 4e-6 is ~32 ulps.
             const BOUND: f64 = 4e-6;
-            assert!(rel_err(&read(&hb), &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= BOUND);
-            assert!(rel_err(&read(&dgb), &f32s(&dg)) <= BOUND);
-            assert!(rel_err(&read(&dub), &f32s(&du)) <= BOUND);
+            assert!(rel_err(&h, &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= BOUND);
+            assert!(rel_err(&dgate, &f32s(&dg)) <= BOUND);
+            assert!(rel_err(&dup, &f32s(&du)) <= BOUND);
         }
     }
 
@@ -303,20 +359,8 @@ mod tests {
             let table = dtype::round_trip(dt, &testing::normal(&mut rng, vocab * h));
             let ids: Vec<u32> = vec![0, 36, 5, 5, 999, 17, 1];
             let op = pollster::block_on(Embedding::new(&gpu, vocab, h, dt)).unwrap();
-            let tb = gpu.upload("t", "table", &dtype::pack(dt, &table)).unwrap();
-            let ib = gpu.upload("t", "ids", &ids).unwrap();
-            let ob = gpu.upload("t", "out", &vec![f32::NAN; ids.len() * h]).unwrap();
-            let mut b = gpu.batch("t");
-            op.record(&mut b, &ib, ids.len(), &[(0, &tb)], &ob).unwrap();
-            pollster::block_on(b.submit()).unwrap();
-            let got = pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap();
-            let want: Vec<f32> = ids
-                .iter()
-                .flat_map(
-                    |&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] },
-                )
-                .collect();
-            assert_eq!(got, want, "{dt:?}");
+            let got = pollster::block_on(embedding_once(&gpu, &op, dt, &[(0, &table)], &ids)).unwrap();
+            assert_eq!(got, embedding_ref(&table, h, &ids), "{dt:?}");
         }
     }
 
@@ -329,25 +373,13 @@ mod tests {
         let ids: Vec<u32> = vec![0, 49, 16, 17, 33, 34, 60, 5];
         let op = pollster::block_on(Embedding::new(&gpu, vocab, h, Dtype::F32)).unwrap();
         let starts = [0usize, 17, 34];
-        let bufs: Vec<GpuBuffer> = starts
+        let shards: Vec<(usize, &[f32])> = starts
             .iter()
             .enumerate()
-            .map(|(i, &r0)| {
-                gpu.upload("t", "shard", &table[r0 * h..starts.get(i + 1).copied().unwrap_or(vocab) * h]).unwrap()
-            })
+            .map(|(i, &r0)| (r0, &table[r0 * h..starts.get(i + 1).copied().unwrap_or(vocab) * h]))
             .collect();
-        let shards: Vec<(usize, &GpuBuffer)> = starts.iter().copied().zip(bufs.iter()).collect();
-        let ib = gpu.upload("t", "ids", &ids).unwrap();
-        let ob = gpu.upload("t", "out", &vec![f32::NAN; ids.len() * h]).unwrap();
-        let mut b = gpu.batch("t");
-        op.record(&mut b, &ib, ids.len(), &shards, &ob).unwrap();
-        pollster::block_on(b.submit()).unwrap();
-        let got = pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap();
-        let want: Vec<f32> = ids
-            .iter()
-            .flat_map(|&id| if (id as usize) < vocab { table[id as usize * h..][..h].to_vec() } else { vec![0.0; h] })
-            .collect();
-        assert_eq!(got, want);
+        let got = pollster::block_on(embedding_once(&gpu, &op, Dtype::F32, &shards, &ids)).unwrap();
+        assert_eq!(got, embedding_ref(&table, h, &ids));
     }
 
     #[test]
@@ -363,22 +395,15 @@ mod tests {
             let src = testing::normal(&mut rng, rows * h);
             let before = testing::normal(&mut rng, out_rows * h);
             let op = pollster::block_on(RowScatter::new(&gpu, out_rows, h)).unwrap();
-            let (ib, sb) = (gpu.upload("t", "index", &index).unwrap(), gpu.upload("t", "src", &src).unwrap());
-            let ob = gpu.upload("t", "out", &before).unwrap();
-            let mut b = gpu.batch("t");
-            op.record(&mut b, &ib, rows, &sb, &ob).unwrap();
-            pollster::block_on(b.submit()).unwrap();
+            let scattered = pollster::block_on(row_scatter_once(&gpu, &op, &index, &src, &before)).unwrap();
             let mut want = before.clone();
             row_scatter_ref(&index, &src, h, &mut want);
-            assert_eq!(pollster::block_on(gpu.read::<f32>("t", &ob)).unwrap(), want, "{out_rows}×{h}");
+            assert_eq!(scattered, want, "{out_rows}×{h}");
 
             // the gather of the same indices takes the rows back (zeros for the padding)
             let gather = pollster::block_on(Embedding::new(&gpu, out_rows, h, Dtype::F32)).unwrap();
-            let back = gpu.upload("t", "back", &vec![f32::NAN; rows * h]).unwrap();
-            let mut b = gpu.batch("t");
-            gather.record(&mut b, &ib, rows, &[(0, &ob)], &back).unwrap();
-            pollster::block_on(b.submit()).unwrap();
-            let got = pollster::block_on(gpu.read::<f32>("t", &back)).unwrap();
+            let got =
+                pollster::block_on(embedding_once(&gpu, &gather, Dtype::F32, &[(0, &scattered)], &index)).unwrap();
             assert_eq!(got[..picked * h], src[..picked * h]);
             assert!(got[picked * h..].iter().all(|&x| x == 0.0));
         }

@@ -134,6 +134,32 @@ pub async fn linear_forward_once(
     gpu.read::<f32>(OP, &yb).await
 }
 
+/// Runs both backward products on fresh buffers (outputs poisoned with NaN) and reads `(dx, dW)`.
+pub async fn linear_backward_once(
+    gpu: &Gpu,
+    x: &[f32],
+    w: &[f32],
+    w_dtype: Dtype,
+    dy: &[f32],
+    shape: LinearShape,
+) -> GpuResult<(Vec<f32>, Vec<f32>)> {
+    const OP: &str = "linear backward";
+    let bwd_in = LinearBackwardInput::new(gpu, shape, w_dtype, false).await?;
+    let bwd_w = LinearBackwardWeight::new(gpu, shape, false).await?;
+    let xb = gpu.upload(OP, "x", x)?;
+    let wb = gpu.upload(OP, "W", &dtype::pack(w_dtype, w))?;
+    let dyb = gpu.upload(OP, "dy", dy)?;
+    let dxb = gpu.storage(OP, "dx", (shape.rows * shape.inp * 4) as u64)?;
+    let dwb = gpu.storage(OP, "dW", (shape.out * shape.inp * 4) as u64)?;
+    gpu.fill_f32(&dxb, f32::NAN);
+    gpu.fill_f32(&dwb, f32::NAN);
+    let mut batch = gpu.batch(OP);
+    bwd_in.record(&mut batch, &dyb, &wb, &dxb)?;
+    bwd_w.record(&mut batch, &dyb, &xb, &dwb, 1.0)?;
+    batch.submit().await?;
+    Ok((gpu.read::<f32>(OP, &dxb).await?, gpu.read::<f32>(OP, &dwb).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,24 +216,8 @@ mod tests {
                 let err = rel_err(&got, &linear_forward_ref(&x, &w, Some(&bias), s));
                 assert!(err <= 1e-5, "{w_dtype:?} {s:?} forward: {err:e}");
 
-                let bwd_in = pollster::block_on(LinearBackwardInput::new(&gpu, s, w_dtype, false)).unwrap();
-                let bwd_w = pollster::block_on(LinearBackwardWeight::new(&gpu, s, false)).unwrap();
-                let (xb, wb, dyb) = (
-                    gpu.upload("t", "x", &x).unwrap(),
-                    gpu.upload("t", "w", &dtype::pack(w_dtype, &w)).unwrap(),
-                    gpu.upload("t", "dy", &dy).unwrap(),
-                );
-                let dxb = gpu.storage("t", "dx", (rows * inp * 4) as u64).unwrap();
-                let dwb = gpu.storage("t", "dw", (out * inp * 4) as u64).unwrap();
-                gpu.fill_f32(&dxb, f32::NAN);
-                gpu.fill_f32(&dwb, f32::NAN);
-                let mut rec = gpu.batch("t");
-                bwd_in.record(&mut rec, &dyb, &wb, &dxb).unwrap();
-                bwd_w.record(&mut rec, &dyb, &xb, &dwb, 1.0).unwrap();
-                pollster::block_on(rec.submit()).unwrap();
+                let (dx, dw) = pollster::block_on(linear_backward_once(&gpu, &x, &w, w_dtype, &dy, s)).unwrap();
                 let (dx_want, dw_want) = linear_backward_ref(&x, &w, &dy, s);
-                let dx = pollster::block_on(gpu.read::<f32>("t", &dxb)).unwrap();
-                let dw = pollster::block_on(gpu.read::<f32>("t", &dwb)).unwrap();
                 assert!(rel_err(&dx, &dx_want) <= 1e-5, "{w_dtype:?} {s:?} dx: {:e}", rel_err(&dx, &dx_want));
                 assert!(rel_err(&dw, &dw_want) <= 1e-5, "{s:?} dW: {:e}", rel_err(&dw, &dw_want));
             }

@@ -428,6 +428,9 @@ impl Matmul {
     pub fn shape(&self) -> MatmulShape {
         self.shape
     }
+    pub fn spec(&self) -> MatmulSpec {
+        self.spec
+    }
 
     /// Records the product, after checking every operand lies inside its buffer.
     pub fn record(
@@ -547,6 +550,48 @@ pub fn matmul_ref(
     }
 }
 
+/// One product on host operands (B as f32 values, packed to the spec's type on upload): what
+/// tests and the self-check run through a prepared [`Matmul`] and through [`matmul_ref`].
+#[derive(Clone, Copy, Debug)]
+pub struct HostProduct<'a> {
+    pub a: &'a [f32],
+    pub ao: HostOperand,
+    pub b: &'a [f32],
+    pub bo: HostOperand,
+    pub bias: Option<&'a [f32]>,
+    /// C's contents before the product (what an accumulating spec adds to).
+    pub c: &'a [f32],
+    pub co: HostOperand,
+    pub alpha: f32,
+}
+
+impl HostProduct<'_> {
+    /// The reference result for `op`'s spec and shape.
+    pub fn reference(&self, op: &Matmul) -> Vec<f32> {
+        let mut c = self.c.to_vec();
+        let bias = self.bias.filter(|_| op.spec.has_bias);
+        matmul_ref(op.spec, op.shape, self.a, self.ao, self.b, self.bo, bias, &mut c, self.co, self.alpha);
+        c
+    }
+
+    /// Runs `op` once on fresh buffers and reads C back.
+    pub async fn run(&self, gpu: &Gpu, op: &Matmul) -> GpuResult<Vec<f32>> {
+        let spec = op.spec;
+        let a = gpu.upload(OP, "A", self.a)?;
+        let b = gpu.upload(OP, "B", &crate::dtype::pack(spec.b_dtype, self.b))?;
+        let c = gpu.upload(OP, "C", self.c)?;
+        let bias = match self.bias.filter(|_| spec.has_bias) {
+            Some(v) => Some(gpu.upload(OP, "bias", v)?),
+            None => None,
+        };
+        let on = |o: HostOperand, buf| Operand { buf, off: o.off, ld: o.ld, batch_stride: o.batch_stride };
+        let mut batch = gpu.batch(OP);
+        op.record(&mut batch, on(self.ao, &a), on(self.bo, &b), bias.as_ref(), on(self.co, &c), self.alpha)?;
+        batch.submit().await?;
+        gpu.read::<f32>(OP, &c).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,21 +646,9 @@ mod tests {
         let bias = testing::normal(rng, n);
         let c0 = testing::normal(rng, c_len);
         let alpha = if rng.random::<bool>() { 1.0 } else { 0.37 };
-
-        let ab = gpu.upload("t", "a", &a).unwrap();
-        let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
-        let biasb = gpu.upload("t", "bias", &bias).unwrap();
-        let cb = gpu.upload("t", "c", &c0).unwrap();
-        let gpu_op = |o: HostOperand, buf| Operand { buf, off: o.off, ld: o.ld, batch_stride: o.batch_stride };
-        let mut rec = gpu.batch("t");
-        op.record(&mut rec, gpu_op(ao, &ab), gpu_op(bo, &bb), spec.has_bias.then_some(&biasb), gpu_op(co, &cb), alpha)
-            .expect("record");
-        pollster::block_on(rec.submit()).expect("submit");
-        let got = pollster::block_on(gpu.read::<f32>("t", &cb)).unwrap();
-
-        let mut want = c0.clone();
-        matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, alpha);
-        let err = rel_err(&got, &want);
+        let product = HostProduct { a: &a, ao, b: &b, bo, bias: Some(&bias), c: &c0, co, alpha };
+        let got = pollster::block_on(product.run(gpu, op)).expect("run");
+        let err = rel_err(&got, &product.reference(op));
         let path = if step == 4 && op.has_fast_path() { "fast" } else { "general" };
         assert!(err <= 1e-5, "{spec:?} {shape:?} {path} {:?}: ‖gpu−ref‖/‖ref‖ = {err:e}", op.tiling());
     }
@@ -720,18 +753,9 @@ mod tests {
         let b = dtype::round_trip(spec.b_dtype, &testing::normal(rng, len(bo, b_rows)));
         let c0 = testing::normal(rng, len(co, m));
         let bias = testing::normal(rng, n);
-        let ab = gpu.upload("t", "a", &a).unwrap();
-        let bb = gpu.upload("t", "b", &dtype::pack(spec.b_dtype, &b)).unwrap();
-        let cb = gpu.upload("t", "c", &c0).unwrap();
-        let biasb = gpu.upload("t", "bias", &bias).unwrap();
-        let gop = |o: HostOperand, buf| Operand { buf, off: o.off, ld: o.ld, batch_stride: o.batch_stride };
-        let mut rec = gpu.batch("t");
-        op.record(&mut rec, gop(ao, &ab), gop(bo, &bb), spec.has_bias.then_some(&biasb), gop(co, &cb), 0.5).unwrap();
-        pollster::block_on(rec.submit()).unwrap();
-        let got = pollster::block_on(gpu.read::<f32>("t", &cb)).unwrap();
-        let mut want = c0.clone();
-        matmul_ref(spec, shape, &a, ao, &b, bo, spec.has_bias.then_some(&bias[..]), &mut want, co, 0.5);
-        let err = rel_err(&got, &want);
+        let product = HostProduct { a: &a, ao, b: &b, bo, bias: Some(&bias), c: &c0, co, alpha: 0.5 };
+        let got = pollster::block_on(product.run(gpu, op)).unwrap();
+        let err = rel_err(&got, &product.reference(op));
         assert!(err <= 1e-5, "fast {spec:?} {:?}: {err:e}", op.tiling());
     }
 

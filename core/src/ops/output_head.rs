@@ -264,6 +264,62 @@ pub fn head_ref(h: &[f64], w: &[f64], targets: &[u32], s: HeadShape, temperature
         .collect()
 }
 
+/// CPU reference of the backward: ∂(Σ_r dlogp_r · logp_r)/∂h in f64, the gradient
+/// [`OutputHead::backward`] adds to dh: `dlogp_r / T · (W_target − Σ_v p_v W_v)`.
+pub fn head_backward_ref(
+    h: &[f64],
+    w: &[f64],
+    targets: &[u32],
+    dlogp: &[f64],
+    s: HeadShape,
+    temperature: f64,
+) -> Vec<f64> {
+    let stats = head_ref(h, w, targets, s, temperature);
+    let mut dh = vec![0.0; s.rows * s.hidden];
+    for r in 0..s.rows {
+        let row = &h[r * s.hidden..(r + 1) * s.hidden];
+        let lse = stats[r][0];
+        let g = dlogp[r] / temperature;
+        for v in 0..s.vocab {
+            let wv = &w[v * s.hidden..(v + 1) * s.hidden];
+            let z = row.iter().zip(wv).map(|(a, b)| a * b).sum::<f64>() / temperature;
+            let coef = (v == targets[r] as usize) as u8 as f64 - (z - lse).exp();
+            for (d, &wj) in dh[r * s.hidden..(r + 1) * s.hidden].iter_mut().zip(wv) {
+                *d += g * coef * wj;
+            }
+        }
+    }
+    dh
+}
+
+/// Runs `head`'s forward and backward once on fresh buffers and reads (`row_stats` `[rows, 4]`,
+/// dh). `w` is given as row shards (first row, f32 values), stored in the head's type; dh starts
+/// as `dh0`.
+#[allow(clippy::too_many_arguments)]
+pub async fn head_once(
+    gpu: &Gpu,
+    head: &OutputHead,
+    w: &[(usize, &[f32])],
+    h: &[f32],
+    targets: &[u32],
+    dlogp: &[f32],
+    dh0: &[f32],
+    temperature: f32,
+) -> GpuResult<(Vec<f32>, Vec<f32>)> {
+    let shard_bufs = w
+        .iter()
+        .map(|&(row0, rows)| Ok((row0, gpu.upload(OP, "W", &crate::dtype::pack(head.w_dtype, rows))?)))
+        .collect::<GpuResult<Vec<_>>>()?;
+    let shards: Vec<(usize, &GpuBuffer)> = shard_bufs.iter().map(|(r, b)| (*r, b)).collect();
+    let (hb, tb) = (gpu.upload(OP, "h", h)?, gpu.upload(OP, "targets", targets)?);
+    let (db, dhb) = (gpu.upload(OP, "dlogp", dlogp)?, gpu.upload(OP, "dh", dh0)?);
+    let mut b = gpu.batch(OP);
+    head.forward(&mut b, &hb, &shards, &tb, temperature)?;
+    head.backward(&mut b, &hb, &shards, &tb, &db, temperature, &dhb)?;
+    b.submit().await?;
+    Ok((gpu.read(OP, &head.row_stats).await?, gpu.read(OP, &dhb).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,30 +346,21 @@ mod tests {
             // The vocabulary split over shards (not multiples of the chunk) must not change anything.
             let starts: Vec<usize> = if vocab > 1000 { vec![0, vocab / 3 + 1, vocab / 2 + 7] } else { vec![0] };
             let head = pollster::block_on(OutputHead::new(&gpu, s, dt, &starts)).unwrap();
-            let up = |x: &[f32]| gpu.upload("t", "t", x).unwrap();
-            let (hb, db, dhb) = (up(&h), up(&dlogp), up(&dh0));
-            let shard_bufs: Vec<GpuBuffer> = starts
+            let shards: Vec<(usize, &[f32])> = starts
                 .iter()
                 .enumerate()
-                .map(|(i, &r0)| {
-                    let r1 = starts.get(i + 1).copied().unwrap_or(vocab);
-                    gpu.upload("t", "w", &dtype::pack(dt, &w[r0 * hidden..r1 * hidden])).unwrap()
-                })
+                .map(|(i, &r0)| (r0, &w[r0 * hidden..starts.get(i + 1).copied().unwrap_or(vocab) * hidden]))
                 .collect();
-            let shards: Vec<(usize, &GpuBuffer)> = starts.iter().copied().zip(shard_bufs.iter()).collect();
-            let tb = gpu.upload("t", "targets", &targets).unwrap();
-            let mut b = gpu.batch("t");
-            head.forward(&mut b, &hb, &shards, &tb, temp).unwrap();
-            head.backward(&mut b, &hb, &shards, &tb, &db, temp, &dhb).unwrap();
-            pollster::block_on(b.submit()).unwrap();
-            let stats = pollster::block_on(gpu.read::<f32>("t", &head.row_stats)).unwrap();
+            let (stats, got_dh) =
+                pollster::block_on(head_once(&gpu, &head, &shards, &h, &targets, &dlogp, &dh0, temp)).unwrap();
             let want = head_ref(&f64s(&h), &f64s(&w), &targets, s, temp as f64);
             for r in 0..rows {
                 let got = [stats[r * 4 + 1], stats[r * 4 + 2], stats[r * 4 + 3]];
                 let err = rel_err(&got, &f32s(&want[r]));
                 assert!(err <= 1e-5, "{s:?} row {r}: got {got:?} want {:?}", want[r]);
             }
-            // dh = dh0 + ∂(Σ_r dlogp_r · logp_r)/∂h, the gradient by finite differences.
+            // dh = dh0 + ∂(Σ_r dlogp_r · logp_r)/∂h: the analytic reference, and it against finite
+            // differences of the forward reference.
             let loss = |hh: &[f64]| -> f64 {
                 head_ref(hh, &f64s(&w), &targets, s, temp as f64)
                     .iter()
@@ -321,11 +368,12 @@ mod tests {
                     .map(|(v, &g)| v[1] * g as f64)
                     .sum()
             };
+            let analytic = head_backward_ref(&f64s(&h), &f64s(&w), &targets, &f64s(&dlogp), s, temp as f64);
             let fd = fd_grad(&loss, &f64s(&h));
-            let want_dh: Vec<f32> = fd.iter().zip(&dh0).map(|(a, b)| (*a + *b as f64) as f32).collect();
-            let got_dh = pollster::block_on(gpu.read::<f32>("t", &dhb)).unwrap();
+            assert!(testing::rel_err64(&analytic, &fd) <= 1e-6, "{s:?}: analytic vs finite differences");
+            let want_dh: Vec<f32> = analytic.iter().zip(&dh0).map(|(a, b)| (*a + *b as f64) as f32).collect();
             let err = rel_err(&got_dh, &want_dh);
-            assert!(err <= 1e-4, "{s:?} dh: {err:e}");
+            assert!(err <= 1e-5, "{s:?} dh: {err:e}");
         }
     }
 }

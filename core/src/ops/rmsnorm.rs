@@ -163,6 +163,37 @@ pub fn rmsnorm_backward_ref(x: &[f64], w: &[f64], dy: &[f64], rows: usize, h: us
     (dx, dw)
 }
 
+/// Runs `op`'s forward and backward once on fresh buffers and reads `[y, rstd, dx, dw]`.
+/// `grads0`: what an accumulating op adds to (dx, dw); without it they start as NaN, so every
+/// element must be written.
+pub async fn rmsnorm_once(
+    gpu: &Gpu,
+    op: &RmsNorm,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    grads0: Option<(&[f32], &[f32])>,
+) -> GpuResult<[Vec<f32>; 4]> {
+    let (rows, h) = (op.rows, op.h);
+    let up = |what: &str, v: &[f32]| gpu.upload(OP, what, v);
+    let (xb, wb, dyb) = (up("x", x)?, up("w", w)?, up("dy", dy)?);
+    let yb = up("y", &vec![f32::NAN; rows * h])?;
+    let rb = up("rstd", &vec![f32::NAN; rows])?;
+    let (dxb, dwb) = match grads0 {
+        Some((dx0, dw0)) => (up("dx", dx0)?, up("dw", dw0)?),
+        None => (up("dx", &vec![f32::NAN; rows * h])?, up("dw", &vec![f32::NAN; h])?),
+    };
+    let mut b = gpu.batch(OP);
+    op.forward(&mut b, &xb, &wb, &yb, &rb)?;
+    op.backward(&mut b, &xb, &wb, &rb, &dyb, &dxb, Some(&dwb))?;
+    b.submit().await?;
+    let mut out = Vec::with_capacity(4);
+    for buf in [&yb, &rb, &dxb, &dwb] {
+        out.push(gpu.read::<f32>(OP, buf).await?);
+    }
+    Ok(out.try_into().expect("four outputs"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,28 +226,15 @@ mod tests {
                 let dw0 = testing::normal(&mut rng, h);
                 let op =
                     pollster::block_on(RmsNorm::with_forward(&gpu, rows, h, eps, accumulate, forward_rows)).unwrap();
-                let up = |v: &[f32]| gpu.upload("t", "t", v).unwrap();
-                let (xb, wb, dyb, dxb, dwb) = (up(&x), up(&w), up(&dy), up(&dx0), up(&dw0));
-                let yb = up(&vec![f32::NAN; rows * h]);
-                let rb = up(&vec![f32::NAN; rows]);
-                if !accumulate {
-                    gpu.fill_f32(&dxb, f32::NAN);
-                    gpu.fill_f32(&dwb, f32::NAN);
-                }
-                let mut b = gpu.batch("t");
-                op.forward(&mut b, &xb, &wb, &yb, &rb).unwrap();
-                op.backward(&mut b, &xb, &wb, &rb, &dyb, &dxb, Some(&dwb)).unwrap();
-                pollster::block_on(b.submit()).unwrap();
-                let read = |b: &GpuBuffer| pollster::block_on(gpu.read::<f32>("t", b)).unwrap();
+                let grads0 = accumulate.then_some((&dx0[..], &dw0[..]));
+                let [gy, grstd, gdx, gdw] = pollster::block_on(rmsnorm_once(&gpu, &op, &x, &w, &dy, grads0)).unwrap();
                 let (y, rstd) = rmsnorm_ref(&f64s(&x), &f64s(&w), rows, h, eps as f64);
                 let (mut dx, mut dw) = rmsnorm_backward_ref(&f64s(&x), &f64s(&w), &f64s(&dy), rows, h, eps as f64);
                 if accumulate {
                     dx.iter_mut().zip(&dx0).for_each(|(a, b)| *a += *b as f64);
                     dw.iter_mut().zip(&dw0).for_each(|(a, b)| *a += *b as f64);
                 }
-                for (name, got, want) in
-                    [("y", read(&yb), y), ("rstd", read(&rb), rstd), ("dx", read(&dxb), dx), ("dw", read(&dwb), dw)]
-                {
+                for (name, got, want) in [("y", gy, y), ("rstd", grstd, rstd), ("dx", gdx, dx), ("dw", gdw, dw)] {
                     let err = rel_err(&got, &f32s(&want));
                     assert!(
                         err <= 1e-5,

@@ -148,6 +148,26 @@ pub fn rope_ref(
     }
 }
 
+/// Rotates `x` (rows `row_stride` apart, one row per position) once on the GPU and reads it back.
+#[allow(clippy::too_many_arguments)]
+pub async fn rope_once(
+    gpu: &Gpu,
+    op: &Rope,
+    tables: &RopeTables,
+    x: &[f32],
+    positions: &[u32],
+    heads: usize,
+    row_stride: usize,
+    inverse: bool,
+) -> GpuResult<Vec<f32>> {
+    let xb = gpu.upload(OP, "x", x)?;
+    let pb = gpu.upload(OP, "positions", positions)?;
+    let mut b = gpu.batch(OP);
+    op.record(&mut b, tables, &pb, &xb, positions.len(), heads, row_stride, inverse)?;
+    b.submit().await?;
+    gpu.read::<f32>(OP, &xb).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,12 +210,8 @@ mod tests {
             let x = testing::normal(&mut rng, rows * stride);
             let pos: Vec<u32> = (0..rows).map(|_| rand::Rng::random_range(&mut rng, 0..4096)).collect();
             for inverse in [false, true] {
-                let xb = gpu.upload("t", "x", &x).unwrap();
-                let pb = gpu.upload("t", "pos", &pos).unwrap();
-                let mut b = gpu.batch("t");
-                op.record(&mut b, &tables_gpu, &pb, &xb, rows, heads, stride, inverse).unwrap();
-                pollster::block_on(b.submit()).unwrap();
-                let got = pollster::block_on(gpu.read::<f32>("t", &xb)).unwrap();
+                let got =
+                    pollster::block_on(rope_once(&gpu, &op, &tables_gpu, &x, &pos, heads, stride, inverse)).unwrap();
                 let mut want = f64s(&x);
                 rope_ref(&mut want, &pos, &cos, &sin, heads, d, stride, inverse);
                 let err = rel_err(&got, &f32s(&want));

@@ -97,6 +97,30 @@ impl InputError {
     }
 }
 
+/// Bytes of a text file as UTF-8; an invalid byte is reported with its line (and its byte in
+/// the line), as every other data error is.
+pub fn utf8_text<'a>(source: &str, bytes: &'a [u8]) -> Result<&'a str, InputError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        InputError::new(source, line, format!("not valid UTF-8 text (byte {column} of the line)"))
+    })
+}
+
+#[cfg(test)]
+mod utf8_tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_names_its_line_and_byte() {
+        assert_eq!(utf8_text("a.jsonl", "é\n{}\n".as_bytes()), Ok("é\n{}\n"));
+        let e = utf8_text("a.jsonl", b"{\"x\": 1}\n{}\n{\"y\": \"\xff\"}\n").unwrap_err();
+        assert_eq!(e.to_string(), "a.jsonl: line 3: not valid UTF-8 text (byte 8 of the line)");
+        assert_eq!(utf8_text("b", b"\xc3").unwrap_err().location, Location::Line(1), "a cut multi-byte character");
+    }
+}
+
 #[cfg(test)]
 mod conversation_prompt_tests {
     use super::*;

@@ -77,9 +77,46 @@ pub struct LoraConfig {
     pub targets: Vec<Target>,
 }
 
+/// The largest `alpha / r` accepted: PEFT's adapters use 0.5–4; beyond this an adapter swamps the
+/// weights it adapts and its outputs are garbage, whatever its file says.
+pub const MAX_SCALE: f32 = 1024.0;
+
 impl LoraConfig {
     pub fn scale(&self) -> f32 {
         self.alpha / self.r as f32
+    }
+
+    /// Checks the rank and alpha against the model before anything is sized from them: `r` from
+    /// 1 to the smallest dimension of a targeted projection (a larger rank adds nothing `B·A`
+    /// can express, only memory), and a finite positive alpha with `alpha / r` ≤ [`MAX_SCALE`].
+    /// The message names the fields as PEFT's `adapter_config.json` does.
+    pub fn check(&self, model: &ModelConfig) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Err("target_modules is empty".into());
+        }
+        let (smallest, target) = self
+            .targets
+            .iter()
+            .map(|&t| {
+                let (inp, out) = t.dims(model);
+                (inp.min(out), t)
+            })
+            .min()
+            .expect("non-empty");
+        if self.r == 0 || self.r > smallest {
+            return Err(format!(
+                "r = {} must be from 1 to {smallest} (the smallest dimension of the targeted {})",
+                self.r,
+                target.module_name()
+            ));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0 && self.scale() <= MAX_SCALE) {
+            return Err(format!(
+                "lora_alpha = {} must be positive and finite, with lora_alpha / r at most {MAX_SCALE} (r = {})",
+                self.alpha, self.r
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -123,6 +160,13 @@ pub struct LoraLayout {
 }
 
 impl LoraLayout {
+    /// The layout of `config` on `model`, after [`LoraConfig::check`]: what a front end builds
+    /// from a user's rank and alpha (an absurd rank is refused before anything is sized from it).
+    pub fn checked(model: &ModelConfig, config: LoraConfig) -> Result<Self, String> {
+        config.check(model)?;
+        Ok(Self::new(model, config))
+    }
+
     pub fn new(model: &ModelConfig, config: LoraConfig) -> Self {
         let mut factors = Vec::new();
         let mut offset = 0;

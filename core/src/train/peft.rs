@@ -62,7 +62,8 @@ pub fn from_peft(model: &ModelConfig, config_json: &str, weights: &[u8]) -> Resu
     if let Some(t) = get("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
         return Err(cfg_err(format!("peft_type {t} is not supported (only LORA is)")));
     }
-    let r = get("r").and_then(Value::as_u64).ok_or_else(|| cfg_err("missing integer r"))? as usize;
+    let r = get("r").and_then(Value::as_u64).ok_or_else(|| cfg_err("missing integer r"))?;
+    let r = usize::try_from(r).map_err(|_| cfg_err(format!("r = {r} is too large")))?;
     let alpha = get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| cfg_err("missing lora_alpha"))? as f32;
     for (key, ok) in [
         ("use_rslora", get("use_rslora").is_none_or(|x| x == &json!(false))),
@@ -94,7 +95,10 @@ pub fn from_peft(model: &ModelConfig, config_json: &str, weights: &[u8]) -> Resu
                 .ok_or_else(|| cfg_err(format!("target module {m} is not a Llama/Qwen2 projection")))?,
         );
     }
-    let layout = LoraLayout::new(model, LoraConfig { r, alpha, targets });
+    let config = LoraConfig { r, alpha, targets };
+    // Before the layout is sized from them: a corrupt rank would allocate without bound.
+    config.check(model).map_err(cfg_err)?;
+    let layout = LoraLayout::new(model, config);
     let tensors = read_tensors(weights, "adapter_model.safetensors").map_err(|e| weights_err(e.message))?;
     let mut by_key: std::collections::HashMap<String, crate::model::HostTensor> = tensors
         .into_iter()
@@ -149,5 +153,34 @@ mod tests {
         assert!(
             from_peft(&model, "{", &bytes).unwrap_err().to_string().starts_with("adapter_config.json: not valid JSON")
         );
+    }
+
+    #[test]
+    fn ranks_and_alphas_that_do_not_fit_the_model_are_refused_before_allocating() {
+        let model = tiny_config(Architecture::Qwen2, true);
+        let layout = LoraLayout::new(&model, LoraConfig { r: 4, alpha: 8.0, targets: vec![Target::QProj] });
+        let (cfg, bytes) = to_peft(&layout, &vec![0.0; layout.len], "tiny").unwrap();
+        let with = |key: &str, value: &str| {
+            let mut v: Value = serde_json::from_str(&cfg).unwrap();
+            v[key] = serde_json::from_str(value).unwrap();
+            from_peft(&model, &v.to_string(), &bytes).map(|_| ()).map_err(|e| e.to_string())
+        };
+        // r 1e12 (once an abort allocating the layout), 0, past the projection's 32 columns.
+        for r in ["1000000000000", "18446744073709551615", "0", "33"] {
+            let e = with("r", r).unwrap_err();
+            assert!(e.starts_with("adapter_config.json: r = "), "{r}: {e}");
+        }
+        // Infinite (1e39 as f32), absurd, negative and zero alphas.
+        for alpha in ["1e39", "1e30", "-8", "0"] {
+            let e = with("lora_alpha", alpha).unwrap_err();
+            assert!(e.starts_with("adapter_config.json: lora_alpha = "), "{alpha}: {e}");
+        }
+        assert!(with("target_modules", "[]").unwrap_err().contains("target_modules is empty"));
+        // A NaN in the weights names the tensor.
+        let mut params = vec![0.0; layout.len];
+        params[layout.factors[1].offset] = f32::NAN;
+        let (cfg, bytes) = to_peft(&layout, &params, "tiny").unwrap();
+        let e = from_peft(&model, &cfg, &bytes).unwrap_err().to_string();
+        assert!(e.starts_with("adapter_model.safetensors: ") && e.contains("lora_B") && e.contains("NaN"), "{e}");
     }
 }

@@ -40,7 +40,7 @@ fn parse_run(spec: &str) -> (String, PathBuf) {
 /// Reads one run's predictions.
 pub fn load_run(label: &str, path: &Path) -> anyhow::Result<Run> {
     let file = if path.is_dir() { path.join("predictions.jsonl") } else { path.to_path_buf() };
-    let text = convrec::datasets::read_text(&file)
+    let text = convrec::read_text(&file)
         .with_context(|| format!("{label}: evaluation predictions (write them with `convrec eval --out DIR`)"))?;
     Ok(Run { label: label.to_string(), rows: parse_predictions(&file.display().to_string(), &text)? })
 }

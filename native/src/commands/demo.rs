@@ -66,7 +66,7 @@ pub struct Args {
 
 /// Writes the first `n` lines of `src` (from line `skip`) to `dst`.
 fn slice_rows(src: &Path, dst: &Path, skip: usize, n: usize) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    let text = convrec::read_text(src)?;
     let lines: Vec<&str> = text.lines().skip(skip).take(n).collect();
     anyhow::ensure!(!lines.is_empty(), "{}: fewer than {} rows", src.display(), skip + 1);
     convrec::fetch::write_atomic(dst, (lines.join("\n") + "\n").as_bytes())

@@ -31,7 +31,7 @@ pub fn run(options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     }
     if args.check {
         let gpu = super::open_gpu(options)?;
-        super::self_check(&gpu)?;
+        super::run_self_check(&gpu, true)?;
     }
     Ok(())
 }

@@ -229,7 +229,7 @@ fn split_rows(dir: &Path, roles: &[(&str, &Path, usize)]) -> anyhow::Result<Vec<
     let mut taken: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for (role, source, n) in roles {
-        let text = convrec::datasets::read_text(source)?;
+        let text = convrec::read_text(source)?;
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let key = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
         let from = taken.get(&key).copied().unwrap_or(0);

@@ -40,19 +40,41 @@ pub fn with_adapter<'a>(
     Ok(&holder.insert(merge).model)
 }
 
-/// Prints the kernel self-check and fails if any kernel disagrees with its reference.
+/// Runs the kernel self-check, prints a line per family (and any failing case) and fails if any
+/// kernel disagrees with its reference (the demo's first stage).
 pub fn self_check(gpu: &Gpu) -> anyhow::Result<()> {
-    let report = pollster::block_on(convrec_core::selfcheck::run(gpu))?;
-    for c in &report.cases {
+    run_self_check(gpu, false)
+}
+
+/// As [`self_check`], printing every case with its error and bound when `every_case`
+/// (`convrec devices --check`).
+pub fn run_self_check(gpu: &Gpu, every_case: bool) -> anyhow::Result<()> {
+    let report = pollster::block_on(convrec_core::selfcheck::run(gpu));
+    for c in report.cases.iter().filter(|c| every_case || !c.pass) {
         println!(
-            "self-check {:<16} {:<28} rel.err {:.2e}  {}",
+            "self-check {:<12} {:<34} {:<58} error {:.2e} (bound {:.0e})  {}",
+            c.family,
             c.op,
             c.shape,
             c.rel_err,
+            c.bound,
             if c.pass { "ok" } else { "FAIL" }
         );
     }
+    for f in &report.families {
+        let verdict = match (&f.error, f.pass) {
+            (Some(e), _) => format!("FAILED to run: {e}"),
+            (None, true) => "ok".to_string(),
+            (None, false) => "FAIL".to_string(),
+        };
+        println!("self-check family {:<12} {:>2} cases  {verdict}", f.name, f.cases);
+    }
     anyhow::ensure!(report.pass, "the GPU self-check failed on {}", report.adapter.name);
+    println!(
+        "self-check: all {} kernel families match their CPU references on {}",
+        report.families.len(),
+        report.adapter.name
+    );
     Ok(())
 }
 

@@ -76,8 +76,7 @@ const REFERENCE_BUDGET: usize = 50_000_000;
 pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let tokenizer = load_tokenizer(&args.tokenizer)?;
     let source = args.input.display().to_string();
-    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {source}"))?;
-    let text = String::from_utf8(bytes).with_context(|| format!("{source} is not UTF-8 text"))?;
+    let text = convrec::read_text(&args.input)?;
     // Every line is checked before the GPU opens, so a bad line fails fast and writes nothing.
     let groups = parse_groups(&source, &text, &tokenizer)?;
 

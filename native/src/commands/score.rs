@@ -2,9 +2,10 @@
 //! metrics, one JSON line per input row. Needs no GPU.
 
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
+use convrec::read_text;
 use convrec_core::rec::{
     Catalog, KS, MatchConfig, evaluate, mean_se, parse_completion, parse_score_rows, relevance, reward_exp_inf,
     reward_log,
@@ -55,6 +56,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let input_name = args.input.display().to_string();
     let rows = parse_score_rows(&input_name, &read_text(&args.input)?)
         .with_context(|| format!("reading the rows to score from {input_name}"))?;
+    // Zero rows would print means of nothing as if they were scores.
+    anyhow::ensure!(!rows.is_empty(), "{input_name}: no rows to score (the file is empty or blank)");
 
     let config = MatchConfig::default();
     let mut out = BufWriter::new(io::stdout().lock());
@@ -100,11 +103,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     eprintln!("convrec score: {} rows; mean ± s.e.: {}", rows.len(), summary.join(", "));
     Ok(())
-}
-
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
 /// Writes one JSON line; `false` when the reader went away (`| head`), which is not an error.

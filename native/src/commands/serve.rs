@@ -1,11 +1,12 @@
 //! `convrec serve`: the browser demo. Builds the page's WASM package on first use (or with
 //! `--rebuild`), then serves the page, the package and the given model, adapter, rows and catalog
-//! on the loopback interface until interrupted. Reports the page POSTs are printed as JSON lines.
+//! on the loopback interface until interrupted. With `--report FILE`, a report the page POSTs to
+//! `/report` (`?report=/report`) is written to FILE; without it `/report` does not exist.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use convrec::web::{ServedFiles, build_pkg, source_root, start};
+use convrec::web::{ServeOptions, ServedFiles, build_pkg, source_root, start};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +37,10 @@ pub struct Args {
     /// Rebuild the package even if one is there.
     #[arg(long)]
     pub rebuild: bool,
+    /// Accept the page's reports (POSTed to `/report`) and write each into FILE, replacing the
+    /// previous one. Without it the server takes no uploads.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,11 +59,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let model = convrec::text_model::model_path(args.model.as_deref())?;
     let files = ServedFiles { model: Some(model), adapter: args.adapter, data: args.data, catalog: args.catalog };
-    let running = start(&www, &pkg, &files, &format!("{}:{}", args.host, args.port))
+    let options = ServeOptions { report: args.report.is_some(), ..Default::default() };
+    let running = start(&www, &pkg, &files, &format!("{}:{}", args.host, args.port), &options)
         .with_context(|| format!("serving {}", www.display()))?;
     println!("convrec: the browser demo is at http://{}/ (Ctrl-C stops it)", running.addr);
+    let Some(path) = args.report else {
+        running.wait();
+        return Ok(());
+    };
+    println!("convrec: reports POSTed to /report go to {}", path.display());
     for report in running.reports.iter() {
-        println!("{report}");
+        convrec::fetch::write_atomic(&path, report.as_bytes())?;
+        println!("convrec: a report of {} bytes written to {}", report.len(), path.display());
     }
     Ok(())
 }

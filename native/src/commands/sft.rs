@@ -164,7 +164,8 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|t| Target::from_module_name(t).with_context(|| format!("--targets: {t} is not a projection")))
         .collect::<anyhow::Result<_>>()?;
-    let layout = LoraLayout::new(&tm.config, LoraConfig { r: args.lora_r as usize, alpha: args.lora_alpha, targets });
+    let lora = LoraConfig { r: args.lora_r as usize, alpha: args.lora_alpha, targets };
+    let layout = LoraLayout::checked(&tm.config, lora).map_err(|e| anyhow::anyhow!("--lora-r/--lora-alpha: {e}"))?;
     let init = layout.init(args.seed);
     let mut trainer = pollster::block_on(SftTrainer::new(gpu, layout, &init, train, config))?;
     let start = match &args.resume {

@@ -13,7 +13,7 @@ pub use names::{hf_name, permute_rows, unpermute_rows};
 pub use quant::GgmlType;
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 
-use super::config::{Architecture, ConfigError, ModelConfig};
+use super::config::{Architecture, ConfigError, Field, ModelConfig, derived_head_dim};
 use super::tensor::{HostTensor, TensorData};
 use super::tokenizer::{self, SpecialTokens, TokenizerError};
 
@@ -144,12 +144,13 @@ pub fn config_from_metadata(
         other => return Err(GgufError::UnsupportedArchitecture(other.to_string())),
     };
     let key = |k: &str| format!("{arch_name}.{k}");
+    let name = |f: Field| key(f.gguf_key());
     let hidden_size = required(file, key("embedding_length"))?;
     let num_heads = required(file, key("attention.head_count"))?;
     let num_kv_heads = optional(file, &key("attention.head_count_kv"))?.unwrap_or(num_heads);
     let head_dim = match optional(file, &key("attention.key_length"))? {
         Some(n) => n,
-        None => hidden_size.checked_div(num_heads).unwrap_or(0),
+        None => derived_head_dim(hidden_size, num_heads, &name).map_err(GgufError::Unsupported)?,
     };
     if let Some(v) = optional(file, &key("attention.value_length"))?.filter(|&v| v != head_dim) {
         return Err(GgufError::Unsupported(format!("value head size {v} differs from key head size {head_dim}")));
@@ -177,18 +178,6 @@ pub fn config_from_metadata(
             eos_token_ids.push(id);
         }
     }
-    // Corrupt metadata must not make later code build billions of tensor names or overflow.
-    let sizes = [
-        ("embedding_length", hidden_size, 1 << 20),
-        ("attention.head_count", num_heads, 1 << 12),
-        ("attention.head_count_kv", num_kv_heads, 1 << 12),
-        ("attention.key_length", head_dim, 1 << 14),
-    ];
-    for (what, n, limit) in sizes {
-        if n > limit {
-            return Err(GgufError::BadMetadata { key: key(what), message: format!("{n} is implausibly large") });
-        }
-    }
     let attention_bias = architecture == Architecture::Qwen2 || file.tensor("blk.0.attn_q.bias").is_some();
     let config = ModelConfig {
         architecture,
@@ -207,7 +196,9 @@ pub fn config_from_metadata(
         bos_token_id: special.bos.as_ref().map(|t| t.id),
         eos_token_ids,
     };
-    config.validate()?;
+    // The checks HF configs get (sizes, finite RoPE base and epsilon), naming GGUF's keys: corrupt
+    // metadata must not make later code build billions of tensor names or overflow.
+    config.check(&name).map_err(GgufError::Unsupported)?;
     Ok(config)
 }
 
@@ -244,6 +235,12 @@ pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String
             return Err(GgufError::ShapeMismatch { name, expected: shape, found });
         }
         let mut tensor = read_tensor(file, info);
+        if let Some((i, v)) = tensor.first_non_finite() {
+            return Err(GgufError::BadTensor {
+                name: info.name.clone(),
+                message: format!("({name}) element {i} is {v}; weights must be finite"),
+            });
+        }
         let permuted = match config.architecture {
             Architecture::Llama => names::permuted_heads(&name, config.num_heads, config.num_kv_heads),
             Architecture::Qwen2 => None,

@@ -488,7 +488,7 @@ fn hf_values(name: &str, n: usize) -> Vec<f32> {
 
 /// A one-layer model with one tensor of each type; q and k stored in llama.cpp's row order for
 /// `llama`.
-fn tiny_model(arch: Architecture, tied: bool) -> Writer {
+pub(crate) fn tiny_model(arch: Architecture, tied: bool) -> Writer {
     let a = match arch {
         Architecture::Llama => "llama",
         Architecture::Qwen2 => "qwen2",
@@ -681,4 +681,34 @@ fn refuses_models_it_cannot_run_by_name() {
     let mut w = tiny_model(Architecture::Llama, true);
     w.kv("tokenizer.ggml.eos_token_id", MetaValue::U32(800));
     assert!(err(&w).contains("eos_token_id = 800"), "{}", err(&w));
+}
+
+#[test]
+fn non_finite_or_absurd_numbers_are_refused_by_key_and_tensor() {
+    let err = |w: &Writer| GgufModel::from_bytes(&w.bytes()).unwrap_err().to_string();
+    // The checks HF configs get, under GGUF's keys.
+    for (key, value, says) in [
+        ("llama.rope.freq_base", MetaValue::F32(f32::NAN), "llama.rope.freq_base = NaN"),
+        ("llama.rope.freq_base", MetaValue::F32(-1.0), "llama.rope.freq_base = -1"),
+        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(-1e-5), "layer_norm_rms_epsilon = -0.00001"),
+        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(f32::INFINITY), "layer_norm_rms_epsilon = inf"),
+        ("llama.feed_forward_length", MetaValue::U64(1 << 40), "llama.feed_forward_length = 1099511627776"),
+        ("llama.block_count", MetaValue::U32(5000), "llama.block_count = 5000 is implausibly large"),
+        ("llama.context_length", MetaValue::U64(u64::MAX), "llama.context_length"),
+    ] {
+        let mut w = tiny_model(Architecture::Llama, true);
+        w.kv(key, value);
+        assert!(err(&w).contains(says), "{key}: {}", err(&w));
+    }
+    // A NaN weight, in f32 and in a quantised block (a NaN scale), names the tensor.
+    let mut w = tiny_model(Architecture::Llama, true);
+    let norm: Vec<f32> = (0..HIDDEN).map(|i| if i == 3 { f32::NAN } else { 1.0 }).collect();
+    w.tensor("output_norm.weight", &[HIDDEN as u64], GgmlType::F32, f32_bytes(&norm));
+    let e = err(&w);
+    assert!(e.contains("tensor output_norm.weight: (model.norm.weight) element 3 is NaN"), "{e}");
+    let mut w = tiny_model(Architecture::Llama, true);
+    let mut blocks = random_blocks(GgmlType::Q8_0, HIDDEN * FFN, 4);
+    blocks[..2].copy_from_slice(&h(f32::INFINITY));
+    w.tensor("blk.0.ffn_gate.weight", &[HIDDEN as u64, FFN as u64], GgmlType::Q8_0, blocks);
+    assert!(err(&w).contains("tensor blk.0.ffn_gate.weight"), "{}", err(&w));
 }

@@ -1,0 +1,164 @@
+//! The per-layer families: attention, RMSNorm, RoPE, SwiGLU and the embedding gather with its
+//! reverse (the row scatter), each forward and backward where it has one.
+
+use super::{Checker, rng};
+use crate::dtype::{self, Dtype};
+use crate::gpu::{Gpu, GpuResult};
+use crate::numeric::{f32s, f64s, normal};
+use crate::ops::attention::{Attention, AttentionIo, AttentionShape, attention_backward_ref, attention_ref};
+use crate::ops::elementwise::{
+    Embedding, RowScatter, SwiGlu, embedding_once, embedding_ref, row_scatter_once, row_scatter_ref,
+    swiglu_backward_ref, swiglu_once, swiglu_ref,
+};
+use crate::ops::rmsnorm::{RmsNorm, rmsnorm_backward_ref, rmsnorm_once, rmsnorm_ref};
+use crate::ops::rope::{Rope, RopeTables, rope_once, rope_ref, tables};
+
+/// Attention forward and backward against the f64 references: softmax over ≤ 9 keys and
+/// products over 64–128 dims in f32 (the kernel tests' bound against the analytic reference).
+const ATTENTION_BOUND: f64 = 1e-5;
+/// RMSNorm: one f32 sum of squares per row and a few products per element.
+const RMSNORM_BOUND: f64 = 1e-5;
+/// RoPE: one f32 rotation per pair, from the same cos/sin tables as the reference.
+const ROPE_BOUND: f64 = 1e-6;
+/// SwiGLU: a handful of f32 roundings per element (sigmoid, products); one element can be off by
+/// ~15 ulps, so ~32 ulps.
+const SWIGLU_BOUND: f64 = 4e-6;
+
+pub(super) async fn attention(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    let mut rng = rng("attention");
+    // Training layout with GQA and a left-padded sequence (its first queries see no key), at
+    // SmolLM2's and Llama-3's head sizes; then one decode step against a head-major cache.
+    let cases = [
+        ("train", AttentionShape::token_major(2, 7, 4, 2, 64), vec![0u32, 3], true),
+        ("train", AttentionShape::token_major(1, 5, 2, 1, 128), vec![0], true),
+        ("decode", AttentionShape::cached(2, 1, 6, 9, 6, 2, 64), vec![0, 4], false),
+    ];
+    for (kind, s, key_start, backward) in cases {
+        // Element counts as the layouts define them (q rows `q_stride` apart; k/v strided by
+        // sequence, head and key).
+        let q_len = (s.batch * s.tq - 1) * s.q_stride + s.heads * s.head_dim;
+        let k_len = (s.batch - 1) * s.k_sb + (s.kv_heads - 1) * s.k_sh + (s.tk - 1) * s.k_st + s.head_dim;
+        let stats_len = 2 * s.batch * s.heads * s.tq;
+        let (q, k, v, dout) =
+            (normal(&mut rng, q_len), normal(&mut rng, k_len), normal(&mut rng, k_len), normal(&mut rng, q_len));
+        let op = Attention::new(gpu, s.head_dim, backward, false).await?;
+        const OP: &str = "self-check attention";
+        let up = |what: &str, x: &[f32]| gpu.upload(OP, what, x);
+        let poisoned = |what: &str, n: usize| gpu.upload(OP, what, &vec![f32::NAN; n]);
+        let (qb, kb, vb) = (up("q", &q)?, up("k", &k)?, up("v", &v)?);
+        let ksb = gpu.upload(OP, "key_start", &key_start)?;
+        let (outb, statsb) = (poisoned("out", q_len)?, poisoned("stats", stats_len)?);
+        let io = AttentionIo { q: &qb, k: &kb, v: &vb, key_start: &ksb, out: &outb, stats: &statsb };
+        let (doutb, dqb, dkb, dvb) =
+            (up("dout", &dout)?, poisoned("dq", q_len)?, poisoned("dk", k_len)?, poisoned("dv", k_len)?);
+        let mut b = gpu.batch(OP);
+        op.forward(&mut b, &s, &io)?;
+        if backward {
+            op.backward(&mut b, &s, &io, &doutb, &dqb, &dkb, &dvb)?;
+        }
+        b.submit().await?;
+        let name =
+            format!("{kind} b={} t={} keys={} heads={}/{} d={}", s.batch, s.tq, s.tk, s.heads, s.kv_heads, s.head_dim);
+        let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
+        let (out, lse) = attention_ref(&s, &qd, &kd, &vd, &key_start);
+        c.close("attention out", name.clone(), gpu.read::<f32>(OP, &outb).await?, &f32s(&out), ATTENTION_BOUND);
+        let stats = gpu.read::<f32>(OP, &statsb).await?;
+        c.close("attention log-sum-exp", name.clone(), stats[..lse.len()].to_vec(), &f32s(&lse), ATTENTION_BOUND);
+        if backward {
+            let [dq, dk, dv] = attention_backward_ref(&s, &qd, &kd, &vd, &key_start, &f64s(&dout));
+            c.close("attention dq", name.clone(), gpu.read::<f32>(OP, &dqb).await?, &f32s(&dq), ATTENTION_BOUND);
+            c.close("attention dk", name.clone(), gpu.read::<f32>(OP, &dkb).await?, &f32s(&dk), ATTENTION_BOUND);
+            c.close("attention dv", name, gpu.read::<f32>(OP, &dvb).await?, &f32s(&dv), ATTENTION_BOUND);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn rmsnorm(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    let mut rng = rng("rmsnorm");
+    // A ragged row length, and SmolLM2's hidden size with the accumulating backward (residuals).
+    for (rows, h, accumulate) in [(7usize, 67usize, false), (3, 576, true)] {
+        let eps = 1e-6f32;
+        let (x, w, dy) = (normal(&mut rng, rows * h), normal(&mut rng, h), normal(&mut rng, rows * h));
+        let (dx0, dw0) = (normal(&mut rng, rows * h), normal(&mut rng, h));
+        let op = RmsNorm::new(gpu, rows, h, eps, accumulate).await?;
+        let grads0 = accumulate.then_some((&dx0[..], &dw0[..]));
+        let [y, rstd, dx, dw] = rmsnorm_once(gpu, &op, &x, &w, &dy, grads0).await?;
+        let (xd, wd) = (f64s(&x), f64s(&w));
+        let (y_want, rstd_want) = rmsnorm_ref(&xd, &wd, rows, h, eps as f64);
+        let (mut dx_want, mut dw_want) = rmsnorm_backward_ref(&xd, &wd, &f64s(&dy), rows, h, eps as f64);
+        if accumulate {
+            dx_want.iter_mut().zip(&dx0).for_each(|(a, b)| *a += *b as f64);
+            dw_want.iter_mut().zip(&dw0).for_each(|(a, b)| *a += *b as f64);
+        }
+        let name = format!("{rows}x{h}{}", if accumulate { " accumulate" } else { "" });
+        c.close("rmsnorm y", name.clone(), y, &f32s(&y_want), RMSNORM_BOUND);
+        c.close("rmsnorm rstd", name.clone(), rstd, &f32s(&rstd_want), RMSNORM_BOUND);
+        c.close("rmsnorm dx", name.clone(), dx, &f32s(&dx_want), RMSNORM_BOUND);
+        c.close("rmsnorm dw", name, dw, &f32s(&dw_want), RMSNORM_BOUND);
+    }
+    Ok(())
+}
+
+pub(super) async fn rope(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    let mut rng = rng("rope");
+    let (rows, heads, d, max_pos, theta) = (5usize, 3usize, 64usize, 4096usize, 1_000_000f32);
+    // Rows wider than the heads (q sliced from a fused buffer), positions across the table.
+    let stride = heads * d + 7;
+    let gpu_tables = RopeTables::new(gpu, d, theta, max_pos)?;
+    let (cos, sin) = tables(d, theta, max_pos);
+    let op = Rope::new(gpu).await?;
+    let x = normal(&mut rng, rows * stride);
+    let positions = [0u32, 1, 17, 2048, 4095];
+    for (what, inverse) in [("rope forward", false), ("rope backward (inverse)", true)] {
+        let got = rope_once(gpu, &op, &gpu_tables, &x, &positions, heads, stride, inverse).await?;
+        let mut want = f64s(&x);
+        rope_ref(&mut want, &positions, &cos, &sin, heads, d, stride, inverse);
+        c.close(what, format!("{rows} rows x {heads} heads x {d}, stride {stride}"), got, &f32s(&want), ROPE_BOUND);
+    }
+    Ok(())
+}
+
+pub(super) async fn swiglu(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    let mut rng = rng("swiglu");
+    let n = 1000;
+    let (g, u, dh) = (normal(&mut rng, n), normal(&mut rng, n), normal(&mut rng, n));
+    let op = SwiGlu::new(gpu).await?;
+    let [h, dgate, dup] = swiglu_once(gpu, &op, &g, &u, &dh).await?;
+    let (gd, ud) = (f64s(&g), f64s(&u));
+    let (dg_want, du_want) = swiglu_backward_ref(&gd, &ud, &f64s(&dh));
+    c.close("swiglu h", format!("n={n}"), h, &f32s(&swiglu_ref(&gd, &ud)), SWIGLU_BOUND);
+    c.close("swiglu dgate", format!("n={n}"), dgate, &f32s(&dg_want), SWIGLU_BOUND);
+    c.close("swiglu dup", format!("n={n}"), dup, &f32s(&du_want), SWIGLU_BOUND);
+    Ok(())
+}
+
+pub(super) async fn embedding(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    let mut rng = rng("embedding");
+    let (vocab, h) = (37usize, 13usize);
+    // Repeated ids, the last row, and ids past the vocabulary (zero rows).
+    let ids = [0u32, 36, 5, 5, 999, 17, 1, u32::MAX];
+    for dt in Dtype::ALL {
+        let table = dtype::round_trip(dt, &normal(&mut rng, vocab * h));
+        let op = Embedding::new(gpu, vocab, h, dt).await?;
+        // Split into row shards as a large vocabulary is on small-binding adapters.
+        let shards = [(0, &table[..17 * h]), (17, &table[17 * h..])];
+        let got = embedding_once(gpu, &op, dt, &shards, &ids).await?;
+        c.exact(
+            "embedding gather",
+            format!("{} ids of {vocab}x{h} {dt:?}, 2 shards", ids.len()),
+            got,
+            &embedding_ref(&table, h, &ids),
+        );
+    }
+    // The head's gradient goes back to its rows this way: distinct indices, padding past the end.
+    let (out_rows, index) = (37usize, [30u32, 2, 11, 36, 0, 37, u32::MAX]);
+    let src = normal(&mut rng, index.len() * h);
+    let before = normal(&mut rng, out_rows * h);
+    let op = RowScatter::new(gpu, out_rows, h).await?;
+    let got = row_scatter_once(gpu, &op, &index, &src, &before).await?;
+    let mut want = before.clone();
+    row_scatter_ref(&index, &src, h, &mut want);
+    c.exact("row scatter", format!("{} rows into {out_rows}x{h}", index.len()), got, &want);
+    Ok(())
+}
