@@ -9,8 +9,8 @@
 //!   runs one benchmark; the recommendation and the metrics must equal what the native code
 //!   computes on this machine's Vulkan adapter from the same files.
 //!
-//! Needs the `wasm32-unknown-unknown` target, `wasm-bindgen` (same version as the crate) and
-//! Chromium (`CHROMIUM` or `/usr/bin/chromium`); `.ci/run` installs them. Missing tools skip the
+//! Needs the `wasm32-unknown-unknown` target and Chromium (`CHROMIUM` or `/usr/bin/chromium`);
+//! `.ci/run` installs them (the JS bindings are generated in-process, no wasm-bindgen CLI). Missing tools skip the
 //! tests outside CI and fail them under `CI=true`.
 
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn browser_and_pkg(test: &str) -> Option<(PathBuf, PathBuf)> {
     };
     let root = workspace_root();
     let pkg = PKG.get_or_init(|| {
-        if let Some(missing) = missing_build_tools(&root).map_err(|e| e.to_string())? {
+        if let Some(missing) = missing_build_tools() {
             return Err(missing);
         }
         // A separate target dir: the outer `cargo test` may still hold the workspace's.

@@ -22,52 +22,24 @@ pub fn source_root() -> PathBuf {
     native.parent().unwrap_or(native).to_path_buf()
 }
 
-/// The `wasm-bindgen` version pinned in `Cargo.lock`: the CLI must match it exactly.
-pub fn locked_wasm_bindgen_version(root: &Path) -> anyhow::Result<String> {
-    let lock_path = root.join("Cargo.lock");
-    let lock = std::fs::read_to_string(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
-    let mut lines = lock.lines();
-    while let Some(line) = lines.next() {
-        if line == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")) {
-                return Ok(v.trim_end_matches('"').to_string());
-            }
-        }
-    }
-    bail!("{}: no wasm-bindgen package", lock_path.display())
-}
-
-/// What building the page needs and what is missing, in words a user can act on (`None`: all
-/// there).
-pub fn missing_build_tools(root: &Path) -> anyhow::Result<Option<String>> {
-    let wanted = locked_wasm_bindgen_version(root)?;
-    let out = Command::new("wasm-bindgen").arg("--version").output();
-    match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).trim().ends_with(&wanted) => {}
-        Ok(o) => {
-            return Ok(Some(format!(
-                "wasm-bindgen is {} but Cargo.lock pins {wanted} (cargo install wasm-bindgen-cli --version {wanted})",
-                String::from_utf8_lossy(&o.stdout).trim()
-            )));
-        }
-        Err(_) => {
-            return Ok(Some(format!(
-                "wasm-bindgen {wanted} not found (cargo install wasm-bindgen-cli --version {wanted})"
-            )));
-        }
-    }
+/// What building the page needs and is missing, in words a user can act on (`None`: all there).
+/// The bindings are generated in-process (`wasm-bindgen-cli-support`), so only the compiler's
+/// wasm32 target has to be installed.
+pub fn missing_build_tools() -> Option<String> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    if !targets.is_ok_and(|t| String::from_utf8_lossy(&t.stdout).lines().any(|l| l == "wasm32-unknown-unknown")) {
-        return Ok(Some(
-            "the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)".into(),
-        ));
+    match targets {
+        Ok(t) if String::from_utf8_lossy(&t.stdout).lines().any(|l| l == "wasm32-unknown-unknown") => None,
+        // Without rustup the toolchain may still have the target; let cargo say if it has not.
+        Err(_) => None,
+        Ok(_) => {
+            Some("the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)".into())
+        }
     }
-    Ok(None)
 }
 
 /// Builds `convrec-wasm` for the browser (in `target_dir`) and its JS bindings into `pkg`.
 pub fn build_pkg(root: &Path, target_dir: &Path, pkg: &Path) -> anyhow::Result<()> {
-    if let Some(missing) = missing_build_tools(root)? {
+    if let Some(missing) = missing_build_tools() {
         bail!("cannot build the browser page: {missing}");
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -80,13 +52,15 @@ pub fn build_pkg(root: &Path, target_dir: &Path, pkg: &Path) -> anyhow::Result<(
     anyhow::ensure!(status.success(), "building convrec-wasm for wasm32-unknown-unknown failed");
     let wasm = target_dir.join("wasm32-unknown-unknown/release/convrec_wasm.wasm");
     let _ = std::fs::remove_dir_all(pkg);
-    let status = Command::new("wasm-bindgen")
-        .args(["--target", "web", "--no-typescript", "--out-dir"])
-        .arg(pkg)
-        .arg(&wasm)
-        .status()
-        .context("running wasm-bindgen")?;
-    anyhow::ensure!(status.success(), "wasm-bindgen failed on {}", wasm.display());
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&wasm)
+        .web(true)
+        .and_then(|b| {
+            // The page calls `init()` without a path: keep the default `new URL(…_bg.wasm,
+            // import.meta.url)`, which the library (unlike the CLI) omits unless told.
+            b.omit_default_module_path(false).typescript(false).generate(pkg)
+        })
+        .map_err(|e| anyhow::anyhow!("generating the JS bindings of {}: {e}", wasm.display()))?;
     Ok(())
 }
 
