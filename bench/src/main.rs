@@ -1,9 +1,12 @@
 //! convrec benchmarks. Every figure is reported beside a baseline measured in the same run
-//! (NumPy/OpenBLAS sgemm on this CPU, when python3 with numpy is available), never asserted.
+//! (NumPy/OpenBLAS or PyTorch, through the embedded scripts, when python has them), never
+//! asserted.
 
 mod baseline;
 mod kernels;
 mod model;
+mod python;
+mod smollm2;
 
 use clap::{Parser, Subcommand};
 
