@@ -1,8 +1,6 @@
 //! The ceiling measured in the same run: NumPy's sgemm (OpenBLAS) on this CPU, or PyTorch's
 //! fp32 matmul (cuBLAS, TF32 off) on a CUDA device when one is named (`--torch-device cuda`).
 
-use std::process::Command;
-
 /// Where the baseline products run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sgemm {
@@ -61,14 +59,6 @@ for m, k, n in [{shapes}]:
         a = make.replace("{}", "m, k"),
         b = make.replace("{}", "k, n"),
     );
-    let out =
-        Command::new(&python).args(["-c", &script]).output().map_err(|e| format!("{python} not runnable: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} baseline failed: {}",
-            backend.label(),
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        ));
-    }
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse::<f64>().map_err(|e| e.to_string())).collect()
+    let out = crate::python::run(&python, &script, &[]).map_err(|e| format!("{} baseline: {e}", backend.label()))?;
+    out.lines().map(|l| l.trim().parse::<f64>().map_err(|e| e.to_string())).collect()
 }

@@ -1,14 +1,19 @@
 //! convrec benchmarks. Every figure is reported beside a baseline measured in the same run
-//! (NumPy/OpenBLAS sgemm on this CPU, when python3 with numpy is available), never asserted.
+//! (NumPy/OpenBLAS or PyTorch, through the embedded scripts, when python has them), never
+//! asserted.
 
 mod baseline;
 mod kernels;
 mod model;
+mod profile;
+mod python;
+mod rl_step;
+mod smollm2;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "convrec-bench", about = "Kernel benchmarks of convrec, with same-run baselines")]
+#[command(name = "convrec-bench", about = "Benchmarks of convrec, with same-run baselines")]
 struct Cli {
     /// GPU adapter: an index from `convrec devices` or part of its name.
     #[arg(long, global = true, env = "CONVREC_ADAPTER")]
@@ -17,12 +22,25 @@ struct Cli {
     command: Command,
 }
 
+/// Each subcommand lets a later flag override an earlier one, so that a script can append
+/// overrides to a command line (bench/gpu_session.sh's rehearsal at tiny sizes).
 #[derive(Subcommand)]
 enum Command {
+    /// The adapter the benchmarks run on, as JSON (a session script checks it is a GPU first).
+    Adapter,
     /// GFLOP/s and GB/s of each op at SmolLM2-135M and Qwen2.5-0.5B shapes.
+    #[command(args_override_self = true)]
     Kernels(kernels::Args),
     /// Prefill/decode tokens/s and a LoRA training step at SmolLM2-135M's shape, with PyTorch.
+    #[command(args_override_self = true)]
     Model(model::Args),
+    /// GPU time per kernel family, dispatches and host time of one decode step and one training
+    /// step (timestamp queries).
+    #[command(args_override_self = true)]
+    Profile(profile::Args),
+    /// One RL step (sampling P × G completions, then the Rank-GRPO update), with PyTorch.
+    #[command(args_override_self = true)]
+    RlStep(rl_step::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +50,14 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     }))?;
     match cli.command {
+        Command::Adapter => {
+            let summary = gpu.summary();
+            println!("{}", serde_json::json!({"cpu": summary.is_cpu(), "adapter": summary}));
+            Ok(())
+        }
         Command::Kernels(args) => kernels::run(&gpu, args),
         Command::Model(args) => model::run(&gpu, args),
+        Command::Profile(args) => profile::run(&gpu, args),
+        Command::RlStep(args) => rl_step::run(&gpu, args),
     }
 }

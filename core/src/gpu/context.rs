@@ -44,11 +44,16 @@ pub struct Kernel {
     pub(crate) layout: Arc<wgpu::BindGroupLayout>,
     pub(crate) layout_key: Vec<Access>,
     pub(crate) label: String,
+    /// The shader file's name: what a profile groups variants under.
+    pub(crate) family: &'static str,
 }
 
 impl Kernel {
     pub fn label(&self) -> &str {
         &self.label
+    }
+    pub fn family(&self) -> &'static str {
+        self.family
     }
 }
 
@@ -100,6 +105,8 @@ struct Inner {
     caches: Mutex<Caches>,
     arena: Mutex<Arena>,
     faults: Arc<Mutex<Faults>>,
+    #[cfg(not(target_arch = "wasm32"))]
+    profiler: super::profile::Profiler,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -194,6 +201,8 @@ impl Gpu {
                 caches: Mutex::new(Caches::default()),
                 arena: Mutex::new(arena),
                 faults,
+                #[cfg(not(target_arch = "wasm32"))]
+                profiler: Default::default(),
             }),
         })
     }
@@ -237,6 +246,10 @@ impl Gpu {
     }
     pub fn pool(&self) -> &BufferPool {
         &self.inner.pool
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn profiler(&self) -> &super::profile::Profiler {
+        &self.inner.profiler
     }
 
     /// Fails if the device was lost or an error escaped every scope since the last check.
@@ -348,7 +361,8 @@ impl Gpu {
         if let Some(err) = validation.pop().await {
             return Err(GpuError::from_wgpu("compile kernel", &label, err));
         }
-        let kernel = Arc::new(Kernel { pipeline, layout, layout_key: bindings.to_vec(), label });
+        let kernel =
+            Arc::new(Kernel { pipeline, layout, layout_key: bindings.to_vec(), label, family: variant.shader });
         self.inner.caches.lock().expect("cache lock").kernels.insert(variant.clone(), kernel.clone());
         Ok(kernel)
     }
@@ -409,16 +423,31 @@ impl Gpu {
     /// Reads `buffer` back as a vector of `T`.
     pub async fn read<T: bytemuck::Pod>(&self, op: &str, buffer: &GpuBuffer) -> GpuResult<Vec<T>> {
         let bytes = buffer.binding_size();
-        let staging = self.inner.pool.acquire(
+        let staging = self.staging(bytes);
+        let mut batch = self.batch(op);
+        batch.copy(buffer, &staging, bytes);
+        batch.submit().await?;
+        self.map_read(op, &staging, buffer.len_bytes()).await
+    }
+
+    /// A mappable buffer to copy results into for [`Self::map_read`].
+    pub(super) fn staging(&self, bytes: u64) -> GpuBuffer {
+        self.inner.pool.acquire(
             &self.inner.device,
             bytes,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             "readback",
-        );
-        let mut batch = self.batch(op);
-        batch.copy(buffer, &staging, bytes);
-        batch.submit().await?;
+        )
+    }
 
+    /// The first `len` bytes of `staging` as `T`s, once the submitted work that fills it is done.
+    pub(super) async fn map_read<T: bytemuck::Pod>(
+        &self,
+        op: &str,
+        staging: &GpuBuffer,
+        len: u64,
+    ) -> GpuResult<Vec<T>> {
+        let bytes = staging.binding_size();
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.raw().slice(0..bytes).map_async(wgpu::MapMode::Read, move |result| {
             let _ = sender.send(result);
@@ -442,7 +471,7 @@ impl Gpu {
         }
         let out = {
             let view = staging.raw().slice(0..bytes).get_mapped_range().map_err(|e| readback_err(e.to_string()))?;
-            let n = buffer.len_bytes() as usize / std::mem::size_of::<T>();
+            let n = len as usize / std::mem::size_of::<T>();
             bytemuck::cast_slice::<u8, T>(&view[..n * std::mem::size_of::<T>()]).to_vec()
         };
         staging.raw().unmap();
@@ -524,9 +553,47 @@ impl Batch {
         &self.gpu
     }
 
-    /// Submits the work; fails with the wgpu error, the op name and its dispatch count.
+    /// The op name the batch was started with.
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+
+    /// The kernel of each recorded dispatch, in order, and the number of other steps (copies and
+    /// clears): what a profile counts.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn contents(&self) -> (Vec<&Kernel>, usize) {
+        let kernels: Vec<&Kernel> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Dispatch { kernel, .. } => Some(&**kernel),
+                _ => None,
+            })
+            .collect();
+        let others = self.steps.len() - kernels.len();
+        (kernels, others)
+    }
+
+    /// Submits the work; fails with the wgpu error, the op name and its dispatch count. Under
+    /// [`Gpu::profile_start`] the work is also timed (see `profile`).
     pub async fn submit(self) -> GpuResult<()> {
-        let gpu = self.gpu.clone();
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.inner.profiler.is_on() {
+            return super::profile::submit(self).await;
+        }
+        self.submit_with(&[], |_| {}).await
+    }
+
+    /// Records the steps into one command buffer and submits it inside the error scopes.
+    /// Consecutive dispatches share a compute pass, unless `timestamps` are given (profiling):
+    /// then dispatch `d` gets a pass of its own that writes queries `2d` and `2d + 1` (counted
+    /// within set `d / DISPATCHES_PER_QUERY_SET`), and `finish` records last (the resolve).
+    pub(super) async fn submit_with(
+        &self,
+        timestamps: &[wgpu::QuerySet],
+        finish: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> GpuResult<()> {
+        let gpu = &self.gpu;
         gpu.check_health(&self.op)?;
         let inner = &gpu.inner;
         let device = &inner.device;
@@ -547,6 +614,7 @@ impl Batch {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&self.op) });
             let mut caches = inner.caches.lock().expect("cache lock");
             let mut i = 0;
+            let mut dispatched = 0;
             while i < self.steps.len() {
                 match &self.steps[i] {
                     Step::Copy { from, to, bytes } => {
@@ -560,7 +628,7 @@ impl Batch {
                     Step::Dispatch { .. } => {
                         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                             label: Some(&self.op),
-                            timestamp_writes: None,
+                            timestamp_writes: timestamp_writes(timestamps, dispatched),
                         });
                         while let Some(Step::Dispatch { kernel, buffers, param_offset, groups }) = self.steps.get(i) {
                             let bind_group = bind_group(device, &mut caches, &arena, kernel, buffers);
@@ -568,11 +636,16 @@ impl Batch {
                             pass.set_bind_group(0, &bind_group, &[*param_offset]);
                             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                             i += 1;
+                            dispatched += 1;
+                            if !timestamps.is_empty() {
+                                break;
+                            }
                         }
                     }
                 }
             }
             drop(caches);
+            finish(&mut encoder);
             inner.queue.submit([encoder.finish()]);
         }
         let validation_err = validation.pop().await;
@@ -582,6 +655,20 @@ impl Batch {
         }
         gpu.check_health(&self.op)
     }
+}
+
+/// Dispatches whose two timestamps one query set holds.
+pub(super) const DISPATCHES_PER_QUERY_SET: u32 = wgpu::QUERY_SET_MAX_QUERIES / 2;
+
+/// The queries the pass of dispatch `d` writes, when profiling.
+fn timestamp_writes(sets: &[wgpu::QuerySet], d: u32) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+    let set = sets.get((d / DISPATCHES_PER_QUERY_SET) as usize)?;
+    let first = 2 * (d % DISPATCHES_PER_QUERY_SET);
+    Some(wgpu::ComputePassTimestampWrites {
+        query_set: set,
+        beginning_of_pass_write_index: Some(first),
+        end_of_pass_write_index: Some(first + 1),
+    })
 }
 
 fn bind_group(

@@ -6,8 +6,12 @@ pub mod adapter;
 pub mod buffer;
 pub mod context;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod profile;
 
 pub use adapter::{AdapterSummary, LimitSummary};
 pub use buffer::GpuBuffer;
 pub use context::{Access, Batch, Gpu, GpuOptions, Kernel, list_adapters};
 pub use error::{GpuError, GpuResult};
+#[cfg(not(target_arch = "wasm32"))]
+pub use profile::{FamilyTime, KernelTime, OpTime, Profile, Timing};
