@@ -136,7 +136,18 @@ step() {
 }
 
 cuda=(--torch-device cuda)
+mixed=(--precision mixed)
 
+# 0. Tensor cores: the square product both ways, then the 64-completion RL step and the profile
+#    in mixed precision (f16 operands on cooperative matrices, f32 accumulation).
+"$bench" adapter --precision mixed >"$out/adapter-mixed.json" 2>&1
+square=(--models none --square 4096)
+[ "${TINY:-0}" = 1 ] && square=(--models none --square 64)
+step square-mixed 60 kernels "${square[@]}" --budget-ms 300 "${cuda[@]}" "${mixed[@]}" --out "$out/square-mixed.jsonl"
+step square-f32 60 kernels "${square[@]}" --budget-ms 300 "${cuda[@]}" --out "$out/square-f32.jsonl"
+step rl-step-64-mixed 240 rl-step --prompts 8 --group 8 "${cuda[@]}" "${mixed[@]}" --json "$out/rl-step-64-mixed.json"
+step profile-b64-t256-mixed 120 profile --batch 64 --train-batch 4 --train-seq 256 "${mixed[@]}" \
+    --json "$out/profile-b64-t256-mixed.json"
 # 1. Where a decode step and a training step spend their time (issue 14, item 1).
 step profile-b64-t256 120 profile --batch 64 --train-batch 4 --train-seq 256 --json "$out/profile-b64-t256.json"
 step profile-b256-t1024 150 profile --batch 256 --train-batch 4 --train-seq 1024 --json "$out/profile-b256-t1024.json"

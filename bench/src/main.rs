@@ -18,8 +18,18 @@ struct Cli {
     /// GPU adapter: an index from `convrec devices` or part of its name.
     #[arg(long, global = true, env = "CONVREC_ADAPTER")]
     adapter: Option<String>,
+    /// How matrix products compute: `f32`, or `mixed` (f16 operands, f32 accumulation, on
+    /// tensor cores where the adapter offers cooperative matrices).
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, env = "CONVREC_PRECISION")]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    F32,
+    Mixed,
 }
 
 /// Each subcommand lets a later flag override an earlier one, so that a script can append
@@ -47,12 +57,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let gpu = pollster::block_on(convrec_core::Gpu::new(&convrec_core::GpuOptions {
         adapter: cli.adapter,
+        cooperative_matrix: cli.precision == Precision::Mixed,
         ..Default::default()
     }))?;
+    if cli.precision == Precision::Mixed && gpu.tensor_cores().is_none() {
+        eprintln!("--precision mixed: {} offers no usable cooperative matrices; measuring f32", gpu.summary().name);
+    }
     match cli.command {
         Command::Adapter => {
             let summary = gpu.summary();
-            println!("{}", serde_json::json!({"cpu": summary.is_cpu(), "adapter": summary}));
+            let json = serde_json::json!({
+                "cpu": summary.is_cpu(),
+                "precision": gpu.precision(),
+                "tensor_cores": gpu.tensor_cores(),
+                "adapter": summary,
+            });
+            println!("{json}");
             Ok(())
         }
         Command::Kernels(args) => kernels::run(&gpu, args),

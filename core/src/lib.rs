@@ -18,4 +18,4 @@ pub mod shaders;
 pub mod testing;
 pub mod train;
 
-pub use gpu::{Gpu, GpuError, GpuOptions, GpuResult};
+pub use gpu::{Gpu, GpuError, GpuOptions, GpuResult, Precision, TensorCores};

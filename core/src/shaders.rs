@@ -37,6 +37,7 @@ shader!(EMBEDDING, "embedding");
 shader!(GRPO_LOSS, "grpo_loss");
 shader!(KV_CACHE, "kv_cache");
 shader!(MATMUL, "matmul");
+shader!(MATMUL_COOP, "matmul_coop");
 shader!(MATMUL_TILED, "matmul_tiled");
 shader!(MATMUL_VEC4, "matmul_vec4");
 shader!(OUTPUT_HEAD, "output_head");
@@ -57,6 +58,7 @@ pub static ALL: &[&Shader] = &[
     &GRPO_LOSS,
     &KV_CACHE,
     &MATMUL,
+    &MATMUL_COOP,
     &MATMUL_TILED,
     &MATMUL_VEC4,
     &OUTPUT_HEAD,
@@ -205,14 +207,19 @@ impl Variant {
         let shader = self.shader();
         let mut out = String::with_capacity(shader.source.len() + 64 * self.defs.len());
         let _ = writeln!(out, "// {} specialised for entry point {}", shader.file, self.entry);
+        // WGSL wants `enable` directives before any declaration, so they go above the definitions.
+        let (enables, body): (Vec<&str>, Vec<&str>) =
+            shader.source.lines().partition(|l| l.trim_start().starts_with("enable "));
+        for line in enables {
+            let _ = writeln!(out, "{line}");
+        }
         for def in &self.defs {
             let _ = match def {
                 Def::U32(name, v) => writeln!(out, "const {name}: u32 = {v}u;"),
                 Def::Bool(name, v) => writeln!(out, "const {name}: bool = {v};"),
             };
         }
-        let lines: Vec<&str> = shader.source.lines().collect();
-        let lines = select_branches(&lines, &self.defs).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
+        let lines = select_branches(&body, &self.defs).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
         expand_loops(&lines, &self.defs, &mut Vec::new(), &mut out).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
         out
     }

@@ -28,6 +28,26 @@ pub fn gpu_with_gpu_kernels() -> Option<Gpu> {
     shared(&GPU, GpuOptions { gpu_kernels: true, ..GpuOptions::default() })
 }
 
+/// A device opened for mixed precision (`GpuOptions::cooperative_matrix`), or `None` (test
+/// skipped, loudly) where the adapter offers no usable cooperative matrices. Set
+/// `CONVREC_REQUIRE_TENSOR_CORES=1` to make that a failure (CI does, on a lavapipe that has them).
+pub fn gpu_with_tensor_cores() -> Option<Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    let gpu = shared(&GPU, GpuOptions { cooperative_matrix: true, ..GpuOptions::default() })?;
+    if gpu.tensor_cores().is_some() {
+        return Some(gpu);
+    }
+    let why = format!("{} offers no cooperative matrices this kernel can use", gpu.summary().name);
+    if std::env::var_os(REQUIRE_TENSOR_CORES).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{REQUIRE_TENSOR_CORES} is set but {why}");
+    }
+    eprintln!("SKIPPED ({why}); set {REQUIRE_TENSOR_CORES}=1 to make this fail");
+    None
+}
+
+/// The variable that turns a missing tensor-core adapter into a test failure.
+pub const REQUIRE_TENSOR_CORES: &str = "CONVREC_REQUIRE_TENSOR_CORES";
+
 fn shared(cell: &'static OnceLock<Result<Gpu, String>>, options: GpuOptions) -> Option<Gpu> {
     match cell.get_or_init(|| pollster::block_on(Gpu::new(&options)).map_err(|e| e.to_string())) {
         Ok(gpu) => Some(gpu.clone()),

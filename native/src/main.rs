@@ -18,8 +18,18 @@ struct Cli {
     /// Use no optional GPU features (shader-f16, subgroups, timestamps): the portable path.
     #[arg(long, global = true)]
     portable: bool,
+    /// How matrix products compute: `f32`, or `mixed` (f16 operands and f32 accumulation on
+    /// tensor cores, where the adapter offers cooperative matrices; f32 elsewhere).
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, env = "CONVREC_PRECISION")]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    F32,
+    Mixed,
 }
 
 #[derive(Subcommand)]
@@ -66,7 +76,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let gpu_options = convrec_core::GpuOptions { adapter: cli.gpu, portable: cli.portable, ..Default::default() };
+    let gpu_options = convrec_core::GpuOptions {
+        adapter: cli.gpu,
+        portable: cli.portable,
+        cooperative_matrix: cli.precision == Precision::Mixed,
+        ..Default::default()
+    };
     match cli.command {
         Command::Devices(args) => {
             let gpu_options =

@@ -22,12 +22,7 @@ impl Session {
     pub fn open(gpu_options: &GpuOptions, model: Option<&Path>) -> anyhow::Result<Self> {
         let model_path = crate::text_model::model_path(model)?;
         let tm = crate::text_model::load(&model_path)?;
-        let gpu = pollster::block_on(Gpu::new(gpu_options)).context("opening the GPU")?;
-        let s = gpu.summary();
-        eprintln!(
-            "convrec: using {} ({}, {}, driver {} {})",
-            s.name, s.backend, s.device_type, s.driver, s.driver_info
-        );
+        let gpu = open_gpu(gpu_options)?;
         let base_name = crate::text_model::base_model_name(model, &model_path);
         Ok(Session { gpu, tm, model_path, base_name })
     }
@@ -42,4 +37,25 @@ impl Session {
         )
         .with_context(|| format!("loading {}", self.model_path.display()))
     }
+}
+
+/// Opens the GPU the user chose (or the preferred one) and says which it is.
+pub fn open_gpu(options: &GpuOptions) -> anyhow::Result<Gpu> {
+    let gpu = pollster::block_on(Gpu::new(options)).context("opening the GPU")?;
+    let s = gpu.summary();
+    eprintln!("convrec: using {} ({}, {}, driver {} {})", s.name, s.backend, s.device_type, s.driver, s.driver_info);
+    match gpu.tensor_cores() {
+        Some(tc) => eprintln!(
+            "convrec: precision {} ({}×{} tiles, subgroups of {})",
+            gpu.precision(),
+            tc.tile,
+            tc.tile,
+            tc.subgroup_size
+        ),
+        None if options.cooperative_matrix => eprintln!(
+            "convrec: --precision mixed asked for, but this adapter offers no cooperative matrices convrec can use (`convrec devices` lists them): computing in f32"
+        ),
+        None => {}
+    }
+    Ok(gpu)
 }

@@ -148,3 +148,26 @@ fn serve_writes_reports_only_with_report_file() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// Numeric flags outside what a run can mean are refused by the parser, naming the flag, before
+/// any file is read (were: "attempt to divide by zero" panics and an abort on a huge rank).
+#[test]
+fn numeric_flags_out_of_range_are_refused_by_the_parser() {
+    let sft = ["sft", "--data", "rows.jsonl", "--out", "run"];
+    let train = ["train", "--adapter", "a", "--data", "rows.jsonl", "--catalog", "c.tsv", "--out", "run"];
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&sft, &["--batch-size", "0"]),
+        (&sft, &["--grad-accum", "0"]),
+        (&sft, &["--lora-r", "100000000000"]),
+        (&sft, &["--epochs", "0"]),
+        (&train, &["--prompts-per-step", "0"]),
+        (&train, &["--group-size", "0"]),
+    ];
+    for (command, flags) in cases {
+        let out = convrec().args(command).args(flags).output().expect("run convrec");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?} {flags:?}: {err}");
+        assert!(err.contains("invalid value") && err.contains(flags[0]), "{command:?} {flags:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

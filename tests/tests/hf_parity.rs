@@ -173,3 +173,44 @@ fn adapters_convrec_writes_are_the_files_peft_was_checked_on() {
         assert_eq!(check["tensors_loaded"].as_u64().unwrap() as usize, layout.factors.len(), "{name}");
     }
 }
+
+/// Mixed precision (`--precision mixed`: f16 operands on tensor cores, f32 accumulation) against
+/// the same transformers / peft fixtures, at the bounds measured on lavapipe's 8×8 tiles
+/// (docs/PRECISION.md): f16 rounding of the operands, nothing more.
+#[test]
+fn mixed_precision_stays_near_transformers_and_peft() {
+    let Some(gpu) = convrec_core::testing::gpu_with_tensor_cores() else { return };
+    for name in MODELS {
+        let model = load_model(&gpu, name);
+        let exp = Expected::load(fixture(name).join("expected.safetensors"));
+        let got = pollster::block_on(sequence_logits(&gpu, &model, &exp.ids("input_ids"))).unwrap();
+        let err = rel_err(&got, &exp.f32s("logits"));
+        eprintln!("{name}: mixed-precision logits rel. error {err:.2e}");
+        assert!(err <= MIXED_LOGITS, "{name}: ‖ours − HF‖/‖HF‖ = {err:e} > {MIXED_LOGITS:e}");
+    }
+    for name in ["llama_gqa", "qwen2_gqa"] {
+        let files = convrec::model_files::load_hf_folder(&fixture(name)).unwrap();
+        let (layout, params) =
+            convrec::adapter_files::load_adapter(&fixture(name).join("lora"), &files.config).unwrap();
+        let model = GpuModel::upload(&gpu, files.config, files.tensors, 64).unwrap();
+        let exp = Expected::load(fixture(name).join("lora/expected.safetensors"));
+        let k = exp.get("labels_from").1[0] as usize;
+        let (loss, grads) =
+            pollster::block_on(lora_loss_and_grads(&gpu, &model, &layout, &params, &exp.ids("input_ids"), k)).unwrap();
+        let want_loss = exp.get("loss").1[0];
+        let loss_err = (loss - want_loss).abs() / want_loss.abs();
+        let grad_err = layout
+            .factors
+            .iter()
+            .map(|f| rel_err(&grads[f.offset..f.offset + f.len()], &exp.f32s(&format!("grad.{}", f.peft_key()))))
+            .fold(0.0, f64::max);
+        eprintln!("{name}: mixed-precision loss rel. error {loss_err:.2e}, worst gradient rel. error {grad_err:.2e}");
+        assert!(loss_err <= MIXED_LOSS, "{name}: loss {loss} vs peft {want_loss}");
+        assert!(grad_err <= MIXED_GRADS, "{name}: worst LoRA gradient rel. error {grad_err:e}");
+    }
+    assert!(!pollster::block_on(gpu.take_f16_overflow()).unwrap(), "the fixtures fit f16");
+}
+
+const MIXED_LOGITS: f64 = 5e-3; // measured 6.5e-4–1.2e-3
+const MIXED_LOSS: f64 = 1e-3; // measured 1.7e-5–1.8e-4
+const MIXED_GRADS: f64 = 1e-2; // measured 2.9e-3–3.3e-3

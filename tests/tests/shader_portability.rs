@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use convrec_core::ops::all_specializations;
+use convrec_core::ops::matmul::coop_specializations;
 use convrec_core::shaders::{self, Variant};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -41,15 +42,29 @@ fn within_webgpu_default_limits(
 }
 
 fn translate(variant: &Variant) -> Result<(), String> {
+    // Only what every WebGPU adapter has: no optional features. naga counts
+    // `unpack2x16float` (core WGSL) as SHADER_FLOAT16_IN_FLOAT32, which wgpu grants to every
+    // WebGPU-compliant adapter (DownlevelFlags::SHADER_F16_IN_F32 is part of `compliant()`).
+    translate_with(variant, Capabilities::SHADER_FLOAT16_IN_FLOAT32, false)
+}
+
+/// What a device opened with cooperative matrices grants (`--precision mixed`).
+fn tensor_core_capabilities() -> Capabilities {
+    Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        | Capabilities::SHADER_FLOAT16
+        | Capabilities::SUBGROUP
+        | Capabilities::COOPERATIVE_MATRIX
+}
+
+/// Validates under `caps` and translates to SPIR-V, MSL and HLSL; `tensor_cores`: MSL 2.3 (simdgroup
+/// matrices) and no HLSL, which naga does not write for cooperative matrices.
+fn translate_with(variant: &Variant, caps: Capabilities, tensor_cores: bool) -> Result<(), String> {
     let source = variant.render();
     let label = variant.label();
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| {
         format!("{label}: WGSL parse error:\n{}", e.emit_to_string_with_path(&source, variant.shader().file))
     })?;
-    // Only what every WebGPU adapter has: no optional features. naga counts
-    // `unpack2x16float` (core WGSL) as SHADER_FLOAT16_IN_FLOAT32, which wgpu grants to every
-    // WebGPU-compliant adapter (DownlevelFlags::SHADER_F16_IN_F32 is part of `compliant()`).
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| format!("{label}: validation error: {}", e.emit_to_string(&source)))?;
     let Some(index) =
@@ -76,7 +91,10 @@ fn translate(variant: &Variant) -> Result<(), String> {
     let (msl, _) = naga::back::msl::write_string(
         &module,
         &info,
-        &naga::back::msl::Options::default(),
+        &naga::back::msl::Options {
+            lang_version: if tensor_cores { (2, 3) } else { naga::back::msl::Options::default().lang_version },
+            ..Default::default()
+        },
         &naga::back::msl::PipelineOptions {
             entry_point: Some((naga::ShaderStage::Compute, variant.entry.to_string())),
             ..Default::default()
@@ -87,6 +105,9 @@ fn translate(variant: &Variant) -> Result<(), String> {
         return Err(format!("{label}: MSL output has no kernel function"));
     }
 
+    if tensor_cores {
+        return Ok(());
+    }
     let mut hlsl = String::new();
     let hlsl_options =
         naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
@@ -118,6 +139,17 @@ fn every_specialisation_validates_and_translates_to_spirv_msl_and_hlsl() {
 }
 
 #[test]
+fn every_tensor_core_specialisation_validates_and_translates_to_spirv_and_msl() {
+    let variants = coop_specializations();
+    assert!(!variants.is_empty());
+    let failures: Vec<String> =
+        variants.iter().filter_map(|v| translate_with(v, tensor_core_capabilities(), true).err()).collect();
+    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), variants.len(), failures.join("\n\n"));
+    // Without the capability the same source must be refused: the check can fail.
+    assert!(translate_with(&variants[0], Capabilities::SHADER_FLOAT16_IN_FLOAT32, true).is_err());
+}
+
+#[test]
 fn every_wgsl_file_is_registered_and_used() {
     let dir = convrec_tests::workspace_root().join("shaders");
     let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
@@ -127,7 +159,8 @@ fn every_wgsl_file_is_registered_and_used() {
         .collect();
     let registered: BTreeSet<String> = shaders::ALL.iter().map(|s| s.file.to_string()).collect();
     assert_eq!(on_disk, registered, "shaders/ and shaders::ALL disagree");
-    let used: BTreeSet<String> = all_specializations().iter().map(|v| v.shader().file.to_string()).collect();
+    let used: BTreeSet<String> =
+        all_specializations().iter().chain(&coop_specializations()).map(|v| v.shader().file.to_string()).collect();
     assert_eq!(used, registered, "a registered shader has no specialisation in ops::all_specializations()");
     // The binary embeds the file as it is on disk.
     for s in shaders::ALL {

@@ -187,7 +187,7 @@ impl Training {
                 let start = now();
                 let s = trainer.step(gpu, base).await?;
                 Ok(json!({"stage": "sft", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr,
-                    "grad_norm": s.grad_norm, "tokens": s.tokens, "step_s": now() - start, "done": trainer.done()}))
+                    "grad_norm": s.grad_norm, "tokens": s.tokens, "exploded": s.exploded, "step_s": now() - start, "done": trainer.done()}))
             }
             Training::Rl { trainer, prompts, per_step, seed } => {
                 let catalog = catalog.ok_or_else(|| TrainError::Invalid("RL needs a catalog: set one first".into()))?;

@@ -17,9 +17,11 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Ask for no optional features (f16, subgroups, timestamps): exercises the portable path.
     pub portable: bool,
-    /// Also open the device with cooperative matrices (tensor cores) where the adapter reports
-    /// them. Off unless asked for: the feature is experimental in wgpu and switches the SPIR-V
-    /// of every kernel to the Vulkan memory model.
+    /// Mixed precision (`--precision mixed`): open the device with cooperative matrices where
+    /// the adapter reports a configuration the products can use (`TensorCores::of`), and run the
+    /// matrix products on tensor cores with f16 operands and f32 accumulation. Off unless asked
+    /// for: the feature is experimental in wgpu and switches the SPIR-V of every kernel to the
+    /// Vulkan memory model. Adapters without it keep the f32 kernels (`Gpu::precision` tells).
     pub cooperative_matrix: bool,
     /// Choose the GPU-adapter kernel variants even on a CPU adapter (`Gpu::cpu_kernels`): tests
     /// run the GPU paths of a whole model on lavapipe this way.
@@ -100,6 +102,9 @@ struct Inner {
     queue: wgpu::Queue,
     summary: AdapterSummary,
     cpu_kernels: bool,
+    tensor_cores: Option<super::TensorCores>,
+    /// One u32 the mixed-precision products set when an operand exceeds f16's range.
+    f16_overflow: std::sync::OnceLock<GpuBuffer>,
     limits: wgpu::Limits,
     pool: BufferPool,
     caches: Mutex<Caches>,
@@ -196,6 +201,8 @@ impl Gpu {
                 device,
                 queue,
                 cpu_kernels: summary.is_cpu() && !options.gpu_kernels,
+                tensor_cores: if options.cooperative_matrix { super::TensorCores::of(&summary) } else { None },
+                f16_overflow: Default::default(),
                 summary,
                 pool: BufferPool::default(),
                 caches: Mutex::new(Caches::default()),
@@ -235,6 +242,34 @@ impl Gpu {
     pub fn cpu_kernels(&self) -> bool {
         self.inner.cpu_kernels
     }
+    /// The tensor-core configuration the matrix products use (`None`: f32 kernels).
+    pub fn tensor_cores(&self) -> Option<super::TensorCores> {
+        self.inner.tensor_cores
+    }
+    pub fn precision(&self) -> super::Precision {
+        if self.inner.tensor_cores.is_some() { super::Precision::Mixed } else { super::Precision::F32 }
+    }
+
+    /// The flag the mixed-precision products raise on an operand beyond f16's range.
+    pub(crate) fn f16_overflow_flag(&self) -> GpuResult<&GpuBuffer> {
+        if let Some(flag) = self.inner.f16_overflow.get() {
+            return Ok(flag);
+        }
+        let flag = self.upload("matmul", "f16 overflow flag", &[0u32])?;
+        Ok(self.inner.f16_overflow.get_or_init(|| flag))
+    }
+
+    /// Whether a mixed-precision product met an operand beyond f16's range since the last call
+    /// (which clears the flag). Always false under f32 precision. Trainers call it every step.
+    pub async fn take_f16_overflow(&self) -> GpuResult<bool> {
+        let Some(flag) = self.inner.f16_overflow.get() else { return Ok(false) };
+        let raised = self.read::<u32>("f16 overflow check", flag).await?[0] != 0;
+        if raised {
+            self.write(flag, bytemuck::bytes_of(&0u32));
+        }
+        Ok(raised)
+    }
+
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }

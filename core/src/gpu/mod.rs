@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod profile;
+pub mod tensor_cores;
 
 pub use adapter::{AdapterSummary, LimitSummary};
 pub use buffer::GpuBuffer;
@@ -15,3 +16,4 @@ pub use context::{Access, Batch, Gpu, GpuOptions, Kernel, list_adapters};
 pub use error::{GpuError, GpuResult};
 #[cfg(not(target_arch = "wasm32"))]
 pub use profile::{FamilyTime, KernelTime, OpTime, Profile, Timing};
+pub use tensor_cores::{Precision, TensorCores};

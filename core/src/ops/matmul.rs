@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::dtype::Dtype;
-use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
+use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel, TensorCores};
 use crate::shaders::{Def, Variant};
 
 /// What a product computes, fixed at compile time.
@@ -98,6 +98,8 @@ impl Tiling {
 }
 
 const BINDINGS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+/// The tensor-core kernel also writes the f16 overflow flag.
+const COOP_BINDINGS: [Access; 5] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -258,6 +260,46 @@ pub fn tiled_variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
     v
 }
 
+/// The tensor-core kernel's blocking (`shaders/matmul_coop.wgsl`): 2×2 subgroups per workgroup,
+/// each owning 2×2 tiles, so a workgroup owns a (4·tile)² block of C (64×64 on NVIDIA's 16×16
+/// tiles) and steps K by two tiles; f16 panels and the f32 epilogue scratch take 12 KiB at 16×16.
+pub const COOP_SUBGROUPS: (u32, u32) = (2, 2);
+pub const COOP_FRAGMENTS: (u32, u32) = (2, 2);
+
+/// Rows and columns of C one tensor-core workgroup owns.
+pub fn coop_block(tc: TensorCores) -> (u32, u32) {
+    (COOP_SUBGROUPS.0 * COOP_FRAGMENTS.0 * tc.tile, COOP_SUBGROUPS.1 * COOP_FRAGMENTS.1 * tc.tile)
+}
+
+pub fn coop_variant(spec: MatmulSpec, tc: TensorCores) -> Variant {
+    Variant {
+        shader: "matmul_coop",
+        entry: "matmul_coop",
+        defs: vec![
+            Def::U32("T", tc.tile),
+            Def::U32("SG_SIZE", tc.subgroup_size),
+            Def::U32("SG_M", COOP_SUBGROUPS.0),
+            Def::U32("SG_N", COOP_SUBGROUPS.1),
+            Def::U32("FM", COOP_FRAGMENTS.0),
+            Def::U32("FN", COOP_FRAGMENTS.1),
+            Def::U32("BK", 2 * tc.tile),
+            Def::Bool("TRANS_A", spec.trans_a),
+            Def::Bool("TRANS_B", spec.trans_b),
+            Def::Bool("HAS_BIAS", spec.has_bias),
+            Def::Bool("ACCUMULATE", spec.accumulate),
+            Def::U32("B_DTYPE", spec.b_dtype.shader_code()),
+        ],
+    }
+}
+
+/// The tensor-core configurations adapters report (NVIDIA 16×16 in subgroups of 32, lavapipe
+/// and Apple 8×8); the portability test validates every used spec with each, under the
+/// capabilities the feature brings.
+pub fn coop_specializations() -> Vec<Variant> {
+    let configs = [TensorCores { tile: 16, subgroup_size: 32 }, TensorCores { tile: 8, subgroup_size: 8 }];
+    used_specs().into_iter().flat_map(|spec| configs.map(|tc| coop_variant(spec, tc))).collect()
+}
+
 /// Lanes sharing one column's K, and columns per workgroup, of the split-K decode path.
 pub const SPLITK_LANES: u32 = 8;
 pub const SPLITK_COLUMNS: u32 = 8;
@@ -317,6 +359,8 @@ struct Prepared {
     kernel: Arc<Kernel>,
     tiling: Tiling,
     groups: [u32; 3],
+    /// The tensor-core kernel: bound with the f16 overflow flag as well.
+    coop: bool,
 }
 
 /// A prepared product for one shape: compiled once, recorded every step. Aligned operands take
@@ -336,6 +380,18 @@ fn extent(op: &Operand, rows: usize, cols: usize, batch: usize) -> usize {
 impl Matmul {
     pub async fn new(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape) -> GpuResult<Self> {
         let cpu = gpu.cpu_kernels();
+        if let Some(tc) = gpu.tensor_cores() {
+            // Mixed precision: every product on tensor cores, except decode rows on GPUs, which
+            // keep split-K (a 16-row tile would mostly multiply rows that do not exist).
+            let mut mm = Self::coop(gpu, spec, shape, tc).await?;
+            let splitk = !cpu
+                && FastPath::of(spec).filter(|p| p.fits(shape)) == Some(FastPath::Nt)
+                && shape.m <= SPLITK_MAX_ROWS;
+            if splitk {
+                mm.fast = Some(Self::prepare_splitk(gpu, spec, shape).await?);
+            }
+            return Ok(mm);
+        }
         if !cpu {
             // GPUs: the workgroup-tiled kernel for any operands, split-K for aligned decode rows.
             let mut mm = Self::tiled(gpu, spec, shape, tiled_tiling(shape)).await?;
@@ -354,7 +410,7 @@ impl Matmul {
                 let tiling = path.tiling(cpu, shape.m, shape.n);
                 let groups = Self::grid(gpu, shape, tiling)?;
                 let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
-                mm.fast = Some(Prepared { kernel, tiling, groups });
+                mm.fast = Some(Prepared { kernel, tiling, groups, coop: false });
             }
         }
         Ok(mm)
@@ -368,7 +424,7 @@ impl Matmul {
             &format!("m={} n={} k={} batch={}", shape.m, shape.n, shape.k, shape.batch),
             [(shape.n as u64).div_ceil(SPLITK_COLUMNS as u64), 1, shape.batch as u64],
         )?;
-        Ok(Prepared { kernel, tiling: Tiling { tm: rows, tn: 1, wg_m: 1, wg_n: SPLITK_COLUMNS }, groups })
+        Ok(Prepared { kernel, tiling: Tiling { tm: rows, tn: 1, wg_m: 1, wg_n: SPLITK_COLUMNS }, groups, coop: false })
     }
 
     fn grid(gpu: &Gpu, shape: MatmulShape, tiling: Tiling) -> GpuResult<[u32; 3]> {
@@ -395,7 +451,7 @@ impl Matmul {
         }
         let groups = Self::grid(gpu, shape, tiling)?;
         let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
-        Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups }, fast: None })
+        Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups, coop: false }, fast: None })
     }
 
     /// The workgroup-tiled kernel (GPU adapters) with a given register block, for any operands.
@@ -403,6 +459,22 @@ impl Matmul {
         let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
         mm.general.kernel = gpu.kernel(&tiled_variant(spec, tiling), &BINDINGS).await?;
         Ok(mm)
+    }
+
+    /// The tensor-core kernel (f16 operands, f32 accumulation) for any operands; needs a device
+    /// opened with cooperative matrices.
+    pub async fn coop(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tc: TensorCores) -> GpuResult<Self> {
+        let (bm, bn) = coop_block(tc);
+        let block = Tiling { tm: bm / 16, tn: bn / 16, wg_m: 16, wg_n: 16 };
+        let mut mm = Self::with_tiling(gpu, spec, shape, block).await?;
+        mm.general.kernel = gpu.kernel(&coop_variant(spec, tc), &COOP_BINDINGS).await?;
+        mm.general.coop = true;
+        Ok(mm)
+    }
+
+    /// Whether the product runs on tensor cores (aligned or not; decode rows may take split-K).
+    pub fn is_mixed_precision(&self) -> bool {
+        self.general.coop
     }
 
     /// The vec4 fast path alone, with a given tiling (tests and benchmarks); fails if the shape
@@ -413,7 +485,7 @@ impl Matmul {
             .ok_or_else(|| GpuError::shape(OP, format!("{spec:?} {shape:?} has no vec4 fast path")))?;
         let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
         let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
-        mm.fast = Some(Prepared { kernel, tiling, groups: mm.general.groups });
+        mm.fast = Some(Prepared { kernel, tiling, groups: mm.general.groups, coop: false });
         Ok(mm)
     }
 
@@ -499,7 +571,12 @@ impl Matmul {
             Some(fast) if aligned(&a) && aligned(&b) => fast,
             _ => &self.general,
         };
-        batch_rec.dispatch(&prepared.kernel, &params, &[a.buf, b.buf, bias, c.buf], prepared.groups);
+        if prepared.coop {
+            let flag = batch_rec.gpu().f16_overflow_flag()?.clone();
+            batch_rec.dispatch(&prepared.kernel, &params, &[a.buf, b.buf, bias, c.buf, &flag], prepared.groups);
+        } else {
+            batch_rec.dispatch(&prepared.kernel, &params, &[a.buf, b.buf, bias, c.buf], prepared.groups);
+        }
         Ok(())
     }
 }
@@ -628,6 +705,22 @@ mod tests {
         op: &Matmul,
         step: usize,
     ) {
+        let err = product_error(gpu, rng, spec, shape, op, step, false);
+        let path = if step == 4 && op.has_fast_path() { "fast" } else { "general" };
+        assert!(err <= 1e-5, "{spec:?} {shape:?} {path} {:?}: ‖gpu−ref‖/‖ref‖ = {err:e}", op.tiling());
+    }
+
+    /// ‖gpu − ref‖/‖ref‖ of one random case; `f16_operands` rounds A and B to f16 first, so a
+    /// mixed-precision product must then match the f64 reference to f32 accumulation accuracy.
+    fn product_error(
+        gpu: &Gpu,
+        rng: &mut rand::rngs::StdRng,
+        spec: MatmulSpec,
+        shape: MatmulShape,
+        op: &Matmul,
+        step: usize,
+        f16_operands: bool,
+    ) -> f64 {
         let MatmulShape { m, n, k, batch } = shape;
         let mut operand = |rows: usize, cols: usize| {
             let ld = (cols + rng.random_range(0..3)).next_multiple_of(step);
@@ -641,16 +734,67 @@ mod tests {
         let (ao, a_len) = operand(a_rows, a_cols);
         let (bo, b_len) = operand(b_rows, b_cols);
         let (co, c_len) = operand(m, n);
-        let a = testing::normal(rng, a_len);
-        let b = dtype::round_trip(spec.b_dtype, &testing::normal(rng, b_len));
+        let rounded = |v: Vec<f32>| if f16_operands { dtype::round_trip(Dtype::F16, &v) } else { v };
+        let a = rounded(testing::normal(rng, a_len));
+        let b = dtype::round_trip(spec.b_dtype, &rounded(testing::normal(rng, b_len)));
         let bias = testing::normal(rng, n);
         let c0 = testing::normal(rng, c_len);
         let alpha = if rng.random::<bool>() { 1.0 } else { 0.37 };
         let product = HostProduct { a: &a, ao, b: &b, bo, bias: Some(&bias), c: &c0, co, alpha };
         let got = pollster::block_on(product.run(gpu, op)).expect("run");
-        let err = rel_err(&got, &product.reference(op));
-        let path = if step == 4 && op.has_fast_path() { "fast" } else { "general" };
-        assert!(err <= 1e-5, "{spec:?} {shape:?} {path} {:?}: ‖gpu−ref‖/‖ref‖ = {err:e}", op.tiling());
+        rel_err(&got, &product.reference(op))
+    }
+
+    #[test]
+    fn tensor_core_products_match_the_reference_for_every_spec_at_awkward_sizes() {
+        let Some(gpu) = testing::gpu_with_tensor_cores() else { return };
+        let tc = gpu.tensor_cores().expect("tensor cores");
+        let mut rng = testing::rng("matmul tensor cores");
+        let (bm, bn) = coop_block(tc);
+        let (bm, bn) = (bm as usize, bn as usize);
+        // Ragged against the tile and the block, several blocks and K steps, batches, decode rows.
+        let shapes =
+            [(1, 37, 19, 1), (7, 66, 33, 2), (19, 9, 70, 1), (bm + 3, 2 * bn - 1, 5 * tc.tile as usize + 3, 1)];
+        for spec in used_specs() {
+            for &(m, n, k, batch) in &shapes {
+                let shape = MatmulShape { m, n, k, batch };
+                let op = pollster::block_on(Matmul::coop(&gpu, spec, shape, tc)).expect("prepare");
+                // f16-exact operands: only the f32 accumulation order differs from the reference.
+                let exact = product_error(&gpu, &mut rng, spec, shape, &op, 1, true);
+                assert!(exact <= 1e-5, "{spec:?} {shape:?} tile {}: f16-exact operands, error {exact:e}", tc.tile);
+                // Any f32 operands: the f16 rounding of both (2^-11 relative each) shows.
+                let mixed = product_error(&gpu, &mut rng, spec, shape, &op, 1, false);
+                assert!(mixed <= 3e-3, "{spec:?} {shape:?} tile {}: f32 operands, error {mixed:e}", tc.tile);
+            }
+        }
+        assert!(!pollster::block_on(gpu.take_f16_overflow()).unwrap(), "normal operands must not raise the flag");
+    }
+
+    #[test]
+    fn an_operand_beyond_f16_raises_the_overflow_flag_once() {
+        let Some(gpu) = testing::gpu_with_tensor_cores() else { return };
+        let shape = MatmulShape::new(5, 9, 13);
+        let spec = MatmulSpec { trans_b: true, ..MatmulSpec::plain() };
+        let op = pollster::block_on(Matmul::new(&gpu, spec, shape)).expect("prepare");
+        assert!(op.is_mixed_precision(), "a tensor-core device prepares tensor-core products");
+        let dense = |cols: usize| HostOperand { off: 0, ld: cols, batch_stride: 0 };
+        let mut a = vec![0.5f32; 5 * 13];
+        let b = vec![0.25f32; 9 * 13];
+        let c = vec![0f32; 5 * 9];
+        let run = |a: &[f32]| {
+            let product =
+                HostProduct { a, ao: dense(13), b: &b, bo: dense(13), bias: None, c: &c, co: dense(9), alpha: 1.0 };
+            pollster::block_on(product.run(&gpu, &op)).expect("run")
+        };
+        let _ = pollster::block_on(gpu.take_f16_overflow());
+        let fine = run(&a);
+        assert!((fine[0] - 13.0 * 0.125).abs() < 1e-6);
+        assert!(!pollster::block_on(gpu.take_f16_overflow()).unwrap());
+        a[7] = 1.0e5; // f16's largest finite value is 65504
+        let out = run(&a);
+        assert!(out.iter().all(|v| v.is_finite()), "the clamped operand keeps the result finite");
+        assert!(pollster::block_on(gpu.take_f16_overflow()).unwrap(), "the overflow is reported");
+        assert!(!pollster::block_on(gpu.take_f16_overflow()).unwrap(), "taking the flag clears it");
     }
 
     #[test]

@@ -295,6 +295,24 @@ mod tests {
         }
     }
 
+    /// A very long conversation is cut from the left to `max_prompt_length` tokens, keeping the
+    /// template's assistant header at its end, the way SFT and RL cut prompts (was: the whole 50 MB
+    /// conversation went to the GPU and failed on the RoPE table).
+    #[test]
+    fn long_prompts_keep_their_last_tokens() {
+        let text = crate::testing::byte_level_chat_text();
+        let mut long = row("long", &[]);
+        long.prompt[0].content = "a movie like Alien? ".repeat(5000);
+        let rows = [row("short", &[]), long];
+        let full = unique_prompts(&text, &rows, usize::MAX).unwrap();
+        let cut = unique_prompts(&text, &rows, 64).unwrap();
+        assert!(full.ids[1].len() > 100_000);
+        assert_eq!(cut.ids[0], full.ids[0], "a prompt within the limit is untouched");
+        assert_eq!(cut.ids[1].len(), 64);
+        assert_eq!(cut.ids[1][..], full.ids[1][full.ids[1].len() - 64..], "the last tokens are kept");
+        assert_eq!(cut.of_row, full.of_row);
+    }
+
     #[test]
     fn scores_rows_by_hand_computed_cases() {
         let mut catalog = Catalog::new();

@@ -468,6 +468,11 @@ impl RlTrainer {
                     self.completion_logp(gpu, base, &rollout.seqs, Some(&grads)).await?;
                 }
             }
+            // Sampling, the forward and the backward of this step all ran before this check.
+            if gpu.take_f16_overflow().await? {
+                self.lora.zero_grads(gpu).await?;
+                return Err(TrainError::F16Overflow { step });
+            }
             stats.grad_norm = self.lora.optimizer_step(gpu, lr, 1.0).await?;
             if !stats.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite { step, what: "gradient norm", value: stats.grad_norm as f64 });

@@ -41,10 +41,10 @@ pub(super) async fn output_head(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
         let got: Vec<f32> = stats.chunks(4).flat_map(|r| r[1..4].to_vec()).collect();
         let want: Vec<f32> = want.iter().flat_map(|r| f32s(r)).collect();
         let name = format!("{rows} rows x {hidden}, vocab {vocab} in chunks of {chunk}, W {dt:?}, T={temperature}");
-        c.close("head lse, logp, entropy", name.clone(), got, &want, HEAD_BOUND);
+        c.close("head lse, logp, entropy", name.clone(), got, &want, super::product_bound(gpu, HEAD_BOUND));
         let grad = head_backward_ref(&hd, &wd, &targets, &f64s(&dlogp), s, temperature as f64);
         let dh_want: Vec<f32> = grad.iter().zip(&dh0).map(|(g, d)| (g + *d as f64) as f32).collect();
-        c.close("head dh += ∂logp/∂h", name, dh, &dh_want, HEAD_BOUND);
+        c.close("head dh += ∂logp/∂h", name, dh, &dh_want, super::product_bound(gpu, HEAD_BOUND));
     }
     Ok(())
 }

@@ -16,6 +16,11 @@ use crate::ops::matmul::{HostOperand, HostProduct, Matmul, MatmulShape, MatmulSp
 /// kernel tests' bound.
 const BOUND: f64 = 1e-5;
 
+/// The bound for the products this device prepares.
+fn bound(gpu: &Gpu) -> f64 {
+    super::product_bound(gpu, BOUND)
+}
+
 pub(super) async fn check(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     let mut rng = rng("matmul");
     // (rows, in, out, weight type): aligned shapes (the fast paths, split-K for ≤ 8 rows on GPUs)
@@ -31,11 +36,11 @@ pub(super) async fn check(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
         let bias = (i % 2 == 0).then_some(&bias[..]);
         let name = format!("{rows}x{inp}->{out} W {w_dtype:?}{}", if bias.is_some() { " +bias" } else { "" });
         let y = linear_forward_once(gpu, &x, &w, w_dtype, bias, s).await?;
-        c.close("linear x·Wᵀ", name.clone(), y, &linear_forward_ref(&x, &w, bias, s), BOUND);
+        c.close("linear x·Wᵀ", name.clone(), y, &linear_forward_ref(&x, &w, bias, s), bound(gpu));
         let (dx, dw) = linear_backward_once(gpu, &x, &w, w_dtype, &dy, s).await?;
         let (dx_want, dw_want) = linear_backward_ref(&x, &w, &dy, s);
-        c.close("linear dx = dy·W", name.clone(), dx, &dx_want, BOUND);
-        c.close("linear dW = dyᵀ·x", name, dw, &dw_want, BOUND);
+        c.close("linear dx = dy·W", name.clone(), dx, &dx_want, bound(gpu));
+        c.close("linear dW = dyᵀ·x", name, dw, &dw_want, bound(gpu));
     }
     lora(gpu, c, &mut rng).await
 }
@@ -70,7 +75,7 @@ async fn lora(gpu: &Gpu, c: &mut Checker, rng: &mut rand::rngs::StdRng) -> GpuRe
         let c0 = normal(rng, c_off + m * n);
         let product = HostProduct { a: &a, ao, b: &b, bo, bias: None, c: &c0, co, alpha };
         let got = product.run(gpu, &op).await?;
-        c.close(what, format!("m={m} n={n} k={k}"), got, &product.reference(&op), BOUND);
+        c.close(what, format!("m={m} n={n} k={k}"), got, &product.reference(&op), bound(gpu));
     }
     Ok(())
 }

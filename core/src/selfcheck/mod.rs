@@ -19,6 +19,19 @@ use serde::Serialize;
 
 use crate::gpu::{AdapterSummary, Gpu, GpuResult};
 
+/// Under `--precision mixed` the matrix products round both operands to f16 (2^-11 relative each)
+/// before accumulating in f32: what the tensor-core kernel's own test allows for f32 operands.
+const MIXED_PRODUCT_BOUND: f64 = 3e-3;
+
+/// The bound of a case whose result goes through matrix products: `f32_bound` when the device
+/// computes them in f32, the mixed-precision bound when on tensor cores.
+fn product_bound(gpu: &Gpu, f32_bound: f64) -> f64 {
+    match gpu.precision() {
+        crate::gpu::Precision::F32 => f32_bound,
+        crate::gpu::Precision::Mixed => f32_bound.max(MIXED_PRODUCT_BOUND),
+    }
+}
+
 /// The kernel families, in the order they run.
 pub const FAMILIES: [&str; 10] = [
     "matmul",

@@ -35,6 +35,20 @@ pub enum TrainError {
          the last checkpoint is untouched"
     )]
     NonFinite { step: u64, what: &'static str, value: f64 },
+    /// SFT's gradient vanished while the loss stayed positive: the model's predictions saturated.
+    #[error(
+        "step {step}: the gradient is exactly zero while the loss is {loss:.4} (ln(vocabulary) = {uniform:.4} \
+         would be uniform predictions) — training collapsed, the usual result of a learning rate far too high; \
+         the last checkpoint is untouched"
+    )]
+    Collapsed { step: u64, loss: f64, uniform: f64 },
+    /// Under mixed precision a matrix-product operand exceeded f16's range during the step; the
+    /// step's update is not applied.
+    #[error(
+        "step {step}: {}; the last checkpoint is untouched",
+        crate::gpu::tensor_cores::overflow_message("training")
+    )]
+    F16Overflow { step: u64 },
     #[error("{0}")]
     Invalid(String),
 }

@@ -134,6 +134,15 @@ pub struct SftStep {
     pub grad_norm: f32,
     /// Tokens (prompt and completion, padding included) the step ran through the model.
     pub tokens: usize,
+    /// The loss has exploded: more than twice, and more than one nat above, the lowest loss of
+    /// this run so far (a learning rate far too high drives it towards ln(vocabulary)). Finite,
+    /// so the run goes on; front ends say so.
+    pub exploded: bool,
+}
+
+/// Whether `loss` has exploded relative to the run's lowest loss so far (see `SftStep::exploded`).
+pub fn loss_exploded(best: f64, loss: f64) -> bool {
+    best.is_finite() && loss > 2.0 * best && loss - best > 1.0
 }
 
 pub struct SftTrainer {
@@ -145,6 +154,8 @@ pub struct SftTrainer {
     batch_in_epoch: usize,
     /// This epoch's micro-batches (row indices), from its seeded shuffle.
     batches: Vec<Vec<usize>>,
+    /// The lowest step loss of this run (since it started or resumed).
+    best_loss: f64,
 }
 
 /// Micro-batches of one epoch: the rows in a seeded permutation, `batch_size` at a time.
@@ -183,6 +194,7 @@ impl SftTrainer {
             epoch: 0,
             batch_in_epoch: 0,
             batches,
+            best_loss: f64::INFINITY,
         })
     }
 
@@ -240,10 +252,20 @@ impl SftTrainer {
             self.lora.zero_grads(gpu).await?;
             return Err(TrainError::NonFinite { step, what: "loss", value: loss });
         }
+        if gpu.take_f16_overflow().await? {
+            self.lora.zero_grads(gpu).await?;
+            return Err(TrainError::F16Overflow { step });
+        }
         let lr = self.config.lr * self.schedule.factor(self.lora.step);
         let grad_norm = self.lora.optimizer_step(gpu, lr, 1.0 / window as f32).await?;
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step, what: "gradient norm", value: grad_norm as f64 });
+        }
+        // A positive loss with an exactly zero gradient: the predictions have saturated (a LoRA
+        // step always has a gradient otherwise, B's if nothing else), and no later step recovers.
+        if grad_norm == 0.0 && loss > 0.0 {
+            let uniform = (model.config.vocab_size as f64).ln();
+            return Err(TrainError::Collapsed { step, loss, uniform });
         }
         self.batch_in_epoch = end;
         let epoch = self.epoch;
@@ -252,7 +274,9 @@ impl SftTrainer {
             self.batch_in_epoch = 0;
             self.batches = epoch_batches(self.examples.len(), self.config.batch_size, self.config.seed, self.epoch);
         }
-        Ok(SftStep { step: self.lora.step, epoch, loss, lr, grad_norm, tokens })
+        let exploded = loss_exploded(self.best_loss, loss);
+        self.best_loss = self.best_loss.min(loss);
+        Ok(SftStep { step: self.lora.step, epoch, loss, lr, grad_norm, tokens, exploded })
     }
 
     /// Mean completion NLL of `examples` under the current adapter (no training).
@@ -281,4 +305,53 @@ pub async fn mean_nll(
         }
     }
     Ok(sum / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gpu::GpuModel;
+    use crate::model::{Architecture, HostTensor};
+    use crate::testing;
+    use crate::train::lora::{LoraConfig, Target};
+
+    /// Weights that overflow f32 in the forward make the loss NaN: the step stops with
+    /// `NonFinite` naming the loss, and the adapter is not updated.
+    #[test]
+    fn a_non_finite_loss_stops_the_step_before_the_update() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("sft non-finite loss");
+        let config = testing::tiny_config(Architecture::Llama, false);
+        let mut tensors = testing::random_tensors(&config, &mut rng);
+        for (name, tensor) in &mut tensors {
+            if name == "model.norm.weight" {
+                *tensor = HostTensor::f32(tensor.shape.clone(), vec![1e38; config.hidden_size]);
+            }
+        }
+        let model = GpuModel::upload(&gpu, config.clone(), tensors, 64).unwrap();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: vec![Target::QProj] });
+        let init = layout.init(1);
+        let examples: Vec<Example> = vec![((1..9).collect(), (9..15).collect()); 2];
+        let sft_config = SftConfig { lr: 1e-2, batch_size: 2, ..SftConfig::default() };
+        let mut trainer = pollster::block_on(SftTrainer::new(&gpu, layout, &init, examples, sft_config)).unwrap();
+        match pollster::block_on(trainer.step(&gpu, &model)) {
+            Err(TrainError::NonFinite { step: 1, what: "loss", value }) => assert!(!value.is_finite()),
+            other => panic!("expected a non-finite loss at step 1, got {:?}", other.map(|s| s.loss)),
+        }
+        let message = TrainError::NonFinite { step: 1, what: "loss", value: f64::NAN }.to_string();
+        assert!(message.contains("training diverged") && message.contains("checkpoint is untouched"), "{message}");
+        assert_eq!(trainer.lora.step, 0, "the diverged step was not applied");
+        let params = pollster::block_on(trainer.lora.read_params(&gpu)).unwrap();
+        assert_eq!(params, init, "the adapter is unchanged");
+    }
+
+    #[test]
+    fn an_exploded_loss_is_far_above_the_best_in_ratio_and_in_nats() {
+        assert!(!loss_exploded(f64::INFINITY, 50.0), "the first step has nothing to compare with");
+        assert!(!loss_exploded(2.0, 3.5), "noise between batches");
+        assert!(!loss_exploded(0.3, 0.9), "three times, but less than one nat");
+        assert!(!loss_exploded(3.0, 6.0), "exactly twice");
+        assert!(loss_exploded(2.0, 10.8), "towards ln(vocabulary)");
+        assert!(loss_exploded(0.4, 1.5));
+    }
 }

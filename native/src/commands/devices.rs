@@ -59,6 +59,10 @@ fn print_adapter(index: usize, a: &AdapterSummary) {
             .collect();
         println!("    cooperative matrices (tensor cores): {}", shapes.join(", "));
     }
+    match convrec_core::TensorCores::of(a) {
+        Some(tc) => println!("    --precision mixed: yes ({}x{} f16 tiles, f32 accumulation)", tc.tile, tc.tile),
+        None => println!("    --precision mixed: no (products stay f32)"),
+    }
     println!(
         "    max buffer {} MiB, max storage binding {} MiB, {} storage buffers/stage",
         l.max_buffer_size >> 20,

@@ -15,16 +15,9 @@ pub mod sft;
 pub mod tokenize;
 pub mod train;
 
-use anyhow::Context;
-use convrec_core::{Gpu, GpuOptions};
+use convrec_core::Gpu;
 
-/// Opens the GPU the user chose (or the preferred one) and says which it is.
-pub fn open_gpu(options: &GpuOptions) -> anyhow::Result<Gpu> {
-    let gpu = pollster::block_on(Gpu::new(options)).context("opening the GPU")?;
-    let s = gpu.summary();
-    eprintln!("convrec: using {} ({}, {}, driver {} {})", s.name, s.backend, s.device_type, s.driver, s.driver_info);
-    Ok(gpu)
-}
+pub use convrec::session::open_gpu;
 
 /// The base model, or a view of it with the adapter in `dir` merged in on the GPU (kept alive by
 /// `holder`).

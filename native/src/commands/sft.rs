@@ -214,6 +214,7 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     }
     let clock = Instant::now();
     let mut tokens_seen = 0usize;
+    let mut warned_explosion = false;
     while !trainer.done() {
         let s = pollster::block_on(trainer.step(gpu, &model))?;
         tokens_seen += s.tokens;
@@ -222,7 +223,16 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4} · {tps:.0} tok/s", s.loss));
         run.log(&json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                        "tokens_per_s": tps, "elapsed_s": elapsed}))?;
+                        "tokens_per_s": tps, "elapsed_s": elapsed, "exploded": s.exploded}))?;
+        if s.exploded && !warned_explosion {
+            warned_explosion = true;
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: step {}: the loss {:.3} has exploded (more than twice its lowest value in this run) —                      training is diverging; a lower --lr (now {}) usually helps. The run goes on; `exploded` in                      metrics.jsonl marks each such step",
+                    s.step, s.loss, args.lr
+                )
+            });
+        }
         if s.step.is_multiple_of(args.save_every) {
             let state = TrainerState { position: trainer.position(), args: args.clone() };
             convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;

@@ -18,8 +18,19 @@ pub const ENDOFTEXT: u32 = 256;
 pub const IM_START: u32 = 257;
 pub const IM_END: u32 = 258;
 
+/// The `convrec` binary, started through `CONVREC_TEST_RUNNER` when that is set: the same hook
+/// as cargo's `target.<triple>.runner`, for the CI stage that runs the tensor-core tests on a
+/// newer lavapipe under its own C library (`.ci/tensor-cores`).
 pub fn convrec() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_convrec"))
+    let binary = env!("CARGO_BIN_EXE_convrec");
+    match std::env::var_os("CONVREC_TEST_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
 }
 
 /// A fresh folder for one test's files.
