@@ -46,6 +46,7 @@ pub fn config(shape: &ShapeArgs) -> ModelConfig {
         num_kv_heads: 3,
         head_dim: 64,
         rope_theta: 100000.0,
+        rope_scaling: convrec_core::model::RopeScaling::None,
         rms_norm_eps: 1e-5,
         tie_word_embeddings: true,
         attention_bias: false,

@@ -159,6 +159,7 @@ pub fn tiny_config(arch: Architecture, tied: bool) -> ModelConfig {
         num_kv_heads: 2,
         head_dim: 16,
         rope_theta: 10000.0,
+        rope_scaling: crate::model::RopeScaling::None,
         rms_norm_eps: 1e-6,
         tie_word_embeddings: tied,
         attention_bias: arch == Architecture::Qwen2,

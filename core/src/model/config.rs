@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rope_scaling::RopeScaling;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Architecture {
     Llama,
@@ -21,6 +23,8 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub rope_theta: f32,
+    /// How RoPE's frequencies are scaled (Llama 3, YaRN, …); `RopeScaling::None` for plain RoPE.
+    pub rope_scaling: RopeScaling,
     pub rms_norm_eps: f32,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2).
@@ -193,18 +197,17 @@ impl ModelConfig {
                 )));
             }
         };
-        if let Some(scaling) = c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(ConfigError::Unsupported(format!(
-                "rope_scaling {scaling} is not implemented (only plain RoPE is)"
-            )));
-        }
+        let max_position_embeddings = c.max_position_embeddings.unwrap_or(2048);
+        // transformers 4.x: `rope_scaling` beside a top-level `rope_theta`; 5.x: both inside
+        // `rope_parameters`.
         let mut rope_theta = c.rope_theta;
-        if let Some(params) = c.rope_parameters.as_ref().filter(|v| !v.is_null()) {
-            let rope_type = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
-            if rope_type != "default" {
-                return Err(ConfigError::Unsupported(format!(
-                    "rope_parameters.rope_type {rope_type} is not implemented (only default RoPE is)"
-                )));
+        let mut rope_scaling = RopeScaling::None;
+        for (field, value) in [("rope_scaling", &c.rope_scaling), ("rope_parameters", &c.rope_parameters)] {
+            let Some(params) = value.as_ref().filter(|v| !v.is_null()) else { continue };
+            let scaling = RopeScaling::from_hf(params, max_position_embeddings)
+                .map_err(|e| ConfigError::Unsupported(format!("{field}: {e}")))?;
+            if scaling != RopeScaling::None {
+                rope_scaling = scaling;
             }
             if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
                 rope_theta = Some(theta as f32);
@@ -238,11 +241,12 @@ impl ModelConfig {
             num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
             head_dim,
             rope_theta: rope_theta.unwrap_or(10000.0),
+            rope_scaling,
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             // Qwen2 always has q/k/v biases; Llama has them only with attention_bias.
             attention_bias: architecture == Architecture::Qwen2 || c.attention_bias.unwrap_or(false),
-            max_position_embeddings: c.max_position_embeddings.unwrap_or(2048),
+            max_position_embeddings,
             bos_token_id: ids("bos_token_id", &c.bos_token_id)?.first().copied(),
             eos_token_ids: ids("eos_token_id", &c.eos_token_id)?,
         };
@@ -258,6 +262,11 @@ impl ModelConfig {
     /// Checks every size against its limit, the sizes against each other and the RoPE base and
     /// RMS epsilon for finite, sensible values — before anything is sized from them. `name`
     /// names a field as the file does (`config.json` keys, GGUF metadata keys).
+    /// The rotary frequencies of this model (its base and scaling).
+    pub fn rope_frequencies(&self) -> crate::ops::rope::RopeFrequencies {
+        self.rope_scaling.frequencies(self.rope_theta, self.head_dim)
+    }
+
     pub fn check(&self, name: &dyn Fn(Field) -> String) -> Result<(), String> {
         let sizes = [
             (Field::VocabSize, self.vocab_size),
@@ -311,6 +320,7 @@ impl ModelConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(format!("{} = {} must be a finite number above 1", name(Field::RopeTheta), self.rope_theta));
         }
+        self.rope_scaling.check(self.head_dim)?;
         // An epsilon regularises the mean square of unit-scale activations: NaN, negative or
         // above 1 is a corrupt file, not a model.
         if !(self.rms_norm_eps.is_finite() && (0.0..=1.0).contains(&self.rms_norm_eps)) {
@@ -377,28 +387,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_a_qwen2_config_and_refuses_rope_scaling() {
+    fn reads_a_qwen2_config_and_its_rope_scaling() {
         let text = r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":151936,"hidden_size":896,
             "intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,
             "rope_theta":1000000.0,"rms_norm_eps":1e-6,"tie_word_embeddings":true,"max_position_embeddings":32768,
             "eos_token_id":151645,"bos_token_id":151643,"hidden_act":"silu","rope_scaling":null,"use_sliding_window":false}"#;
         let c = ModelConfig::from_hf_json(text).unwrap();
         assert_eq!(
-            (c.architecture, c.head_dim, c.attention_bias, c.eos_token_ids.clone()),
-            (Architecture::Qwen2, 64, true, vec![151645])
+            (c.architecture, c.head_dim, c.attention_bias, c.eos_token_ids.clone(), c.rope_scaling.clone()),
+            (Architecture::Qwen2, 64, true, vec![151645], RopeScaling::None)
         );
         assert_eq!(c.expected_tensors().len(), 2 + 24 * 12);
-        let scaled = text.replace(r#""rope_scaling":null"#, r#""rope_scaling":{"type":"yarn","factor":4.0}"#);
-        let err = ModelConfig::from_hf_json(&scaled).unwrap_err().to_string();
-        assert!(err.contains("rope_scaling") && err.contains("yarn"), "{err}");
-        // transformers 5 layout
+        // Qwen2.5's long-context form (transformers 4.x: `type`).
+        let yarn = r#""rope_scaling":{"type":"yarn","factor":4.0,"original_max_position_embeddings":32768}"#;
+        let scaled = ModelConfig::from_hf_json(&text.replace(r#""rope_scaling":null"#, yarn)).unwrap();
+        assert!(matches!(
+            scaled.rope_scaling,
+            RopeScaling::Yarn { factor: 4.0, original_max_position_embeddings: 32768, .. }
+        ));
+        let longrope = text.replace(r#""rope_scaling":null"#, r#""rope_scaling":{"type":"longrope","factor":4.0}"#);
+        let err = ModelConfig::from_hf_json(&longrope).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling") && err.contains("longrope"), "{err}");
+        // transformers 5 layout: theta and scaling inside rope_parameters.
         let v5 = text.replace(
             r#""rope_theta":1000000.0,"#,
             r#""rope_parameters":{"rope_theta":500000.0,"rope_type":"default"},"#,
         );
         assert_eq!(ModelConfig::from_hf_json(&v5).unwrap().rope_theta, 500000.0);
-        let v5_yarn = v5.replace(r#""rope_type":"default""#, r#""rope_type":"yarn""#);
-        assert!(ModelConfig::from_hf_json(&v5_yarn).unwrap_err().to_string().contains("rope_type yarn"));
+        let v5_linear = v5.replace(r#""rope_type":"default""#, r#""rope_type":"linear","factor":2.0"#);
+        let linear = ModelConfig::from_hf_json(&v5_linear).unwrap();
+        assert_eq!((linear.rope_theta, linear.rope_scaling), (500000.0, RopeScaling::Linear { factor: 2.0 }));
+        let v5_bad = v5.replace(r#""rope_type":"default""#, r#""rope_type":"linear","factor":-1.0"#);
+        assert!(ModelConfig::from_hf_json(&v5_bad).unwrap_err().to_string().contains("factor"));
         let bad = text.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#);
         assert!(ModelConfig::from_hf_json(&bad).unwrap_err().to_string().contains("not a multiple"));
         assert!(ModelConfig::from_hf_json("{").unwrap_err().to_string().contains("not valid JSON"));

@@ -198,7 +198,16 @@ impl GpuModel {
             };
             layers.push(LayerWeights { input_norm, post_norm, q, k, v, o, gate, up, down, q_bias, k_bias, v_bias });
         }
-        let rope = RopeTables::new(gpu, config.head_dim, config.rope_theta, max_positions.max(1))?;
+        if let Some(limit) = config.rope_scaling.max_positions(config.max_position_embeddings) {
+            if max_positions > limit {
+                return Err(ModelError::Invalid(format!(
+                    "dynamic RoPE scaling past max_position_embeddings ({limit}) is not implemented, and {max_positions} \
+                     positions were asked for: shorten --max-length / --max-prompt-length / --max-new-tokens"
+                )));
+            }
+        }
+        let rope =
+            RopeTables::with_frequencies(gpu, config.head_dim, &config.rope_frequencies(), max_positions.max(1))?;
         Ok(GpuModel { config, embed, final_norm, lm_head, layers, rope })
     }
 

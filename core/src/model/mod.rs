@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod rope_scaling;
 pub mod safetensors_io;
 pub mod tensor;
 pub mod text;
@@ -15,6 +16,7 @@ pub mod tokenizer;
 pub(crate) mod tests;
 
 pub use config::{Architecture, ModelConfig};
+pub use rope_scaling::RopeScaling;
 pub use tensor::{HostTensor, TensorData};
 
 /// A model's weights under their Hugging Face names.

@@ -30,19 +30,40 @@ pub fn specializations() -> Vec<Variant> {
     vec![variant()]
 }
 
-/// cos/sin tables `[max_pos, head_dim/2]`, computed the way `transformers` does in f32:
-/// `inv_freq = 1 / theta^(2i/d)`, angle = `f32(pos) · inv_freq` (one f32 product), then cos/sin
-/// correctly rounded to f32.
+/// A model's rotary frequencies: `inv_freq[head_dim/2]` and the factor cos and sin are multiplied
+/// by (YaRN's attention factor; 1 otherwise). `model::RopeScaling::frequencies` makes the scaled ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeFrequencies {
+    pub inv_freq: Vec<f32>,
+    pub attention_scaling: f32,
+}
+
+impl RopeFrequencies {
+    /// Plain RoPE as `transformers` computes it in f32: `inv_freq = 1 / theta^(2i/d)`.
+    pub fn plain(theta: f32, head_dim: usize) -> Self {
+        let inv_freq = (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        RopeFrequencies { inv_freq, attention_scaling: 1.0 }
+    }
+}
+
+/// cos/sin tables `[max_pos, head_dim/2]` of plain RoPE (see [`frequency_tables`]).
 pub fn tables(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    frequency_tables(&RopeFrequencies::plain(theta, head_dim), max_pos)
+}
+
+/// cos/sin tables `[max_pos, inv_freq.len()]`, computed the way `transformers` does in f32:
+/// angle = `f32(pos) · inv_freq` (one f32 product), cos/sin correctly rounded to f32, then times
+/// the attention scaling in f32.
+pub fn frequency_tables(freqs: &RopeFrequencies, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = freqs.inv_freq.len();
     let mut cos = Vec::with_capacity(max_pos * half);
     let mut sin = Vec::with_capacity(max_pos * half);
+    let scale = freqs.attention_scaling;
     for pos in 0..max_pos {
-        for &f in &inv_freq {
+        for &f in &freqs.inv_freq {
             let angle = (pos as f32 * f) as f64;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+            cos.push(angle.cos() as f32 * scale);
+            sin.push(angle.sin() as f32 * scale);
         }
     }
     (cos, sin)
@@ -58,14 +79,23 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
+    /// Plain RoPE with base `theta`.
     pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> GpuResult<Self> {
-        if !head_dim.is_multiple_of(2) || head_dim == 0 || max_pos == 0 {
+        Self::with_frequencies(gpu, head_dim, &RopeFrequencies::plain(theta, head_dim), max_pos)
+    }
+
+    /// Tables of any frequencies (scaled RoPE) for heads of `head_dim`.
+    pub fn with_frequencies(gpu: &Gpu, head_dim: usize, freqs: &RopeFrequencies, max_pos: usize) -> GpuResult<Self> {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 || max_pos == 0 || freqs.inv_freq.len() != head_dim / 2 {
             return Err(GpuError::shape(
                 OP,
-                format!("head_dim {head_dim} must be even and max_pos {max_pos} positive"),
+                format!(
+                    "head_dim {head_dim} must be even with {} frequencies for it, and max_pos {max_pos} positive",
+                    freqs.inv_freq.len()
+                ),
             ));
         }
-        let (cos, sin) = tables(head_dim, theta, max_pos);
+        let (cos, sin) = frequency_tables(freqs, max_pos);
         Ok(RopeTables {
             head_dim,
             max_pos,

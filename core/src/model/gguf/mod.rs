@@ -14,6 +14,7 @@ pub use quant::GgmlType;
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 
 use super::config::{Architecture, ConfigError, Field, ModelConfig, derived_head_dim};
+use super::rope_scaling::RopeScaling;
 use super::tensor::{HostTensor, TensorData};
 use super::tokenizer::{self, SpecialTokens, TokenizerError};
 
@@ -158,12 +159,7 @@ pub fn config_from_metadata(
     if let Some(r) = optional(file, &key("rope.dimension_count"))?.filter(|&r| r != head_dim) {
         return Err(GgufError::Unsupported(format!("partial RoPE ({r} of {head_dim} dims) is not implemented")));
     }
-    if let Some(s) = file.get_str(&key("rope.scaling.type"))?.filter(|s| *s != "none") {
-        return Err(GgufError::Unsupported(format!("rope scaling {s:?} is not implemented (only plain RoPE is)")));
-    }
-    if file.tensor("rope_freqs.weight").is_some() {
-        return Err(GgufError::Unsupported("rope_freqs.weight (Llama 3.1 RoPE scaling) is not implemented".into()));
-    }
+    let rope_scaling = rope_scaling(file, &key, head_dim)?;
     if let Some(n) = file.get_u64(&key("expert_count"))?.filter(|&n| n > 0) {
         return Err(GgufError::Unsupported(format!("mixture of experts ({n} experts) is not implemented")));
     }
@@ -189,6 +185,7 @@ pub fn config_from_metadata(
         num_kv_heads,
         head_dim,
         rope_theta: file.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+        rope_scaling,
         rms_norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6) as f32,
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         attention_bias,
@@ -200,6 +197,51 @@ pub fn config_from_metadata(
     // metadata must not make later code build billions of tensor names or overflow.
     config.check(&name).map_err(GgufError::Unsupported)?;
     Ok(config)
+}
+
+/// RoPE scaling as llama.cpp stores it: `rope.scaling.type` `linear` or `yarn` with its factor
+/// (and YaRN's original context and betas), or the per-frequency divisors of `rope_freqs.weight`
+/// (its form of Llama 3 scaling).
+fn rope_scaling(file: &GgufFile, key: &dyn Fn(&str) -> String, head_dim: usize) -> Result<RopeScaling, GgufError> {
+    let factor =
+        || file.get_f64(&key("rope.scaling.factor"))?.ok_or_else(|| GgufError::MissingKey(key("rope.scaling.factor")));
+    let mut scaling = match file.get_str(&key("rope.scaling.type"))? {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => RopeScaling::Linear { factor: factor()? as f32 },
+        Some("yarn") => {
+            let factor = factor()?;
+            let original = file
+                .get_u64(&key("rope.scaling.original_context_length"))?
+                .ok_or_else(|| GgufError::MissingKey(key("rope.scaling.original_context_length")))?;
+            let beta = |k: &str, default: f64| -> Result<f64, GgufError> {
+                Ok(file.get_f64(&key(k))?.filter(|&b| b != 0.0).unwrap_or(default))
+            };
+            RopeScaling::Yarn {
+                factor: factor as f32,
+                original_max_position_embeddings: original as usize,
+                beta_fast: beta("rope.scaling.yarn_beta_fast", 32.0)?,
+                beta_slow: beta("rope.scaling.yarn_beta_slow", 1.0)?,
+                attention_factor: if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 },
+                truncate: true,
+            }
+        }
+        Some(other) => {
+            return Err(GgufError::Unsupported(format!(
+                "rope scaling {other:?} is not implemented (linear, yarn and rope_freqs.weight are)"
+            )));
+        }
+    };
+    if let Some(info) = file.tensor("rope_freqs.weight") {
+        if info.dims.iter().product::<u64>() != head_dim as u64 / 2 {
+            return Err(GgufError::Unsupported(format!(
+                "rope_freqs.weight has shape {:?}, the head size {head_dim} needs {} values",
+                info.dims,
+                head_dim / 2
+            )));
+        }
+        scaling = RopeScaling::FreqFactors(read_tensor(file, info).to_f32());
+    }
+    Ok(scaling)
 }
 
 fn token_id(file: &GgufFile, text: &str) -> Option<u32> {

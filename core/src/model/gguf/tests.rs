@@ -659,8 +659,20 @@ fn refuses_models_it_cannot_run_by_name() {
     assert!(err(&w).contains("missing llama.embedding_length"), "{}", err(&w));
 
     let mut w = tiny_model(Architecture::Llama, true);
+    w.kv("llama.rope.scaling.type", MetaValue::Str("longrope".into()));
+    assert!(err(&w).contains("rope scaling \"longrope\""), "{}", err(&w));
+
+    let mut w = tiny_model(Architecture::Llama, true);
     w.kv("llama.rope.scaling.type", MetaValue::Str("yarn".into()));
-    assert!(err(&w).contains("rope scaling \"yarn\""), "{}", err(&w));
+    assert!(err(&w).contains("missing llama.rope.scaling.factor"), "{}", err(&w));
+
+    let mut w = tiny_model(Architecture::Llama, true);
+    w.tensor("rope_freqs.weight", &[3], GgmlType::F32, f32_bytes(&[1.0, 2.0, 4.0]));
+    assert!(err(&w).contains("rope_freqs.weight has shape [3]"), "{}", err(&w));
+
+    let mut w = tiny_model(Architecture::Llama, true);
+    w.tensor("rope_freqs.weight", &[HEAD_DIM as u64 / 2], GgmlType::F32, f32_bytes(&[-1.0; HEAD_DIM / 2]));
+    assert!(err(&w).contains("rope_freqs value"), "{}", err(&w));
 
     let mut w = tiny_model(Architecture::Llama, true);
     w.kv("llama.block_count", MetaValue::U64(1 << 40));
@@ -711,4 +723,39 @@ fn non_finite_or_absurd_numbers_are_refused_by_key_and_tensor() {
     blocks[..2].copy_from_slice(&h(f32::INFINITY));
     w.tensor("blk.0.ffn_gate.weight", &[HIDDEN as u64, FFN as u64], GgmlType::Q8_0, blocks);
     assert!(err(&w).contains("tensor blk.0.ffn_gate.weight"), "{}", err(&w));
+}
+
+/// llama.cpp's forms of RoPE scaling: `rope.scaling.type` linear / yarn with their keys, and
+/// Llama 3's per-frequency divisors in `rope_freqs.weight` (a tensor the loader otherwise skips).
+#[test]
+fn rope_scaling_is_read_from_metadata_and_rope_freqs() {
+    use crate::model::RopeScaling;
+    let config = |w: &Writer| GgufModel::from_bytes(&w.bytes()).unwrap().config.rope_scaling;
+    let mut w = tiny_model(Architecture::Llama, true);
+    w.kv("llama.rope.scaling.type", MetaValue::Str("linear".into()));
+    w.kv("llama.rope.scaling.factor", MetaValue::F32(4.0));
+    assert_eq!(config(&w), RopeScaling::Linear { factor: 4.0 });
+
+    let mut w = tiny_model(Architecture::Qwen2, true);
+    w.kv("qwen2.rope.scaling.type", MetaValue::Str("yarn".into()));
+    w.kv("qwen2.rope.scaling.factor", MetaValue::F32(4.0));
+    w.kv("qwen2.rope.scaling.original_context_length", MetaValue::U32(32768));
+    match config(&w) {
+        RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, .. } => {
+            assert_eq!((factor, original_max_position_embeddings, beta_fast, beta_slow), (4.0, 32768, 32.0, 1.0));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let divisors: Vec<f32> = (0..HEAD_DIM / 2).map(|i| 1.0 + i as f32).collect();
+    let mut w = tiny_model(Architecture::Llama, true);
+    w.tensor("rope_freqs.weight", &[HEAD_DIM as u64 / 2], GgmlType::F32, f32_bytes(&divisors));
+    let model = GgufModel::from_bytes(&w.bytes()).unwrap();
+    assert_eq!(model.config.rope_scaling, RopeScaling::FreqFactors(divisors.clone()));
+    let plain = crate::ops::rope::RopeFrequencies::plain(model.config.rope_theta, HEAD_DIM).inv_freq;
+    let scaled = model.config.rope_frequencies().inv_freq;
+    for i in 0..HEAD_DIM / 2 {
+        assert_eq!(scaled[i], plain[i] / divisors[i]);
+    }
+    assert!(model.tensors.iter().all(|(name, _)| !name.contains("rope")), "not a model weight");
 }
