@@ -45,10 +45,35 @@ fn gpu_kernel_variants_give_the_same_logits() {
 }
 
 fn decode_matches_full_forward(gpu: &crate::Gpu, test: &str) {
+    let configs = [tiny_config(Architecture::Llama, false), tiny_config(Architecture::Qwen2, true)];
+    decode_matches_full_forward_for(gpu, test, &configs);
+}
+
+/// Head sizes off the common list go through the general kernel paths (per-row attention where
+/// the flash blocking does not fit): the whole model still decodes as its full forward says.
+#[test]
+fn uncommon_head_sizes_decode_like_the_full_forward() {
+    let configs: Vec<_> = [(8, 4, 2), (80, 2, 1), (4, 8, 4)]
+        .into_iter()
+        .map(|(head_dim, heads, kv_heads)| {
+            let mut c = tiny_config(Architecture::Llama, false);
+            (c.head_dim, c.num_heads, c.num_kv_heads) = (head_dim, heads, kv_heads);
+            c
+        })
+        .collect();
+    if let Some(gpu) = testing::gpu() {
+        decode_matches_full_forward_for(&gpu, "model decode, uncommon head sizes", &configs);
+    }
+    if let Some(gpu) = testing::gpu_with_gpu_kernels() {
+        decode_matches_full_forward_for(&gpu, "model decode, uncommon head sizes, gpu kernels", &configs);
+    }
+}
+
+fn decode_matches_full_forward_for(gpu: &crate::Gpu, test: &str, configs: &[crate::model::ModelConfig]) {
     let gpu = gpu.clone();
     let mut rng = testing::rng(test);
-    for (arch, tied) in [(Architecture::Llama, false), (Architecture::Qwen2, true)] {
-        let config = tiny_config(arch, tied);
+    for config in configs {
+        let (config, arch) = (config.clone(), config.architecture);
         let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
         let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 3, 88, 42], vec![9], vec![60, 61, 2]];
         let req = GenerateRequest {

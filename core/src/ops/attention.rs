@@ -13,8 +13,26 @@ const OP: &str = "attention";
 const WG: u32 = 64;
 const BLOCK: u32 = 16;
 
-/// Head dimensions with compiled kernels (SmolLM2 and Qwen2.5 use 64; Llama-3 128).
-pub const HEAD_DIMS: [usize; 5] = [16, 32, 64, 96, 128];
+/// Head dimensions the portability test compiles every kernel for: the common ones (SmolLM2 and
+/// Qwen2.5 64, Llama 3 128) and uncommon ones standing for the rest. Any multiple of 4 up to
+/// [`MAX_HEAD_DIM`] is compiled on demand (`check_head_dim`); the flash kernels take the sizes
+/// their blocking fits (`FlashTiles::fits`), the per-row kernels the others.
+pub const HEAD_DIMS: [usize; 9] = [4, 8, 16, 32, 64, 80, 96, 128, 256];
+/// The widest head: the per-row kernels keep ⌈head_dim / 64⌉ accumulators per lane.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Whether the kernels take heads of `head_dim`: a multiple of 4 (they read rows as vec4) from
+/// 4 to [`MAX_HEAD_DIM`].
+pub fn check_head_dim(head_dim: usize) -> GpuResult<()> {
+    if head_dim.is_multiple_of(4) && (4..=MAX_HEAD_DIM).contains(&head_dim) {
+        Ok(())
+    } else {
+        Err(GpuError::shape(
+            OP,
+            format!("head_dim {head_dim} is not supported (the kernels take multiples of 4 from 4 to {MAX_HEAD_DIM})"),
+        ))
+    }
+}
 
 /// Shapes and layouts of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,9 +104,7 @@ impl AttentionShape {
     fn validate(&self) -> GpuResult<()> {
         let s = self;
         let bad = |m: String| Err(GpuError::shape(OP, m));
-        if !HEAD_DIMS.contains(&s.head_dim) {
-            return bad(format!("head_dim {} has no compiled kernel (supported: {HEAD_DIMS:?})", s.head_dim));
-        }
+        check_head_dim(s.head_dim)?;
         if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} key/value heads", s.heads, s.kv_heads));
         }
@@ -184,7 +200,19 @@ impl AttentionKernel {
     pub fn for_adapter(gpu: &Gpu) -> Self {
         if gpu.cpu_kernels() { AttentionKernel::PerInvocation } else { AttentionKernel::Flash }
     }
+
+    /// The adapter's kind for heads of `head_dim`: GPUs take the per-row kernels where the flash
+    /// blocking does not fit the head (4, 8, 256, …).
+    pub fn for_head(gpu: &Gpu, head_dim: usize) -> Self {
+        match Self::for_adapter(gpu) {
+            AttentionKernel::Flash if !FlashTiles::fits(head_dim) => AttentionKernel::PerWorkgroup,
+            kind => kind,
+        }
+    }
 }
+
+/// WebGPU's default `maxComputeWorkgroupStorageSize`, which every flash blocking stays within.
+const FLASH_WORKGROUP_BYTES: u32 = 16384;
 
 /// The blocking of a flash kernel: rows a workgroup owns (queries, or keys for dk/dv), rows of
 /// each tile it streams through workgroup memory, and invocations per owned row.
@@ -217,6 +245,14 @@ impl FlashTiles {
 
     pub fn invocations(&self) -> u32 {
         self.rows * self.tpr
+    }
+
+    /// Whether the forward and backward blockings take heads of `head_dim`: whole vec4 slices
+    /// per invocation, and WebGPU's default 16 KiB of workgroup memory.
+    pub fn fits(head_dim: usize) -> bool {
+        [(Self::forward(head_dim), false), (Self::backward(head_dim), true)].iter().all(|(t, backward)| {
+            head_dim as u32 % (4 * t.tpr) == 0 && t.workgroup_bytes(head_dim, *backward) <= FLASH_WORKGROUP_BYTES
+        })
     }
 
     /// Workgroup memory of the forward (one tile, one set of partial sums) or of a backward
@@ -343,7 +379,7 @@ fn forward_variants(kind: AttentionKernel, head_dim: usize) -> (Variant, Option<
 pub fn specializations() -> Vec<Variant> {
     let mut v = Vec::new();
     for d in HEAD_DIMS {
-        for kind in AttentionKernel::ALL {
+        for kind in AttentionKernel::ALL.into_iter().filter(|&k| k != AttentionKernel::Flash || FlashTiles::fits(d)) {
             let (forward, combine) = forward_variants(kind, d);
             v.push(forward);
             v.extend(combine);
@@ -398,7 +434,7 @@ pub struct AttentionIo<'a> {
 impl Attention {
     /// `backward`: also compile the backward kernels (`accumulate`: add into dq/dk/dv).
     pub async fn new(gpu: &Gpu, head_dim: usize, backward: bool, accumulate: bool) -> GpuResult<Self> {
-        Self::with_forward(gpu, head_dim, backward, accumulate, AttentionKernel::for_adapter(gpu)).await
+        Self::with_forward(gpu, head_dim, backward, accumulate, AttentionKernel::for_head(gpu, head_dim)).await
     }
 
     /// With a given kernel kind for the forward and the backward (tests run every kind on any
@@ -410,11 +446,9 @@ impl Attention {
         accumulate: bool,
         kernel_kind: AttentionKernel,
     ) -> GpuResult<Self> {
-        if !HEAD_DIMS.contains(&head_dim) {
-            return Err(GpuError::shape(
-                OP,
-                format!("head_dim {head_dim} has no compiled kernel (supported: {HEAD_DIMS:?})"),
-            ));
+        check_head_dim(head_dim)?;
+        if kernel_kind == AttentionKernel::Flash && !FlashTiles::fits(head_dim) {
+            return Err(GpuError::shape(OP, format!("the flash kernels' blocking does not fit head_dim {head_dim}")));
         }
         // The flash kernels share the backward's eight bindings (see the shader's header).
         let forward_bindings: &[Access] =
@@ -759,6 +793,31 @@ mod tests {
         run(&gpu, &s, &[0], false, &mut rng);
     }
 
+    /// Head sizes outside the common ones (Gemma's 256, 80, tiny test models' 4 and 8): every
+    /// kernel kind that takes the size, forward and backward, against the references.
+    #[test]
+    fn uncommon_head_sizes_match_the_reference_with_every_kernel_that_takes_them() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("attention uncommon head sizes");
+        // The gradients are checked by finite differences, so the wide heads get short sequences.
+        for d in [4, 8, 44, 80, 256] {
+            let s = if d <= 44 {
+                AttentionShape::token_major(2, 9, 4, 2, d)
+            } else {
+                AttentionShape::token_major(1, 5, 2, 1, d)
+            };
+            for kernel in AttentionKernel::ALL {
+                if kernel == AttentionKernel::Flash && !FlashTiles::fits(d) {
+                    continue;
+                }
+                run_with(&gpu, &s, &[0, 3], d % 8 == 0, kernel, &mut rng);
+            }
+            // The kind a GPU adapter would pick for this size.
+            let kind = if FlashTiles::fits(d) { AttentionKernel::Flash } else { AttentionKernel::PerWorkgroup };
+            run_with(&gpu, &AttentionShape::cached(2, 1, 11, 14, 4, 2, d), &[0, 7], false, kind, &mut rng);
+        }
+    }
+
     #[test]
     fn decode_against_a_head_major_cache_matches_reference() {
         let Some(gpu) = testing::gpu() else { return };
@@ -938,7 +997,9 @@ mod tests {
 
     #[test]
     fn flash_blockings_fit_webgpu_default_limits() {
-        for d in HEAD_DIMS {
+        assert!([16, 32, 64, 80, 96, 128].iter().all(|&d| FlashTiles::fits(d)));
+        assert!([4, 8, 256].iter().all(|&d| !FlashTiles::fits(d)), "these take the per-row kernels");
+        for d in HEAD_DIMS.into_iter().filter(|&d| FlashTiles::fits(d)) {
             for (tiles, backward) in [(FlashTiles::forward(d), false), (FlashTiles::backward(d), true)] {
                 assert!(tiles.workgroup_bytes(d, backward) <= WEBGPU_WORKGROUP_BYTES, "{d} {tiles:?}");
                 assert!(tiles.invocations() <= WEBGPU_INVOCATIONS, "{d} {tiles:?}");
@@ -979,8 +1040,12 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         let Some(gpu) = testing::gpu() else { return };
-        let err = pollster::block_on(Attention::new(&gpu, 48, false, false)).err().unwrap();
-        assert!(err.to_string().contains("head_dim 48"), "{err}");
+        for d in [6, 0, 260, 512] {
+            let err = pollster::block_on(Attention::new(&gpu, d, false, false)).err().unwrap();
+            assert!(err.to_string().contains(&format!("head_dim {d} is not supported")), "{err}");
+        }
+        let err = pollster::block_on(Attention::with_forward(&gpu, 8, false, false, AttentionKernel::Flash)).err();
+        assert!(err.unwrap().to_string().contains("does not fit head_dim 8"));
         let s = AttentionShape::token_major(1, 4, 3, 2, 16);
         assert!(s.validate().unwrap_err().to_string().contains("not a multiple"));
     }

@@ -72,8 +72,11 @@ mod tests {
     fn lora_gradients_match_directional_finite_differences() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("lora grads fd");
-        for (arch, tied) in [(Architecture::Llama, false), (Architecture::Qwen2, true)] {
-            let config = tiny_config(arch, tied);
+        // The two architectures, and a head size off the common list (general attention path).
+        let mut narrow_heads = tiny_config(Architecture::Llama, false);
+        (narrow_heads.head_dim, narrow_heads.num_heads, narrow_heads.num_kv_heads) = (8, 4, 2);
+        for config in [tiny_config(Architecture::Llama, false), tiny_config(Architecture::Qwen2, true), narrow_heads] {
+            let arch = config.architecture;
             let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 32).unwrap();
             let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
             // Non-zero B so every factor gets a gradient.
@@ -130,19 +133,23 @@ mod variant_tests {
     fn gpu_kernel_variants_give_the_same_loss_and_gradients() {
         let (Some(cpu), Some(gpu)) = (testing::gpu(), testing::gpu_with_gpu_kernels()) else { return };
         let mut rng = testing::rng("lora grads across kernel variants");
-        let config = tiny_config(Architecture::Qwen2, false);
-        let tensors = random_tensors(&config, &mut rng);
-        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
-        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
-        let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
-        let run = |gpu: &Gpu| {
-            let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
-            pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
-        };
-        let ((loss_gpu, grads_gpu), (loss_cpu, grads_cpu)) = (run(&gpu), run(&cpu));
-        assert!((loss_gpu - loss_cpu).abs() <= 1e-5 * loss_cpu.abs(), "{loss_gpu} vs {loss_cpu}");
-        let err = testing::rel_err(&grads_gpu, &grads_cpu);
-        assert!(err <= 1e-4, "{err:e}");
+        let mut wide_heads = tiny_config(Architecture::Qwen2, false);
+        (wide_heads.head_dim, wide_heads.num_heads, wide_heads.num_kv_heads) = (80, 2, 1);
+        for config in [tiny_config(Architecture::Qwen2, false), wide_heads] {
+            let tensors = random_tensors(&config, &mut rng);
+            let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+            let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+            let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+            let run = |gpu: &Gpu| {
+                let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
+                pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
+            };
+            let ((loss_gpu, grads_gpu), (loss_cpu, grads_cpu)) = (run(&gpu), run(&cpu));
+            let d = config.head_dim;
+            assert!((loss_gpu - loss_cpu).abs() <= 1e-5 * loss_cpu.abs(), "head_dim {d}: {loss_gpu} vs {loss_cpu}");
+            let err = testing::rel_err(&grads_gpu, &grads_cpu);
+            assert!(err <= 1e-4, "head_dim {d}: {err:e}");
+        }
     }
 }
 
