@@ -266,3 +266,34 @@ fn a_run_folder_is_never_overwritten_by_accident_and_resumes_after_an_interrupte
     train(&dir, "rank-grpo", "rl", &["--steps", "1", "--overwrite"]);
     assert_eq!(jsonl(&rl.join("metrics.jsonl")).len(), 1);
 }
+
+/// A bf16 checkpoint (how the paper's models are published) goes through the whole loop: SFT on
+/// the 16-bit base, a Rank-GRPO step (sampling from the adapter merged into f32 copies) and
+/// `eval --adapter` (was: "merging an adapter needs f32 base weights; layer 0 q_proj is Bf16").
+#[test]
+fn a_bf16_checkpoint_trains_with_rank_grpo_and_evaluates_with_its_adapter() {
+    if convrec_core::testing::gpu().is_none() {
+        return;
+    }
+    let dir = scratch("train", "bf16_base");
+    tiny_model_bf16(&dir);
+    write_dataset(&dir.join("train.jsonl"), 4);
+    write_catalog(&dir.join("catalog.tsv"));
+    run_ok(
+        convrec()
+            .current_dir(&dir)
+            .args(["sft", "--model", "model", "--data", "train.jsonl", "--out", "sft", "--epochs", "10"])
+            .args(["--batch-size", "2", "--lora-r", "4", "--lr", "2e-2", "--max-length", "64", "--save-every", "1000"]),
+    );
+    train(&dir, "rank-grpo", "rl", &["--steps", "1"]);
+    check_line(&jsonl(&dir.join("rl/metrics.jsonl"))[0], 1, "rank-grpo", 20);
+    let out = run_ok(
+        convrec()
+            .current_dir(&dir)
+            .args(["eval", "--model", "model", "--adapter", "rl/adapter", "--data", "train.jsonl"])
+            .args(["--catalog", "catalog.tsv", "--max-new-tokens", "16", "--out", "eval"]),
+    );
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("eval/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rows"].as_u64(), Some(4), "{summary}");
+}

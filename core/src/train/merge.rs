@@ -2,18 +2,34 @@
 //! `W + (alpha/r)·B·A`, computed on the GPU (a copy, then one accumulating product per
 //! projection). Generation then runs the plain forward at full speed, and RL refreshes the merge
 //! after every optimiser step without a host round trip.
+//!
+//! The merged projections are always f32: an f16/bf16 base (a Hub checkpoint as published) is
+//! widened into them on the GPU (the embedding gather, with every row as an id), so the adapter's
+//! delta is never rounded to 16 bits. Memory: one f32 copy of each targeted projection.
 
 use super::lora::{LoraLayout, Target};
 use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
 use crate::model::gpu::{GpuModel, LayerWeights, ModelError, ModelResult, Weight};
+use crate::ops::elementwise::Embedding;
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 
 pub struct LoraMerge {
     pub model: GpuModel,
     products: MatmulSet,
-    /// (layer, target, base weight buffer, merged buffer, in, out)
-    jobs: Vec<(usize, Target, GpuBuffer, GpuBuffer, usize, usize)>,
+    jobs: Vec<MergeJob>,
+}
+
+/// One targeted projection: where its base weights come from and where the merge goes.
+struct MergeJob {
+    layer: usize,
+    target: Target,
+    base: GpuBuffer,
+    merged: GpuBuffer,
+    inp: usize,
+    out: usize,
+    /// For a 16-bit base: the gather that widens it to f32, and the row ids 0..out it gathers.
+    widen: Option<(Embedding, GpuBuffer)>,
 }
 
 fn spec() -> MatmulSpec {
@@ -33,7 +49,7 @@ fn slot(layer: &mut LayerWeights, target: Target) -> &mut Weight {
 }
 
 impl LoraMerge {
-    /// Prepares merged copies of every targeted projection (the base must store them in f32).
+    /// Prepares f32 merged copies of every targeted projection (widened from f16/bf16 bases).
     pub async fn new(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
         let mut model = base.share();
         let mut products = MatmulSet::default();
@@ -41,22 +57,31 @@ impl LoraMerge {
         for l in 0..base.config.num_layers {
             for &target in &layout.config.targets {
                 let w = slot(&mut model.layers[l], target);
-                if w.dtype != Dtype::F32 {
+                let (out, inp) = (w.shape[0], w.shape[1]);
+                if w.shards.len() > 1 {
                     return Err(ModelError::Invalid(format!(
-                        "merging an adapter needs f32 base weights; layer {l} {} is {:?}",
+                        "layer {l} {} is split across {} buffers; an adapter cannot be merged into it",
                         target.module_name(),
-                        w.dtype
+                        w.shards.len()
                     )));
                 }
-                let (out, inp) = (w.shape[0], w.shape[1]);
                 let merged = gpu.storage(
                     "merge adapter",
                     &format!("layer {l} {} merged", target.module_name()),
                     (out * inp * 4) as u64,
                 )?;
-                jobs.push((l, target, w.buf.clone(), merged.clone(), inp, out));
+                let widen = match w.dtype {
+                    Dtype::F32 => None,
+                    dtype => {
+                        let rows: Vec<u32> = (0..out as u32).collect();
+                        let ids = gpu.upload("merge adapter", "row ids", &rows)?;
+                        Some((Embedding::new(gpu, out, inp, dtype).await?, ids))
+                    }
+                };
+                jobs.push(MergeJob { layer: l, target, base: w.buf.clone(), merged: merged.clone(), inp, out, widen });
                 w.shards = vec![(0, merged.clone())];
                 w.buf = merged;
+                w.dtype = Dtype::F32;
                 products.prepare(gpu, spec(), MatmulShape::new(out, inp, layout.config.r)).await?;
             }
         }
@@ -66,10 +91,14 @@ impl LoraMerge {
     /// Records `W' = W + s·B·A` for every targeted projection from the flat `params`.
     pub fn record(&self, b: &mut Batch, layout: &LoraLayout, params: &GpuBuffer) -> ModelResult<()> {
         let (r, s) = (layout.config.r, layout.config.scale());
-        for (l, target, base, merged, inp, out) in &self.jobs {
-            let fa = layout.factor(*l, *target, true).expect("factor A in layout");
-            let fb = layout.factor(*l, *target, false).expect("factor B in layout");
-            b.copy(base, merged, (inp * out * 4) as u64);
+        for job in &self.jobs {
+            let MergeJob { layer, target, base, merged, inp, out, widen } = job;
+            let fa = layout.factor(*layer, *target, true).expect("factor A in layout");
+            let fb = layout.factor(*layer, *target, false).expect("factor B in layout");
+            match widen {
+                None => b.copy(base, merged, (inp * out * 4) as u64),
+                Some((gather, ids)) => gather.record(b, ids, *out, &[(0, base)], merged)?,
+            }
             self.products.get(spec(), MatmulShape::new(*out, *inp, r))?.record(
                 b,
                 Operand { buf: params, off: fb.offset, ld: r, batch_stride: 0 },
@@ -102,9 +131,9 @@ impl LoraMerge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Architecture;
     use crate::model::gpu::{AttentionMode, ForwardInputs, ForwardPlan, LogitsOp, left_pad};
     use crate::model::tests::{random_tensors, tiny_config};
+    use crate::model::{Architecture, HostTensor};
     use crate::testing::{self, rel_err};
     use crate::train::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index};
     use crate::train::lora::LoraConfig;
@@ -184,5 +213,53 @@ mod tests {
             want.push(stats[p * 4 + 2]);
         }
         assert!(rel_err(&got, &want) < 1e-4, "merged {got:?} vs adapter {want:?}");
+    }
+
+    /// A Hub checkpoint as published (bf16 or f16 projections) takes an adapter: the merge widens
+    /// the base to f32 on the GPU, so the merged model equals the merge into an f32 copy of the
+    /// same values (was: "merging an adapter needs f32 base weights").
+    #[test]
+    fn sixteen_bit_bases_merge_like_their_f32_values() {
+        use crate::model::TensorData;
+        use crate::model::gpu::sequence_logits;
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("lora merge 16-bit base");
+        let config = tiny_config(Architecture::Llama, false);
+        let tensors = random_tensors(&config, &mut rng);
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let ids: Vec<u32> = (0..9).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        for (name, to_bits, from_bits) in [
+            (
+                "bf16",
+                (|x| half::bf16::from_f32(x).to_bits()) as fn(f32) -> u16,
+                (|b| half::bf16::from_bits(b).to_f32()) as fn(u16) -> f32,
+            ),
+            ("f16", |x| half::f16::from_f32(x).to_bits(), |b| half::f16::from_bits(b).to_f32()),
+        ] {
+            // The projections stored in 16 bits, and the same values in f32.
+            let (mut sixteen, mut widened) = (Vec::new(), Vec::new());
+            for (n, t) in &tensors {
+                let is_projection = n.ends_with("proj.weight");
+                let bits: Vec<u16> = t.to_f32().into_iter().map(to_bits).collect();
+                let values: Vec<f32> = bits.iter().map(|&b| from_bits(b)).collect();
+                let data16 = if name == "bf16" { TensorData::Bf16(bits) } else { TensorData::F16(bits) };
+                let (a, b) = if is_projection {
+                    (HostTensor { shape: t.shape.clone(), data: data16 }, HostTensor::f32(t.shape.clone(), values))
+                } else {
+                    (t.clone(), t.clone())
+                };
+                sixteen.push((n.clone(), a));
+                widened.push((n.clone(), b));
+            }
+            let logits = |tensors: Vec<(String, HostTensor)>| {
+                let model = GpuModel::upload(&gpu, config.clone(), tensors, 32).unwrap();
+                let merge = pollster::block_on(LoraMerge::apply(&gpu, &model, &layout, &params)).unwrap();
+                assert!(merge.model.layers.iter().all(|l| l.q.dtype == Dtype::F32), "merged projections are f32");
+                pollster::block_on(sequence_logits(&gpu, &merge.model, &ids)).unwrap()
+            };
+            let err = rel_err(&logits(sixteen), &logits(widened));
+            assert!(err <= 1e-6, "{name} base: {err:e}");
+        }
     }
 }

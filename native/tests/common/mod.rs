@@ -65,6 +65,28 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     model
 }
 
+/// [`tiny_model`] with every weight stored in bf16, as Hub checkpoints are published.
+pub fn tiny_model_bf16(dir: &Path) -> PathBuf {
+    let model = tiny_model(dir);
+    let files = convrec::model_files::load_hf_folder(&model).expect("the f32 fixture");
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = files
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let bits = t.to_f32().into_iter().flat_map(|x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+            (name.clone(), t.shape.clone(), bits)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(name, shape, b)| {
+            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), b).unwrap())
+        })
+        .collect();
+    std::fs::write(model.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    model
+}
+
 /// The catalog: `title<TAB>year` with a header.
 pub const CATALOG: [(&str, i32); 6] =
     [("Up", 2009), ("Heat", 1995), ("Jaws", 1975), ("Alien", 1979), ("Big", 1988), ("Fargo", 1996)];
