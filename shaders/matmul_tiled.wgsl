@@ -9,6 +9,12 @@
 // neighbouring invocations read neighbouring panel words and store neighbouring C columns.
 // CPU adapters do not get this kernel: llvmpipe pays heavily for barriers (bench/RESULTS.md).
 //
+// Split-K (`splits` > 1, for long-K products whose output has too few blocks to fill the GPU):
+// workgroup z of the grid takes product z / splits and the K range of split z % splits
+// (`k_chunk` long), and stores its partial sum into slice z of C — the caller binds a scratch
+// buffer there and prepares this pass without bias or accumulation; `matmul_splitk_reduce` then
+// adds the slices up into the real C with α, the bias and the accumulation.
+//
 // Specialisation: TM, TN, WG_M, WG_N, BK, TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE,
 // B_DTYPE (0 f32, 1 f16, 2 bf16 pairs packed in u32).
 
@@ -26,9 +32,9 @@ struct Params {
     batch_b: u32,
     batch_c: u32,
     alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    k_chunk: u32, // split-K: K per split
+    splits: u32,  // split-K: splits per product (0 or 1: none)
+    products: u32, // split-K reduce: products in the batch
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -78,17 +84,21 @@ fn matmul_tiled(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let z = wid.z;
+    let splits = max(p.splits, 1u);
+    let z = wid.z / splits;
     let row_base = wid.y * BM;
     let col_base = wid.x * BN;
     let a_base = p.a_off + z * p.batch_a;
     let b_base = p.b_off + z * p.batch_b;
+    // This workgroup's K range (all of K without split-K).
+    let k_begin = select(0u, (wid.z % splits) * p.k_chunk, splits > 1u);
+    let k_end = select(p.k, min(p.k, k_begin + p.k_chunk), splits > 1u);
     //#for i in TM
     //#for j in TN
     var acc${i}_${j} = 0.0;
     //#end
     //#end
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Copy the panels; elements past M, N or K are zeros.
         for (var e = li; e < BM * BK; e += THREADS) {
             var r: u32;
@@ -103,7 +113,7 @@ fn matmul_tiled(
             let row = row_base + r;
             let k = k0 + kk;
             var v = 0.0;
-            if (row < p.m && k < p.k) {
+            if (row < p.m && k < k_end) {
                 v = a[a_base + select(row * p.lda + k, k * p.lda + row, TRANS_A)];
             }
             panel_a[kk * SA + r] = v;
@@ -121,7 +131,7 @@ fn matmul_tiled(
             let n = col_base + col;
             let k = k0 + kk;
             var v = 0.0;
-            if (n < p.n && k < p.k) {
+            if (n < p.n && k < k_end) {
                 v = load_b(b_base + select(k * p.ldb + n, n * p.ldb + k, TRANS_B));
             }
             panel_b[kk * SB + col] = v;
@@ -144,7 +154,27 @@ fn matmul_tiled(
     }
     //#for i in TM
     //#for j in TN
-    store(row_base + lid.y + ${i}u * WG_M, col_base + lid.x + ${j}u * WG_N, z, acc${i}_${j});
+    store(row_base + lid.y + ${i}u * WG_M, col_base + lid.x + ${j}u * WG_N, wid.z, acc${i}_${j});
     //#end
     //#end
+}
+
+// Split-K's second pass: C[z, row, col] = α·Σ_s partial[z·splits + s, row, col] (+ bias) (+ C),
+// one invocation per element of C. The partial slices (binding 1, in place of A) are dense
+// m×n; C is addressed as in the product.
+@compute @workgroup_size(64, 1, 1)
+fn matmul_splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let per_product = p.m * p.n;
+    if (i >= per_product * p.products) {
+        return;
+    }
+    let z = i / per_product;
+    let row = (i % per_product) / p.n;
+    let col = i % p.n;
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        sum += a[(z * p.splits + s) * per_product + row * p.n + col];
+    }
+    store(row, col, z, sum);
 }

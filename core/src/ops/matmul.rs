@@ -117,7 +117,11 @@ struct Params {
     batch_b: u32,
     batch_c: u32,
     alpha: f32,
-    _pad: [u32; 3],
+    /// Split-K (`shaders/matmul_tiled.wgsl`): K per split, splits per product, and for the
+    /// reduce pass the products in the batch; zero everywhere else.
+    k_chunk: u32,
+    splits: u32,
+    products: u32,
 }
 
 pub fn variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
@@ -300,6 +304,35 @@ pub fn coop_specializations() -> Vec<Variant> {
     used_specs().into_iter().flat_map(|spec| configs.map(|tc| coop_variant(spec, tc))).collect()
 }
 
+/// The split-K reduce pass of the tiled kernel (`matmul_splitk_reduce`), for `spec`'s bias and
+/// accumulation.
+pub fn splitk_reduce_variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
+    let mut v = tiled_variant(spec, tiling);
+    v.entry = "matmul_splitk_reduce";
+    v
+}
+
+/// Split-K of the tiled kernel for long-K products: products with K of at least this…
+pub const LONG_SPLITK_MIN_K: usize = 1024;
+/// …whose output gives fewer workgroups than this (an H200 has 132 SMs) are split…
+pub const LONG_SPLITK_MIN_GROUPS: usize = 128;
+/// …into at most this many K ranges, each at least `LONG_SPLITK_MIN_CHUNK` long, aiming at
+/// `LONG_SPLITK_TARGET_GROUPS` workgroups in all.
+pub const LONG_SPLITK_MAX: usize = 16;
+pub const LONG_SPLITK_MIN_CHUNK: usize = 256;
+pub const LONG_SPLITK_TARGET_GROUPS: usize = 256;
+
+/// How many K ranges the tiled kernel splits `shape` into with `tiling` (1: none).
+pub fn long_splitk_splits(shape: MatmulShape, tiling: Tiling) -> usize {
+    let groups = shape.m.div_ceil((tiling.tm * tiling.wg_m) as usize)
+        * shape.n.div_ceil((tiling.tn * tiling.wg_n) as usize)
+        * shape.batch;
+    if shape.k < LONG_SPLITK_MIN_K || groups >= LONG_SPLITK_MIN_GROUPS {
+        return 1;
+    }
+    LONG_SPLITK_TARGET_GROUPS.div_ceil(groups).min(LONG_SPLITK_MAX).min(shape.k / LONG_SPLITK_MIN_CHUNK).max(1)
+}
+
 /// Lanes sharing one column's K, and columns per workgroup, of the split-K decode path.
 pub const SPLITK_LANES: u32 = 8;
 pub const SPLITK_COLUMNS: u32 = 8;
@@ -342,6 +375,7 @@ pub fn specializations() -> Vec<Variant> {
     for spec in used_specs() {
         out.extend(Tiling::all().into_iter().map(|t| variant(spec, t)));
         out.extend(tiled_tilings().into_iter().map(|t| tiled_variant(spec, t)));
+        out.extend(tiled_tilings().into_iter().map(|t| splitk_reduce_variant(spec, t)));
         if let Some(path) = FastPath::of(spec) {
             out.extend(path.tilings().into_iter().map(|t| fast_variant(spec, path, t)));
             if path == FastPath::Nt {
@@ -370,6 +404,21 @@ pub struct Matmul {
     shape: MatmulShape,
     general: Prepared,
     fast: Option<Prepared>,
+    /// Split-K of the general (tiled) kernel for long-K products with few output blocks.
+    long_splitk: Option<LongSplitK>,
+}
+
+/// The two passes of the tiled kernel's split-K and the partial sums between them.
+struct LongSplitK {
+    /// The tiled kernel without bias or accumulation, each workgroup over one K range.
+    partial: Arc<Kernel>,
+    reduce: Arc<Kernel>,
+    splits: u32,
+    k_chunk: u32,
+    groups: [u32; 3],
+    reduce_groups: [u32; 3],
+    /// `[batch·splits, m, n]` partial sums, reused by every record (dispatches run in order).
+    scratch: GpuBuffer,
 }
 
 /// Elements a strided matrix spans: `off + (batch−1)·bs + (rows−1)·ld + cols`.
@@ -393,8 +442,10 @@ impl Matmul {
             return Ok(mm);
         }
         if !cpu {
-            // GPUs: the workgroup-tiled kernel for any operands, split-K for aligned decode rows.
-            let mut mm = Self::tiled(gpu, spec, shape, tiled_tiling(shape)).await?;
+            // GPUs: the workgroup-tiled kernel for any operands (split along K when the product
+            // is long and its output too small to fill the GPU), split-K for aligned decode rows.
+            let tiling = tiled_tiling(shape);
+            let mut mm = Self::tiled_split(gpu, spec, shape, tiling, long_splitk_splits(shape, tiling)).await?;
             let splitk =
                 FastPath::of(spec).filter(|p| p.fits(shape)) == Some(FastPath::Nt) && shape.m <= SPLITK_MAX_ROWS;
             if splitk {
@@ -451,7 +502,13 @@ impl Matmul {
         }
         let groups = Self::grid(gpu, shape, tiling)?;
         let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
-        Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups, coop: false }, fast: None })
+        Ok(Matmul {
+            spec,
+            shape,
+            general: Prepared { kernel, tiling, groups, coop: false },
+            fast: None,
+            long_splitk: None,
+        })
     }
 
     /// The workgroup-tiled kernel (GPU adapters) with a given register block, for any operands.
@@ -459,6 +516,52 @@ impl Matmul {
         let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
         mm.general.kernel = gpu.kernel(&tiled_variant(spec, tiling), &BINDINGS).await?;
         Ok(mm)
+    }
+
+    /// The tiled kernel with its K cut into `splits` ranges (1: no split): partial sums of every
+    /// range into a scratch buffer, then a reduce pass that adds them into C with α, the bias and
+    /// the accumulation.
+    pub async fn tiled_split(
+        gpu: &Gpu,
+        spec: MatmulSpec,
+        shape: MatmulShape,
+        tiling: Tiling,
+        splits: usize,
+    ) -> GpuResult<Self> {
+        let mut mm = Self::tiled(gpu, spec, shape, tiling).await?;
+        if splits <= 1 {
+            return Ok(mm);
+        }
+        let MatmulShape { m, n, k, batch } = shape;
+        let bk = tiled_bk(tiling) as usize;
+        let k_chunk = k.div_ceil(splits).next_multiple_of(bk);
+        let plain = MatmulSpec { has_bias: false, accumulate: false, ..spec };
+        let partial = gpu.kernel(&tiled_variant(plain, tiling), &BINDINGS).await?;
+        let reduce = gpu.kernel(&splitk_reduce_variant(spec, tiling), &BINDINGS).await?;
+        let [gx, gy, _] = mm.general.groups;
+        let groups = gpu.check_workgroups(
+            OP,
+            &format!("m={m} n={n} k={k} batch={batch} in {splits} K splits"),
+            [gx as u64, gy as u64, (batch * splits) as u64],
+        )?;
+        // The reduce kernel finds its element from the grid's x extent (`grid_1d`'s stride).
+        let (reduce_groups, _) = super::launch::grid_1d(gpu, OP, batch * m * n, 64)?;
+        let scratch = gpu.storage(OP, "split-K partial sums", (batch * splits * m * n * 4) as u64)?;
+        mm.long_splitk = Some(LongSplitK {
+            partial,
+            reduce,
+            splits: splits as u32,
+            k_chunk: k_chunk as u32,
+            groups,
+            reduce_groups,
+            scratch,
+        });
+        Ok(mm)
+    }
+
+    /// K ranges the general kernel splits the product into (1: none).
+    pub fn long_splits(&self) -> usize {
+        self.long_splitk.as_ref().map_or(1, |s| s.splits as usize)
     }
 
     /// The tensor-core kernel (f16 operands, f32 accumulation) for any operands; needs a device
@@ -562,15 +665,35 @@ impl Matmul {
             batch_b: u(b.batch_stride),
             batch_c: u(c.batch_stride),
             alpha,
-            _pad: [0; 3],
+            k_chunk: 0,
+            splits: 0,
+            products: 0,
         };
         // The fast path reads A as vec4 and B in aligned quads.
         let aligned =
             |o: &Operand| o.off.is_multiple_of(4) && o.ld.is_multiple_of(4) && o.batch_stride.is_multiple_of(4);
-        let prepared = match &self.fast {
-            Some(fast) if aligned(&a) && aligned(&b) => fast,
-            _ => &self.general,
-        };
+        let fast = self.fast.as_ref().filter(|_| aligned(&a) && aligned(&b));
+        if let (None, Some(split)) = (fast, &self.long_splitk) {
+            let (m, n) = (params.m, params.n);
+            // Pass 1: each (product, K range) into its dense m×n slice of the scratch; the bias
+            // binding is unused (the pass is prepared without one).
+            let partial = Params {
+                ldc: n,
+                c_off: 0,
+                batch_c: m * n,
+                alpha: 1.0,
+                k_chunk: split.k_chunk,
+                splits: split.splits,
+                ..params
+            };
+            batch_rec.dispatch(&split.partial, &partial, &[a.buf, b.buf, a.buf, &split.scratch], split.groups);
+            // Pass 2: the slices added up into C (the scratch bound in A's place, B's unused).
+            let reduce = Params { splits: split.splits, products: batch as u32, ..params };
+            let slices = &split.scratch;
+            batch_rec.dispatch(&split.reduce, &reduce, &[slices, slices, bias, c.buf], split.reduce_groups);
+            return Ok(());
+        }
+        let prepared = fast.unwrap_or(&self.general);
         if prepared.coop {
             let flag = batch_rec.gpu().f16_overflow_flag()?.clone();
             batch_rec.dispatch(&prepared.kernel, &params, &[a.buf, b.buf, bias, c.buf, &flag], prepared.groups);
@@ -743,6 +866,36 @@ mod tests {
         let product = HostProduct { a: &a, ao, b: &b, bo, bias: Some(&bias), c: &c0, co, alpha };
         let got = pollster::block_on(product.run(gpu, op)).expect("run");
         rel_err(&got, &product.reference(op))
+    }
+
+    /// Split-K of the tiled kernel: every spec, ragged K ranges (and a split left empty), batches;
+    /// and `Matmul::new` on a GPU adapter takes it for a long-K product with a small output.
+    #[test]
+    fn long_k_products_split_along_k_match_the_reference() {
+        let Some(gpu) = testing::gpu_with_gpu_kernels() else { return };
+        let mut rng = testing::rng("matmul long split-K");
+        for spec in used_specs() {
+            for (m, n, k, batch, splits) in [(37, 45, 1500, 1, 3), (5, 70, 1100, 2, 5), (17, 9, 70, 1, 4)] {
+                let shape = MatmulShape { m, n, k, batch };
+                let op = pollster::block_on(Matmul::tiled_split(&gpu, spec, shape, tiled_tiling(shape), splits))
+                    .expect("prepare");
+                assert_eq!(op.long_splits(), splits);
+                check_with(&gpu, &mut rng, spec, shape, &op, 1);
+            }
+        }
+        // Qwen2.5-0.5B's down projection backward to the input for 64 rows: K = 4864, few blocks.
+        let shape = MatmulShape::new(64, 896, 4864);
+        let spec = MatmulSpec { trans_b: false, ..MatmulSpec::plain() };
+        assert!(long_splitk_splits(shape, tiled_tiling(shape)) > 1);
+        let op = pollster::block_on(Matmul::new(&gpu, spec, shape)).unwrap();
+        assert!(op.long_splits() > 1, "Matmul::new splits a long-K product on a GPU adapter");
+        check_with(&gpu, &mut rng, spec, shape, &op, 1);
+        // Wide outputs and short K stay whole.
+        assert_eq!(
+            long_splitk_splits(MatmulShape::new(1024, 1024, 4096), tiled_tiling(MatmulShape::new(1024, 1024, 4096))),
+            1
+        );
+        assert_eq!(long_splitk_splits(MatmulShape::new(8, 64, 512), tiled_tiling(MatmulShape::new(8, 64, 512))), 1);
     }
 
     #[test]
