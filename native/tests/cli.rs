@@ -155,13 +155,23 @@ fn serve_writes_reports_only_with_report_file() {
 fn numeric_flags_out_of_range_are_refused_by_the_parser() {
     let sft = ["sft", "--data", "rows.jsonl", "--out", "run"];
     let train = ["train", "--adapter", "a", "--data", "rows.jsonl", "--catalog", "c.tsv", "--out", "run"];
-    let cases: [(&[&str], &[&str]); 6] = [
+    let generate = ["generate", "--prompt", "hi"];
+    let demo = ["demo"];
+    let cases: [(&[&str], &[&str]); 14] = [
         (&sft, &["--batch-size", "0"]),
         (&sft, &["--grad-accum", "0"]),
         (&sft, &["--lora-r", "100000000000"]),
         (&sft, &["--epochs", "0"]),
+        (&sft, &["--lr", "0"]),
+        (&sft, &["--lr", "nan"]),
+        (&sft, &["--warmup-ratio", "1.5"]),
         (&train, &["--prompts-per-step", "0"]),
         (&train, &["--group-size", "0"]),
+        (&train, &["--temperature", "0"]),
+        (&train, &["--beta", "inf"]),
+        (&generate, &["--top-p", "2"]),
+        (&generate, &["--max-new-tokens", "0"]),
+        (&demo, &["--group-size", "1"]),
     ];
     for (command, flags) in cases {
         let out = convrec().args(command).args(flags).output().expect("run convrec");

@@ -27,38 +27,38 @@ pub struct Args {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training rows for SFT.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub sft_rows: usize,
     /// Rows per SFT step (small: more updates for the same compute at the demo's size).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub sft_batch_size: u64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub sft_epochs: u64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = super::flags::positive)]
     pub sft_lr: f32,
     /// rank-grpo, grpo or gspo.
     #[arg(long, default_value = "rank-grpo")]
     pub algo: Algo,
     /// RL optimiser steps.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     pub rl_steps: u64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub prompts_per_step: u64,
     /// Completions per prompt (G).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=1024))]
     pub group_size: u64,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = super::flags::positive)]
     pub rl_lr: f32,
     /// Held-out (test) rows evaluated before and after RL.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub eval_rows: usize,
     /// New tokens per completion. A 20-item list of MovieLens titles takes about 250 tokens
     /// (without the flag: measured from the SFT rows, ~280); the smoke-sized default cuts lists at
     /// 160 tokens to stay under 20 minutes on a CPU, and the evaluation reports how many it cut.
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_new_tokens: u64,
     /// Sequences per forward/backward pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub micro_batch: u64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

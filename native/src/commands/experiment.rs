@@ -143,43 +143,43 @@ pub struct Args {
     pub test: Option<PathBuf>,
     #[arg(long)]
     pub catalog: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub sft_rows: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub sft_epochs: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub sft_batch_size: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::positive)]
     pub sft_lr: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub lora_r: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
     pub max_length: Option<u64>,
     /// RL optimiser steps of each algorithm.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rl_steps: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub prompts_per_step: Option<u64>,
     /// Completions per prompt (G).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1024))]
     pub group_size: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::positive)]
     pub rl_lr: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub micro_batch: Option<u64>,
     /// New tokens per completion (default: the preset's, or what a 20-item list of the data takes).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_new_tokens: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_prompt_length: Option<u64>,
     /// Validation rows answered during training.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub val_rows: Option<usize>,
     /// Validate every N steps (SFT and RL).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_every: Option<u64>,
     /// Test rows every final adapter answers.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub test_rows: Option<usize>,
     /// Which RL algorithms to run (default: rank-grpo,grpo,gspo).
     #[arg(long, value_delimiter = ',')]

@@ -23,21 +23,21 @@ pub struct Args {
     /// A system message (default: the chat template's own, if it has one).
     #[arg(long)]
     system: Option<String>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_new_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::flags::non_negative)]
     temperature: f32,
     /// 0 disables top-k.
     #[arg(long, default_value_t = 0)]
     top_k: u32,
     /// 1 disables top-p.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::flags::unit)]
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Completions of the prompt (they share its prefill).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     num_samples: usize,
 }
 

@@ -118,3 +118,45 @@ pub fn stage_args<A: clap::Args>(given: &[(&str, &std::path::Path)]) -> anyhow::
     }
     Ok(<Command<A> as clap::Parser>::try_parse_from(argv)?.args)
 }
+
+/// Parsers for numeric flags: a value outside what a run can mean is refused by clap, naming the
+/// flag, before any file is read (docs/RELIABILITY.md).
+pub mod flags {
+    fn number(s: &str) -> Result<f32, String> {
+        let v: f32 = s.trim().parse().map_err(|e| format!("{s:?} is not a number ({e})"))?;
+        if v.is_finite() { Ok(v) } else { Err(format!("{s} is not finite")) }
+    }
+
+    /// Learning rates, LoRA alpha: finite and above zero.
+    pub fn positive(s: &str) -> Result<f32, String> {
+        let v = number(s)?;
+        if v > 0.0 { Ok(v) } else { Err(format!("{v} must be above 0")) }
+    }
+
+    /// Temperatures, the KL coefficient, clip ranges: finite and at least zero.
+    pub fn non_negative(s: &str) -> Result<f32, String> {
+        let v = number(s)?;
+        if v >= 0.0 { Ok(v) } else { Err(format!("{v} must be at least 0")) }
+    }
+
+    /// Probabilities and fractions (top-p, the warm-up ratio): from 0 to 1.
+    pub fn unit(s: &str) -> Result<f32, String> {
+        let v = number(s)?;
+        if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} must be from 0 to 1")) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn each_parser_refuses_what_it_must() {
+            assert_eq!(super::positive("2e-5"), Ok(2e-5));
+            for bad in ["0", "-1", "nan", "inf", "1e39", "x"] {
+                assert!(super::positive(bad).is_err(), "{bad}");
+            }
+            assert_eq!(super::non_negative("0"), Ok(0.0));
+            assert!(super::non_negative("-0.1").is_err());
+            assert_eq!(super::unit("1"), Ok(1.0));
+            assert!(super::unit("1.5").is_err() && super::unit("-0.5").is_err());
+        }
+    }
+}

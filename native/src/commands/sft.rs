@@ -53,12 +53,12 @@ pub struct Args {
     /// LoRA rank.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub lora_r: u64,
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, value_parser = super::flags::positive)]
     pub lora_alpha: f32,
     /// Projections to adapt.
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
     pub targets: Vec<String>,
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, value_parser = super::flags::positive)]
     pub lr: f32,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub epochs: u64,
@@ -74,7 +74,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Fraction of steps of linear warm-up before the cosine decay.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::flags::unit)]
     pub warmup_ratio: f32,
     /// Use only the first N training rows.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -52,16 +52,16 @@ pub struct Args {
     pub steps: Option<u64>,
     /// Constant learning rate. The paper's 1e-6 is for full weights; LoRA adapters move less
     /// per step, hence a larger default.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = super::flags::positive)]
     pub lr: f32,
     /// KL coefficient (default 1e-3).
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::non_negative)]
     pub beta: Option<f32>,
     /// Lower clip (default: the algorithm's, RANK_GRPO.md §7).
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::non_negative)]
     pub eps_low: Option<f32>,
     /// Upper clip (default: the algorithm's).
-    #[arg(long)]
+    #[arg(long, value_parser = super::flags::non_negative)]
     pub eps_high: Option<f32>,
     /// Updates per generation batch: 1 (on-policy) or 2.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4))]
@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, default_value = "token-mean")]
     pub aggregation: Aggregation,
     /// Sampling temperature (log-probs are taken at the same temperature).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::flags::positive)]
     pub temperature: f32,
     /// New tokens per completion (default: what a 20-item list in the rows' own style takes, plus
     /// a margin, so that lists are not cut).
