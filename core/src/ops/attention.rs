@@ -251,7 +251,8 @@ impl FlashTiles {
     /// per invocation, and WebGPU's default 16 KiB of workgroup memory.
     pub fn fits(head_dim: usize) -> bool {
         [(Self::forward(head_dim), false), (Self::backward(head_dim), true)].iter().all(|(t, backward)| {
-            head_dim as u32 % (4 * t.tpr) == 0 && t.workgroup_bytes(head_dim, *backward) <= FLASH_WORKGROUP_BYTES
+            (head_dim as u32).is_multiple_of(4 * t.tpr)
+                && t.workgroup_bytes(head_dim, *backward) <= FLASH_WORKGROUP_BYTES
         })
     }
 
