@@ -525,7 +525,7 @@ fn create_arena(device: &wgpu::Device, capacity: u64) -> wgpu::Buffer {
 
 enum Step {
     Dispatch { kernel: Arc<Kernel>, buffers: Vec<GpuBuffer>, param_offset: u32, groups: [u32; 3] },
-    Copy { from: GpuBuffer, to: GpuBuffer, bytes: u64 },
+    Copy { from: GpuBuffer, from_offset: u64, to: GpuBuffer, to_offset: u64, bytes: u64 },
     Clear { buf: GpuBuffer },
 }
 
@@ -572,7 +572,13 @@ impl Batch {
 
     /// Records a buffer-to-buffer copy of `bytes` bytes.
     pub fn copy(&mut self, from: &GpuBuffer, to: &GpuBuffer, bytes: u64) {
-        self.steps.push(Step::Copy { from: from.clone(), to: to.clone(), bytes });
+        self.copy_range(from, 0, to, 0, bytes);
+    }
+
+    /// Records a copy of `bytes` bytes from `from` at `from_offset` to `to` at `to_offset`
+    /// (offsets and length multiples of 4).
+    pub fn copy_range(&mut self, from: &GpuBuffer, from_offset: u64, to: &GpuBuffer, to_offset: u64, bytes: u64) {
+        self.steps.push(Step::Copy { from: from.clone(), from_offset, to: to.clone(), to_offset, bytes });
     }
 
     /// Records zeroing the bytes in use of `buf`.
@@ -652,8 +658,8 @@ impl Batch {
             let mut dispatched = 0;
             while i < self.steps.len() {
                 match &self.steps[i] {
-                    Step::Copy { from, to, bytes } => {
-                        encoder.copy_buffer_to_buffer(from.raw(), 0, to.raw(), 0, *bytes);
+                    Step::Copy { from, from_offset, to, to_offset, bytes } => {
+                        encoder.copy_buffer_to_buffer(from.raw(), *from_offset, to.raw(), *to_offset, *bytes);
                         i += 1;
                     }
                     Step::Clear { buf } => {

@@ -1,7 +1,9 @@
 //! Batched generation on the GPU: left-padded prompts are prefilled once, each prompt's KV cache
 //! is broadcast to its G samples, then every decode step embeds, runs the layers against the
-//! cache, projects the last hidden states to logits and samples — all on the GPU. Only the sampled
-//! ids come back each step (to notice end-of-turn); the next step reads them from GPU memory.
+//! cache, projects the last hidden states to logits and samples — all on the GPU; the next step
+//! reads the sampled ids from GPU memory. The ids come back to the host only every
+//! [`STOP_CHECK_EVERY`] steps (a history buffer keeps them), to notice end-of-turn without a host
+//! round trip per token; tokens a sequence samples after its stop are discarded.
 
 use super::gpu::{
     AttentionMode, ForwardInputs, ForwardPlan, GpuModel, KvCache, LogitsOp, ModelError, ModelResult, check_ids,
@@ -9,6 +11,10 @@ use super::gpu::{
 };
 use crate::gpu::Gpu;
 use crate::ops::decode::{KvOps, Sampler, SamplingConfig};
+
+/// Decode steps between two readbacks of the sampled ids (a host round trip each). After every
+/// sequence has stopped, at most this many minus one steps are computed for nothing.
+pub const STOP_CHECK_EVERY: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
@@ -115,40 +121,53 @@ pub async fn generate(
     let sampler = Sampler::new(gpu).await?;
     let step_ids = gpu.upload(OP, "step ids", &first)?;
     let sampled = gpu.storage(OP, "sampled ids", rows as u64 * 4)?;
+    let history =
+        gpu.storage(OP, "sampled ids of the steps since the last check", (STOP_CHECK_EVERY * rows) as u64 * 4)?;
     let key_start_buf = gpu.upload(OP, "key start", &row_key_start)?;
     let row_ids = gpu.upload(OP, "sequence ids", &(0..rows as u32).collect::<Vec<_>>())?;
     let positions_buf = gpu.storage(OP, "positions", rows as u64 * 4)?;
 
     let mut out: Vec<Completion> =
         (0..rows).map(|r| Completion { prompt: r / g, sample: r % g, tokens: Vec::new(), stopped: false }).collect();
-    for step in 0..req.max_new_tokens {
-        let cache_pos = t - 1 + step;
-        let pos: Vec<u32> = row_key_start.iter().map(|&ks| (cache_pos as u32).saturating_sub(ks)).collect();
-        gpu.write(&positions_buf, bytemuck::cast_slice(&pos));
-        let inputs = ForwardInputs { ids: &step_ids, positions: &positions_buf, key_start: &key_start_buf };
-        let mut b = gpu.batch("decode step");
-        plan.record(&mut b, model, &inputs, &AttentionMode::Cache { cache: &cache, pos0: cache_pos })?;
-        logits.record(&mut b, model, &plan.hidden, 0, 1)?;
-        sampler.record(
-            &mut b,
-            &req.sampling,
-            rows,
-            model.config.vocab_size,
-            step as u32,
-            &logits.logits,
-            &row_ids,
-            &sampled,
-        )?;
-        b.copy(&sampled, &step_ids, rows as u64 * 4);
-        b.submit().await?;
-        let next = gpu.read::<u32>(OP, &sampled).await?;
-        for (c, &id) in out.iter_mut().zip(&next) {
-            if !c.stopped {
-                c.tokens.push(id);
-                c.stopped = req.stop_ids.contains(&id);
-            }
+    let row_bytes = rows as u64 * 4;
+    let mut step = 0;
+    while step < req.max_new_tokens {
+        // Record and submit up to STOP_CHECK_EVERY steps (the position writes are queued in
+        // order with the submissions), then read their ids back at once.
+        let chunk = STOP_CHECK_EVERY.min(req.max_new_tokens - step);
+        for i in 0..chunk {
+            let cache_pos = t - 1 + step + i;
+            let pos: Vec<u32> = row_key_start.iter().map(|&ks| (cache_pos as u32).saturating_sub(ks)).collect();
+            gpu.write(&positions_buf, bytemuck::cast_slice(&pos));
+            let inputs = ForwardInputs { ids: &step_ids, positions: &positions_buf, key_start: &key_start_buf };
+            let mut b = gpu.batch("decode step");
+            plan.record(&mut b, model, &inputs, &AttentionMode::Cache { cache: &cache, pos0: cache_pos })?;
+            logits.record(&mut b, model, &plan.hidden, 0, 1)?;
+            sampler.record(
+                &mut b,
+                &req.sampling,
+                rows,
+                model.config.vocab_size,
+                (step + i) as u32,
+                &logits.logits,
+                &row_ids,
+                &sampled,
+            )?;
+            b.copy(&sampled, &step_ids, row_bytes);
+            b.copy_range(&sampled, 0, &history, i as u64 * row_bytes, row_bytes);
+            b.submit().await?;
         }
-        on_step(step + 1, &out);
+        let ids = gpu.read::<u32>(OP, &history).await?;
+        for i in 0..chunk {
+            for (c, &id) in out.iter_mut().zip(&ids[i * rows..(i + 1) * rows]) {
+                if !c.stopped {
+                    c.tokens.push(id);
+                    c.stopped = req.stop_ids.contains(&id);
+                }
+            }
+            on_step(step + i + 1, &out);
+        }
+        step += chunk;
         if out.iter().all(|c| c.stopped) {
             break;
         }
