@@ -334,14 +334,6 @@ impl Case {
 }
 
 /// Large square products, for the fraction of the card's fp32 peak.
-/// `f32` or `mixed`: what a case's products computed with.
-pub fn gpu_precision_word(gpu: &Gpu) -> &'static str {
-    match gpu.precision() {
-        crate::gpu::Precision::F32 => "f32",
-        crate::gpu::Precision::Mixed => "mixed",
-    }
-}
-
 pub async fn square_cases(gpu: &Gpu, sizes: &[usize], timer: &Timer<'_>, cases: &mut Vec<Case>) -> ModelResult<()> {
     for &n in sizes {
         let s = LinearShape { rows: n, inp: n, out: n };
@@ -349,7 +341,7 @@ pub async fn square_cases(gpu: &Gpu, sizes: &[usize], timer: &Timer<'_>, cases: 
         let (x, w, y) = (buf(gpu, n * n)?, buf(gpu, n * n)?, buf(gpu, n * n)?);
         let secs = time_op(gpu, timer, |b| op.record(b, &x, &w, None, &y)).await?;
         cases.push(Case {
-            op: format!("square matmul {} A·Bᵀ", gpu_precision_word(gpu)),
+            op: format!("square matmul {} A·Bᵀ", gpu.precision().name()),
             shape: format!("{n}x{n}·{n}x{n}ᵀ"),
             flops: Some(s.flops()),
             bytes: 12.0 * (n * n) as f64,

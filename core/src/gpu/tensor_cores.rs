@@ -16,6 +16,16 @@ pub enum Precision {
     Mixed,
 }
 
+impl Precision {
+    /// The flag's value: `f32` or `mixed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Mixed => "mixed",
+        }
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -124,22 +124,26 @@ struct Params {
     products: u32,
 }
 
+/// The definitions every matmul shader takes for what its product computes.
+fn spec_defs(spec: MatmulSpec) -> [Def; 5] {
+    [
+        Def::Bool("TRANS_A", spec.trans_a),
+        Def::Bool("TRANS_B", spec.trans_b),
+        Def::Bool("HAS_BIAS", spec.has_bias),
+        Def::Bool("ACCUMULATE", spec.accumulate),
+        Def::U32("B_DTYPE", spec.b_dtype.shader_code()),
+    ]
+}
+
 pub fn variant(spec: MatmulSpec, tiling: Tiling) -> Variant {
-    Variant {
-        shader: "matmul",
-        entry: "matmul",
-        defs: vec![
-            Def::U32("TM", tiling.tm),
-            Def::U32("TN", tiling.tn),
-            Def::U32("WG_M", tiling.wg_m),
-            Def::U32("WG_N", tiling.wg_n),
-            Def::Bool("TRANS_A", spec.trans_a),
-            Def::Bool("TRANS_B", spec.trans_b),
-            Def::Bool("HAS_BIAS", spec.has_bias),
-            Def::Bool("ACCUMULATE", spec.accumulate),
-            Def::U32("B_DTYPE", spec.b_dtype.shader_code()),
-        ],
-    }
+    let mut defs = vec![
+        Def::U32("TM", tiling.tm),
+        Def::U32("TN", tiling.tn),
+        Def::U32("WG_M", tiling.wg_m),
+        Def::U32("WG_N", tiling.wg_n),
+    ];
+    defs.extend(spec_defs(spec));
+    Variant { shader: "matmul", entry: "matmul", defs }
 }
 
 /// Which vec4 fast path (shaders/matmul_vec4.wgsl) a spec has, if any.
@@ -276,24 +280,17 @@ pub fn coop_block(tc: TensorCores) -> (u32, u32) {
 }
 
 pub fn coop_variant(spec: MatmulSpec, tc: TensorCores) -> Variant {
-    Variant {
-        shader: "matmul_coop",
-        entry: "matmul_coop",
-        defs: vec![
-            Def::U32("T", tc.tile),
-            Def::U32("SG_SIZE", tc.subgroup_size),
-            Def::U32("SG_M", COOP_SUBGROUPS.0),
-            Def::U32("SG_N", COOP_SUBGROUPS.1),
-            Def::U32("FM", COOP_FRAGMENTS.0),
-            Def::U32("FN", COOP_FRAGMENTS.1),
-            Def::U32("BK", 2 * tc.tile),
-            Def::Bool("TRANS_A", spec.trans_a),
-            Def::Bool("TRANS_B", spec.trans_b),
-            Def::Bool("HAS_BIAS", spec.has_bias),
-            Def::Bool("ACCUMULATE", spec.accumulate),
-            Def::U32("B_DTYPE", spec.b_dtype.shader_code()),
-        ],
-    }
+    let mut defs = vec![
+        Def::U32("T", tc.tile),
+        Def::U32("SG_SIZE", tc.subgroup_size),
+        Def::U32("SG_M", COOP_SUBGROUPS.0),
+        Def::U32("SG_N", COOP_SUBGROUPS.1),
+        Def::U32("FM", COOP_FRAGMENTS.0),
+        Def::U32("FN", COOP_FRAGMENTS.1),
+        Def::U32("BK", 2 * tc.tile),
+    ];
+    defs.extend(spec_defs(spec));
+    Variant { shader: "matmul_coop", entry: "matmul_coop", defs }
 }
 
 /// The tensor-core configurations adapters report (NVIDIA 16×16 in subgroups of 32, lavapipe
@@ -493,6 +490,19 @@ impl Matmul {
 
     /// The general kernel only, with a given tiling (tests and benchmarks).
     pub async fn with_tiling(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
+        Self::with_general(gpu, spec, shape, tiling, &variant(spec, tiling), false).await
+    }
+
+    /// The product with `general` (a kernel of `tiling`'s block, or the tensor-core kernel when
+    /// `coop`) as its general kernel, after checking the shape; only that kernel is compiled.
+    async fn with_general(
+        gpu: &Gpu,
+        spec: MatmulSpec,
+        shape: MatmulShape,
+        tiling: Tiling,
+        general: &Variant,
+        coop: bool,
+    ) -> GpuResult<Self> {
         let MatmulShape { m, n, k, batch } = shape;
         if m == 0 || n == 0 || k == 0 || batch == 0 {
             return Err(GpuError::shape(OP, format!("empty shape m={m} n={n} k={k} batch={batch}")));
@@ -501,21 +511,14 @@ impl Matmul {
             return Err(GpuError::shape(OP, "packed B is only for frozen weights (TRANS_A products are gradients)"));
         }
         let groups = Self::grid(gpu, shape, tiling)?;
-        let kernel = gpu.kernel(&variant(spec, tiling), &BINDINGS).await?;
-        Ok(Matmul {
-            spec,
-            shape,
-            general: Prepared { kernel, tiling, groups, coop: false },
-            fast: None,
-            long_splitk: None,
-        })
+        let bindings: &[Access] = if coop { &COOP_BINDINGS } else { &BINDINGS };
+        let kernel = gpu.kernel(general, bindings).await?;
+        Ok(Matmul { spec, shape, general: Prepared { kernel, tiling, groups, coop }, fast: None, long_splitk: None })
     }
 
     /// The workgroup-tiled kernel (GPU adapters) with a given register block, for any operands.
     pub async fn tiled(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
-        let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
-        mm.general.kernel = gpu.kernel(&tiled_variant(spec, tiling), &BINDINGS).await?;
-        Ok(mm)
+        Self::with_general(gpu, spec, shape, tiling, &tiled_variant(spec, tiling), false).await
     }
 
     /// The tiled kernel with its K cut into `splits` ranges (1: no split): partial sums of every
@@ -568,11 +571,9 @@ impl Matmul {
     /// opened with cooperative matrices.
     pub async fn coop(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tc: TensorCores) -> GpuResult<Self> {
         let (bm, bn) = coop_block(tc);
+        // The grid of a block that size (the tiling only sizes the grid; the kernel is the coop one).
         let block = Tiling { tm: bm / 16, tn: bn / 16, wg_m: 16, wg_n: 16 };
-        let mut mm = Self::with_tiling(gpu, spec, shape, block).await?;
-        mm.general.kernel = gpu.kernel(&coop_variant(spec, tc), &COOP_BINDINGS).await?;
-        mm.general.coop = true;
-        Ok(mm)
+        Self::with_general(gpu, spec, shape, block, &coop_variant(spec, tc), true).await
     }
 
     /// Whether the product runs on tensor cores (aligned or not; decode rows may take split-K).

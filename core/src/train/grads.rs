@@ -117,14 +117,29 @@ mod tests {
     }
 }
 
+/// The same LoRA loss and gradients computed on two devices that differ in how they compute
+/// (kernel variants, precision).
 #[cfg(test)]
-mod variant_tests {
+mod device_tests {
     use super::*;
-    use crate::model::Architecture;
     use crate::model::tests::{random_tensors, tiny_config};
+    use crate::model::{Architecture, ModelConfig};
     use crate::testing;
     use crate::train::lora::{LoraConfig, Target};
     use rand::Rng;
+
+    /// One random model, adapter (r 4 on every projection) and 70-token sequence, run on `a` and
+    /// on `b`: their (loss, gradients).
+    fn on_both(a: &Gpu, b: &Gpu, config: &ModelConfig, rng: &mut rand::rngs::StdRng) -> [(f64, Vec<f32>); 2] {
+        let tensors = random_tensors(config, rng);
+        let layout = LoraLayout::new(config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        [a, b].map(|gpu| {
+            let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
+            pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
+        })
+    }
 
     /// The training forward and backward with the GPU-adapter kernels (flash attention forward
     /// and backward, tiled matmuls, RMSNorm rows) give the loss and gradients of the CPU-adapter
@@ -136,31 +151,13 @@ mod variant_tests {
         let mut wide_heads = tiny_config(Architecture::Qwen2, false);
         (wide_heads.head_dim, wide_heads.num_heads, wide_heads.num_kv_heads) = (80, 2, 1);
         for config in [tiny_config(Architecture::Qwen2, false), wide_heads] {
-            let tensors = random_tensors(&config, &mut rng);
-            let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
-            let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
-            let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
-            let run = |gpu: &Gpu| {
-                let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
-                pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
-            };
-            let ((loss_gpu, grads_gpu), (loss_cpu, grads_cpu)) = (run(&gpu), run(&cpu));
+            let [(loss_gpu, grads_gpu), (loss_cpu, grads_cpu)] = on_both(&gpu, &cpu, &config, &mut rng);
             let d = config.head_dim;
             assert!((loss_gpu - loss_cpu).abs() <= 1e-5 * loss_cpu.abs(), "head_dim {d}: {loss_gpu} vs {loss_cpu}");
             let err = testing::rel_err(&grads_gpu, &grads_cpu);
             assert!(err <= 1e-4, "head_dim {d}: {err:e}");
         }
     }
-}
-
-#[cfg(test)]
-mod mixed_precision_tests {
-    use super::*;
-    use crate::model::Architecture;
-    use crate::model::tests::{random_tensors, tiny_config};
-    use crate::testing;
-    use crate::train::lora::{LoraConfig, Target};
-    use rand::Rng;
 
     /// The LoRA loss and gradients in mixed precision (every product of the forward and the
     /// backward on tensor cores, f16 operands, f32 accumulation) stay within f16 rounding of the
@@ -170,15 +167,7 @@ mod mixed_precision_tests {
         let (Some(f32_gpu), Some(mixed)) = (testing::gpu(), testing::gpu_with_tensor_cores()) else { return };
         let mut rng = testing::rng("lora grads in mixed precision");
         let config = tiny_config(Architecture::Qwen2, false);
-        let tensors = random_tensors(&config, &mut rng);
-        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
-        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
-        let ids: Vec<u32> = (0..70).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
-        let run = |gpu: &Gpu| {
-            let model = GpuModel::upload(gpu, config.clone(), tensors.clone(), 128).unwrap();
-            pollster::block_on(lora_loss_and_grads(gpu, &model, &layout, &params, &ids, 20)).unwrap()
-        };
-        let ((loss_mixed, grads_mixed), (loss_f32, grads_f32)) = (run(&mixed), run(&f32_gpu));
+        let [(loss_mixed, grads_mixed), (loss_f32, grads_f32)] = on_both(&mixed, &f32_gpu, &config, &mut rng);
         let loss_err = (loss_mixed - loss_f32).abs() / loss_f32.abs();
         let grad_err = testing::rel_err(&grads_mixed, &grads_f32);
         eprintln!("mixed vs f32: loss {loss_mixed} vs {loss_f32} (relative {loss_err:e}), gradients {grad_err:e}");

@@ -54,6 +54,8 @@ impl LoraMerge {
         let mut model = base.share();
         let mut products = MatmulSet::default();
         let mut jobs = Vec::new();
+        // Row ids 0..out for the widening gathers, one buffer per row count.
+        let mut row_ids: std::collections::HashMap<usize, GpuBuffer> = std::collections::HashMap::new();
         for l in 0..base.config.num_layers {
             for &target in &layout.config.targets {
                 let w = slot(&mut model.layers[l], target);
@@ -73,8 +75,15 @@ impl LoraMerge {
                 let widen = match w.dtype {
                     Dtype::F32 => None,
                     dtype => {
-                        let rows: Vec<u32> = (0..out as u32).collect();
-                        let ids = gpu.upload("merge adapter", "row ids", &rows)?;
+                        let ids = match row_ids.get(&out) {
+                            Some(ids) => ids.clone(),
+                            None => {
+                                let ids =
+                                    gpu.upload("merge adapter", "row ids", &(0..out as u32).collect::<Vec<_>>())?;
+                                row_ids.insert(out, ids.clone());
+                                ids
+                            }
+                        };
                         Some((Embedding::new(gpu, out, inp, dtype).await?, ids))
                     }
                 };
