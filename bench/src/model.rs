@@ -113,6 +113,7 @@ fn generation_rates(
     let req = GenerateRequest {
         prompts: seqs,
         num_samples: g,
+        first_sequence: 0,
         max_new_tokens: new,
         sampling: SamplingConfig::greedy(),
         stop_ids: vec![],

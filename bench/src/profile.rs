@@ -263,6 +263,7 @@ fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measur
     let req = GenerateRequest {
         prompts: smollm2::prompts(batch / group, args.prompt as usize),
         num_samples: group,
+        first_sequence: 0,
         max_new_tokens: args.new as usize,
         sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
         stop_ids: vec![],

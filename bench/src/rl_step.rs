@@ -165,6 +165,7 @@ fn sample(
     let req = GenerateRequest {
         prompts: prompts.to_vec(),
         num_samples: g,
+        first_sequence: 0,
         max_new_tokens: new,
         sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed },
         stop_ids: vec![],

@@ -37,6 +37,23 @@ pub fn save(dir: &Path, trainer: &LoraTrainer, gpu: &Gpu, state: &impl Serialize
     )
 }
 
+/// What a checkpoint written before data parallelism existed was run with.
+pub fn one_worker() -> usize {
+    1
+}
+
+/// A run resumes with the number of workers that wrote its checkpoint: the split of each step
+/// and the rounding of its sums follow the count, so another would continue a different run.
+pub fn same_workers(checkpoint: &Path, saved: usize, now: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        saved == now,
+        "{}: the run was made by {saved} worker(s) and is resumed by {now}; resume it with the same count          (`mpirun -np {saved} convrec …`{})",
+        checkpoint.display(),
+        if saved == 1 { ", or without mpirun" } else { "" }
+    );
+    Ok(())
+}
+
 /// The step a checkpoint folder holds, when all its files are there and its state reads.
 fn complete_step(dir: &Path) -> Option<u64> {
     let files = ["adapter_config.json", "adapter_model.safetensors", OPTIMIZER, STATE];

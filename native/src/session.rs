@@ -2,8 +2,10 @@
 //! demo and the experiment run several stages (SFT, RL, evaluations) in one session.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::Context;
+use convrec_core::train::workers::{Single, Workers};
 use convrec_core::{Gpu, GpuOptions};
 
 use crate::text_model::TextModel;
@@ -15,6 +17,8 @@ pub struct Session {
     pub model_path: PathBuf,
     /// What adapters record as their base (`text_model::base_model_name`): never a local path.
     pub base_name: String,
+    /// The data-parallel workers this process trains with (itself alone unless `mpirun` started it).
+    pub workers: Rc<dyn Workers>,
 }
 
 impl Session {
@@ -24,7 +28,19 @@ impl Session {
         let tm = crate::text_model::load(&model_path)?;
         let gpu = open_gpu(gpu_options)?;
         let base_name = crate::text_model::base_model_name(model, &model_path);
-        Ok(Session { gpu, tm, model_path, base_name })
+        Ok(Session { gpu, tm, model_path, base_name, workers: Rc::new(Single) })
+    }
+
+    /// The session as one of `workers` (see `crate::workers`).
+    pub fn with_workers(mut self, workers: Rc<dyn Workers>) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Whether this process writes what the run keeps (metrics, checkpoints, the adapter): the
+    /// only worker, or worker 0 of several.
+    pub fn writes(&self) -> bool {
+        self.workers.rank() == 0
     }
 
     /// The model's weights on the GPU with room for `positions` tokens per sequence.

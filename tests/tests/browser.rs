@@ -184,6 +184,7 @@ mod demo {
         let req = convrec_core::model::generate::GenerateRequest {
             prompts: vec![text.prompt_ids(&messages).unwrap()],
             num_samples: 1,
+            first_sequence: 0,
             max_new_tokens: MAX_NEW_TOKENS,
             sampling: convrec_core::ops::decode::SamplingConfig::greedy(),
             stop_ids: text.stop_ids.clone(),

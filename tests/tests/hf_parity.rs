@@ -98,6 +98,7 @@ fn greedy_generation_matches_transformers() {
         let req = GenerateRequest {
             prompts: vec![exp.ids("input_ids")],
             num_samples: 1,
+            first_sequence: 0,
             max_new_tokens: 8,
             sampling: SamplingConfig::greedy(),
             stop_ids: vec![],

@@ -227,6 +227,7 @@ impl Session {
             let req = GenerateRequest {
                 prompts: vec![prompt],
                 num_samples: 1,
+                first_sequence: 0,
                 max_new_tokens,
                 sampling: SamplingConfig { temperature, top_k: 0, top_p: 1.0, seed: seed as u64 },
                 stop_ids: s.text.stop_ids.clone(),

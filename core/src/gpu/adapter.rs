@@ -175,7 +175,11 @@ fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
 
 /// Picks one adapter from `adapters`: the one `wanted` names (an index or a case-insensitive
 /// substring of the name), else the most preferred.
-pub fn choose(adapters: Vec<wgpu::Adapter>, wanted: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
+pub fn choose(
+    adapters: Vec<wgpu::Adapter>,
+    wanted: Option<&str>,
+    worker_on_host: usize,
+) -> Result<wgpu::Adapter, GpuError> {
     if adapters.is_empty() {
         return Err(GpuError::NoAdapter {
             backends: format!("{:?}", wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())),
@@ -207,10 +211,13 @@ pub fn choose(adapters: Vec<wgpu::Adapter>, wanted: Option<&str>) -> Result<wgpu
             }
         }
         None => {
-            let best = (0..adapters.len())
-                .max_by_key(|&i| (preference(&adapters[i].get_info()), std::cmp::Reverse(i)))
-                .expect("non-empty");
-            Ok(adapters.into_iter().nth(best).expect("index in range"))
+            // The preferred kind of adapter; several of it (a machine's GPUs) are dealt out to
+            // the workers on this host in turn, and shared when there are more workers.
+            let best = adapters.iter().map(|a| preference(&a.get_info())).max().expect("non-empty");
+            let ties: Vec<usize> =
+                (0..adapters.len()).filter(|&i| preference(&adapters[i].get_info()) == best).collect();
+            let pick = ties[worker_on_host % ties.len()];
+            Ok(adapters.into_iter().nth(pick).expect("index in range"))
         }
     }
 }

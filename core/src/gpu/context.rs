@@ -26,6 +26,9 @@ pub struct GpuOptions {
     /// Choose the GPU-adapter kernel variants even on a CPU adapter (`Gpu::cpu_kernels`): tests
     /// run the GPU paths of a whole model on lavapipe this way.
     pub gpu_kernels: bool,
+    /// This process's place among the data-parallel workers on its host (0 alone): when no
+    /// adapter is named, worker i takes the i-th of the preferred adapters (modulo their number).
+    pub worker_on_host: usize,
 }
 
 /// Access of one storage binding, in binding order after the uniform at binding 0.
@@ -219,7 +222,7 @@ impl Gpu {
         {
             let env = std::env::var(adapter::ADAPTER_ENV).ok();
             let wanted = options.adapter.clone().or(env);
-            adapter::choose(enumerate(instance).await, wanted.as_deref())
+            adapter::choose(enumerate(instance).await, wanted.as_deref(), options.worker_on_host)
         }
         #[cfg(target_arch = "wasm32")]
         {

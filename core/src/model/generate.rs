@@ -22,6 +22,9 @@ pub struct GenerateRequest {
     pub prompts: Vec<Vec<u32>>,
     /// Completions per prompt (they share the prompt's prefill).
     pub num_samples: usize,
+    /// The random stream of the first completion: completion k (prompt-major) draws as sequence
+    /// `first_sequence + k`, so a request split across workers samples what the whole would.
+    pub first_sequence: u32,
     pub max_new_tokens: usize,
     pub sampling: SamplingConfig,
     /// Generation of a sequence stops after any of these (included in its output).
@@ -124,7 +127,9 @@ pub async fn generate(
     let history =
         gpu.storage(OP, "sampled ids of the steps since the last check", (STOP_CHECK_EVERY * rows) as u64 * 4)?;
     let key_start_buf = gpu.upload(OP, "key start", &row_key_start)?;
-    let row_ids = gpu.upload(OP, "sequence ids", &(0..rows as u32).collect::<Vec<_>>())?;
+    let first_sequence = req.first_sequence;
+    let row_ids =
+        gpu.upload(OP, "sequence ids", &(first_sequence..first_sequence + rows as u32).collect::<Vec<_>>())?;
     let positions_buf = gpu.storage(OP, "positions", rows as u64 * 4)?;
 
     let mut out: Vec<Completion> =

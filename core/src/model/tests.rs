@@ -79,6 +79,7 @@ fn decode_matches_full_forward_for(gpu: &crate::Gpu, test: &str, configs: &[crat
         let req = GenerateRequest {
             prompts: prompts.clone(),
             num_samples: 2,
+            first_sequence: 0,
             max_new_tokens: 6,
             sampling: SamplingConfig::greedy(),
             stop_ids: vec![],
@@ -113,6 +114,7 @@ fn sampled_generation_is_reproducible_and_stops_at_stop_ids() {
     let req = GenerateRequest {
         prompts: vec![vec![1, 2, 3], vec![4, 5]],
         num_samples: 4,
+        first_sequence: 0,
         max_new_tokens: 12,
         sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 11 },
         stop_ids: vec![],
@@ -154,6 +156,7 @@ fn bad_inputs_are_errors() {
     let long = GenerateRequest {
         prompts: vec![vec![1; 5]],
         num_samples: 1,
+        first_sequence: 0,
         max_new_tokens: 10,
         sampling: SamplingConfig::greedy(),
         stop_ids: vec![],

@@ -100,6 +100,7 @@ pub async fn greedy_completions(
         let req = GenerateRequest {
             prompts: chunk.to_vec(),
             num_samples: 1,
+            first_sequence: 0,
             max_new_tokens: options.max_new_tokens,
             sampling: SamplingConfig::greedy(),
             stop_ids: text.stop_ids.clone(),

@@ -80,16 +80,28 @@ fn toy_rows() -> Vec<Row> {
         .collect()
 }
 
-/// Mean sampled reward per rank in the first and last `window` steps of a run of `steps`.
-fn run(text: &ChatText, steps: usize, flip_advantages: bool) -> (f64, f64) {
+/// The toy's model (fixed seeds: a learning curve, not a kernel on fresh inputs), an RL trainer
+/// from `rl` on it, the catalog and the three prompts.
+fn toy(text: &ChatText, rl: RlConfig) -> (GpuModel, RlTrainer, Catalog, Vec<Prompt>) {
     let gpu = testing::gpu().expect("checked by the caller");
-    // Fixed seeds: a learning curve, not a kernel on fresh inputs.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     let mut config = testing::tiny_config(Architecture::Llama, true);
     config.vocab_size = VOCAB;
     let base = GpuModel::upload(&gpu, config.clone(), testing::random_tensors(&config, &mut rng), 64).unwrap();
     let layout = LoraLayout::new(&config, LoraConfig { r: 8, alpha: 16.0, targets: Target::ALL.to_vec() });
-    let rl = RlConfig {
+    let trainer = pollster::block_on(RlTrainer::new(&gpu, &base, layout.clone(), &layout.init(5), rl)).unwrap();
+    let mut catalog = Catalog::new();
+    for i in 0..GROUPS.len() * PER_GROUP {
+        let (t, y) = title(i);
+        catalog.insert(&t, y);
+    }
+    let prompts: Vec<Prompt> = super::trainer::rl_prompts(text, toy_rows(), 64, "toy").unwrap();
+    (base, trainer, catalog, prompts)
+}
+
+/// The toy's RL settings: dense rewards, lists of 4, no KL.
+fn toy_config() -> RlConfig {
+    RlConfig {
         lr: 2e-2,
         beta: Some(0.0),
         max_new_tokens: PER_GROUP + 2,
@@ -97,14 +109,13 @@ fn run(text: &ChatText, steps: usize, flip_advantages: bool) -> (f64, f64) {
         rec_num: PER_GROUP,
         seed: 3,
         ..RlConfig::new(Algo::RankGrpo)
-    };
-    let mut trainer = pollster::block_on(RlTrainer::new(&gpu, &base, layout.clone(), &layout.init(5), rl)).unwrap();
-    let mut catalog = Catalog::new();
-    for i in 0..GROUPS.len() * PER_GROUP {
-        let (t, y) = title(i);
-        catalog.insert(&t, y);
     }
-    let prompts: Vec<Prompt> = super::trainer::rl_prompts(text, toy_rows(), 64, "toy").unwrap();
+}
+
+/// Mean sampled reward per rank in the first and last `window` steps of a run of `steps`.
+fn run(text: &ChatText, steps: usize, flip_advantages: bool) -> (f64, f64) {
+    let gpu = testing::gpu().expect("checked by the caller");
+    let (base, mut trainer, catalog, prompts) = toy(text, toy_config());
     let chosen: Vec<&Prompt> = prompts.iter().collect();
     let mut rewards = Vec::new();
     for _ in 0..steps {
@@ -147,4 +158,62 @@ fn rank_grpo_raises_a_dense_reward_and_its_mirror_image_does_not() {
         flipped_end <= flipped_start - 0.05,
         "with the advantages' sign flipped the reward should fall: {flipped_start:.3} → {flipped_end:.3}"
     );
+}
+
+/// A step whose prompts are split across workers is the step one worker takes: the same samples
+/// (each completion's draws follow its prompt's place in the step), the same statistics and
+/// loss, and — the gradients summed and the normalisers counted over all workers — the same
+/// adapter. Two workers (threads) take 1 and 2 of the 3 prompts; four leave one idle. Both
+/// aggregations, μ = 1 and 2 (old log-probs kept per worker), a KL term.
+#[test]
+fn steps_split_across_workers_are_the_steps_one_worker_takes() {
+    use crate::train::workers::{LocalGroup, Single, Workers};
+    use std::rc::Rc;
+    if testing::gpu().is_none() {
+        return;
+    }
+    let gpu = testing::gpu().unwrap();
+    let text = testing::chat_text_from_json(&tokenizer_json(), VOCAB);
+    let configs = [
+        toy_config(),
+        RlConfig { aggregation: super::trainer::Aggregation::RankMean, mu: 2, beta: Some(0.05), ..toy_config() },
+    ];
+    for rl in configs {
+        let run = |workers: Rc<dyn Workers>| -> (Vec<super::trainer::RlStep>, Vec<f32>) {
+            let (base, trainer, catalog, prompts) = toy(&text, rl.clone());
+            let mut trainer = trainer.with_workers(workers);
+            let chosen: Vec<&Prompt> = prompts.iter().collect();
+            let steps = (0..3)
+                .map(|_| pollster::block_on(trainer.step(&gpu, &base, &text, &catalog, &chosen, &|| 0.0)).unwrap())
+                .collect();
+            (steps, pollster::block_on(trainer.lora.read_params(&gpu)).unwrap())
+        };
+        let (alone, alone_params) = run(Rc::new(Single));
+        for count in [2, 4] {
+            let split: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = LocalGroup::new(count).into_iter().map(|w| s.spawn(|| run(Rc::new(w)))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (steps, params) in &split {
+                assert_eq!(params, &split[0].1, "every worker holds the same adapter");
+                for (a, b) in steps.iter().zip(&alone) {
+                    assert_eq!(a.samples.completions, 3 * rl.group_size);
+                    assert_eq!(a.tokens, b.tokens, "the same samples");
+                    assert_eq!(a.samples.mean_length, b.samples.mean_length);
+                    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 + 1e-5 * y.abs();
+                    assert!(close(a.samples.ndcg20, b.samples.ndcg20), "{:?} vs {:?}", a.samples, b.samples);
+                    for (x, y) in a.samples.reward_per_rank.iter().zip(&b.samples.reward_per_rank) {
+                        assert!(close(*x, *y), "{:?} vs {:?}", a.samples, b.samples);
+                    }
+                    assert!(close(a.update.loss, b.update.loss), "loss {} vs {}", a.update.loss, b.update.loss);
+                    assert!(close(a.update.kl, b.update.kl), "KL {} vs {}", a.update.kl, b.update.kl);
+                    let g = (a.update.grad_norm - b.update.grad_norm).abs();
+                    assert!(g <= 1e-5 * b.update.grad_norm, "{} vs {}", a.update.grad_norm, b.update.grad_norm);
+                }
+            }
+            let err = testing::rel_err(&split[0].1, &alone_params);
+            eprintln!("{count} workers against one ({:?}, μ {}): adapter rel. error {err:e}", rl.aggregation, rl.mu);
+            assert!(err < 1e-5, "{count} workers: the adapters differ by {err:e}");
+        }
+    }
 }

@@ -108,9 +108,9 @@ pub fn token_mean_weights(lengths: &[usize]) -> Vec<f32> {
 }
 
 /// The paper's aggregation: mean over tokens of a rank, then over the ranks of a completion,
-/// then over completions.
-pub fn rank_mean_weights(items_per_completion: &[Vec<u32>], rec_num: usize) -> Vec<f32> {
-    let g = items_per_completion.len().max(1) as f32;
+/// then over the step's `completions` (more than these when other workers hold the rest).
+pub fn rank_mean_weights(items_per_completion: &[Vec<u32>], rec_num: usize, completions: usize) -> Vec<f32> {
+    let g = completions.max(1) as f32;
     let mut out = Vec::new();
     for items in items_per_completion {
         let bin = |k: u32| (k as usize).min(rec_num);
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn paper_aggregation_weights_average_ranks_then_completions() {
-        let w = rank_mean_weights(&[vec![0, 0, 1], vec![0]], 20);
+        let w = rank_mean_weights(&[vec![0, 0, 1], vec![0]], 20, 2);
         // Completion 0: 2 ranks; rank 0 has 2 tokens → 1/(2·2·2); rank 1 → 1/(2·2·1).
         assert_eq!(w, vec![0.125, 0.125, 0.25, 0.5]);
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);

@@ -123,6 +123,39 @@ impl SampleStats {
             cut_rate: mean_of(&|s| (!s.segmented.ended) as u8 as f64),
         }
     }
+
+    /// The statistics as sums over completions (mean × count), flat, with the per-rank columns
+    /// `widths` = (hit rates, rewards) wide: what workers add up before [`Self::from_sums`].
+    pub fn to_sums(&self, widths: (usize, usize)) -> Vec<f64> {
+        let n = self.completions as f64;
+        let column = |v: &[f64], width: usize| -> Vec<f64> {
+            (0..width).map(|k| v.get(k).copied().unwrap_or(0.0) * n).collect()
+        };
+        let scalars = [self.ndcg20, self.mean_length, self.mean_items, self.overflow_rate, self.early_stop_rate];
+        std::iter::once(n)
+            .chain(scalars.iter().chain([&self.cut_rate]).map(|x| x * n))
+            .chain(column(&self.hit_rate_per_rank, widths.0))
+            .chain(column(&self.reward_per_rank, widths.1))
+            .collect()
+    }
+
+    /// Means from sums laid out by [`Self::to_sums`].
+    pub fn from_sums(sums: &[f64], widths: (usize, usize)) -> Self {
+        let n = sums[0];
+        let mean = |x: f64| if n > 0.0 { x / n } else { 0.0 };
+        let (hits, rewards) = sums[7..].split_at(widths.0);
+        SampleStats {
+            completions: n as usize,
+            ndcg20: mean(sums[1]),
+            mean_length: mean(sums[2]),
+            mean_items: mean(sums[3]),
+            overflow_rate: mean(sums[4]),
+            early_stop_rate: mean(sums[5]),
+            cut_rate: mean(sums[6]),
+            hit_rate_per_rank: hits.iter().map(|&x| mean(x)).collect(),
+            reward_per_rank: rewards[..widths.1].iter().map(|&x| mean(x)).collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! gradient with respect to each token's log-prob on the GPU, the backward through the LoRA model
 //! with those gradients as per-token weights, and one AdamW step ([`RlTrainer::update`]).
 
+use std::rc::Rc;
+
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use crate::train::TrainError;
 use crate::train::lora::LoraLayout;
 use crate::train::merge::LoraMerge;
 use crate::train::trainer::{LoraTrainer, MicroBatch, Schedule};
+use crate::train::workers::{Single, Workers, share};
 
 /// The RL algorithm: which importance-ratio level and which rewards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -289,6 +292,9 @@ pub struct RlTrainer {
     reference: GpuBuffer,
     merge: LoraMerge,
     objective: Objective,
+    /// The run's workers: each samples, scores and trains on its share of every step's prompts
+    /// (see `train::workers`).
+    workers: Rc<dyn Workers>,
 }
 
 /// Each completion's per-token log-probs from a micro-batch's row statistics (row pad + P − 1 + j
@@ -326,11 +332,26 @@ impl RlTrainer {
             objective_cfg,
             lora,
             config,
+            workers: Rc::new(Single),
         })
+    }
+
+    /// Runs as one of `workers`: every worker must be built alike, be given the same prompts each
+    /// step, and step together; the run is then the one a single process would make (to rounding).
+    pub fn with_workers(mut self, workers: Rc<dyn Workers>) -> Self {
+        self.workers = workers;
+        self
     }
 
     pub fn objective_config(&self) -> &ObjectiveConfig {
         &self.objective_cfg
+    }
+
+    /// Widths of the per-rank columns of the step's sample statistics (hit rates, rewards): fixed,
+    /// so that workers' sums line up even when one of them sampled nothing.
+    fn stat_widths(&self) -> (usize, usize) {
+        let rewards = if self.config.algo.level() == Level::Item { self.objective_cfg.rec_num } else { 1 };
+        (self.objective_cfg.rec_num, rewards)
     }
 
     /// The base with the current adapter merged in: what sampling and validation run.
@@ -338,8 +359,9 @@ impl RlTrainer {
         Ok(self.merge.refresh(gpu, &self.lora.layout, &self.lora.params).await?)
     }
 
-    /// Samples G completions per prompt with the current adapter, scores them and computes the
-    /// per-token advantages.
+    /// Samples G completions for each prompt of this worker's share of the step's `prompts` with
+    /// the current adapter, scores them and computes the per-token advantages (within each
+    /// prompt's group, so no worker needs another's samples).
     pub async fn rollout(
         &self,
         gpu: &Gpu,
@@ -348,9 +370,17 @@ impl RlTrainer {
         prompts: &[&Prompt],
     ) -> Result<Rollout, TrainError> {
         let level = self.config.algo.level();
+        let mine = share(prompts.len(), self.workers.rank(), self.workers.count());
+        let prompts = &prompts[mine.clone()];
+        if prompts.is_empty() {
+            return Ok(Rollout::default());
+        }
         let model = self.merged(gpu).await?;
         let req = GenerateRequest {
             prompts: prompts.iter().map(|p| p.ids.clone()).collect(),
+            // A completion's draws depend on the run seed, the step and its prompt's place in the
+            // step, not on which worker samples it.
+            first_sequence: (mine.start * self.config.group_size) as u32,
             num_samples: self.config.group_size,
             max_new_tokens: self.config.max_new_tokens,
             sampling: SamplingConfig {
@@ -425,9 +455,20 @@ impl RlTrainer {
         Ok(Some(logp?))
     }
 
-    /// μ updates on a rollout: log-probs, objective, backward, AdamW.
+    /// μ updates on a rollout (this worker's share of the step): log-probs, objective, backward,
+    /// then the gradients summed over the workers and AdamW.
     pub async fn update(&mut self, gpu: &Gpu, base: &GpuModel, rollout: &Rollout) -> Result<UpdateStats, TrainError> {
-        let ref_logp = self.reference_logp(gpu, base, rollout).await?;
+        let workers = self.workers.clone();
+        // The step's loss is normalised by the whole step's tokens (token-mean) or completions
+        // (rank-mean), all workers' together.
+        let tokens: usize = rollout.items.iter().map(Vec::len).sum();
+        let mut counts = [tokens as f64, rollout.seqs.len() as f64];
+        workers.sum_f64(&mut counts);
+        let [step_tokens, step_completions] = counts;
+        let ref_logp = match rollout.seqs.is_empty() {
+            true => None,
+            false => self.reference_logp(gpu, base, rollout).await?,
+        };
         let lr = self.config.lr * Schedule::Constant.factor(self.lora.step);
         let temperature = self.config.temperature;
         // On-policy with the whole batch in one micro-batch, the objective is evaluated between
@@ -437,42 +478,60 @@ impl RlTrainer {
         let mut old_logp: Option<Vec<Vec<f32>>> = None;
         let mut stats = UpdateStats { lr, ..UpdateStats::default() };
         for _ in 0..self.config.mu {
-            let (logp, pending) = if single_pass {
-                let mb = MicroBatch::from_sequences(&rollout.seqs, 16, |_, _| 0.0);
-                let fwd = self.lora.forward(gpu, base, &mb, temperature).await?;
-                (completion_rows(&mb, &rollout.seqs, &fwd.stats.logp), Some(fwd))
-            } else {
-                (self.completion_logp(gpu, base, &rollout.seqs, None).await?, None)
-            };
-            let old = old_logp.get_or_insert_with(|| logp.clone());
-            let reference = ref_logp.as_ref().unwrap_or(&logp);
-            let mut group = GroupTokens::concat(&rollout.items, &rollout.advantages, &logp, old, reference)?;
-            if self.config.aggregation == Aggregation::RankMean {
-                group.weights = rank_mean_weights(&group.split(&group.items), self.objective_cfg.rec_num);
-            }
-            let out = self.objective.run(gpu, &self.objective_cfg, &group).await?;
             let step = self.lora.step + 1;
-            if !out.loss.is_finite() {
-                return Err(TrainError::NonFinite { step, what: "loss", value: out.loss });
-            }
-            stats.loss = out.loss;
-            stats.clip_fraction = out.clip_fraction;
-            stats.kl = mean_k3_kl(&group.logp, &group.ref_logp);
-            let grads = group.split(&out.grad);
-            match pending {
-                Some(fwd) => {
-                    let weights = MicroBatch::from_sequences(&rollout.seqs, 16, |s, j| grads[s][j]).weights;
-                    self.lora.backward(gpu, base, &fwd, &weights).await?;
-                }
-                None => {
-                    self.completion_logp(gpu, base, &rollout.seqs, Some(&grads)).await?;
+            // This worker's part of: the loss, Σ k3 KL, clipped tokens, f16 overflows.
+            let mut sums = [0f64; 4];
+            if !rollout.seqs.is_empty() {
+                let (logp, pending) = if single_pass {
+                    let mb = MicroBatch::from_sequences(&rollout.seqs, 16, |_, _| 0.0);
+                    let fwd = self.lora.forward(gpu, base, &mb, temperature).await?;
+                    (completion_rows(&mb, &rollout.seqs, &fwd.stats.logp), Some(fwd))
+                } else {
+                    (self.completion_logp(gpu, base, &rollout.seqs, None).await?, None)
+                };
+                let old = old_logp.get_or_insert_with(|| logp.clone());
+                let reference = ref_logp.as_ref().unwrap_or(&logp);
+                let mut group = GroupTokens::concat(&rollout.items, &rollout.advantages, &logp, old, reference)?;
+                group.weights = match self.config.aggregation {
+                    Aggregation::TokenMean => vec![1.0 / step_tokens.max(1.0) as f32; group.items.len()],
+                    Aggregation::RankMean => rank_mean_weights(
+                        &group.split(&group.items),
+                        self.objective_cfg.rec_num,
+                        step_completions as usize,
+                    ),
+                };
+                let out = self.objective.run(gpu, &self.objective_cfg, &group).await?;
+                sums[0] = out.loss;
+                sums[1] = sum_k3_kl(&group.logp, &group.ref_logp);
+                sums[2] = out.clip_fraction * group.items.len() as f64;
+                let grads = group.split(&out.grad);
+                match pending {
+                    Some(fwd) => {
+                        let weights = MicroBatch::from_sequences(&rollout.seqs, 16, |s, j| grads[s][j]).weights;
+                        self.lora.backward(gpu, base, &fwd, &weights).await?;
+                    }
+                    None => {
+                        self.completion_logp(gpu, base, &rollout.seqs, Some(&grads)).await?;
+                    }
                 }
             }
             // Sampling, the forward and the backward of this step all ran before this check.
-            if gpu.take_f16_overflow().await? {
+            sums[3] = gpu.take_f16_overflow().await? as u8 as f64;
+            workers.sum_f64(&mut sums);
+            let [loss, kl, clipped, overflows] = sums;
+            // Checked before the update, so that a diverged step never reaches the adapter.
+            if !loss.is_finite() {
+                self.lora.zero_grads(gpu).await?;
+                return Err(TrainError::NonFinite { step, what: "loss", value: loss });
+            }
+            if overflows > 0.0 {
                 self.lora.zero_grads(gpu).await?;
                 return Err(TrainError::F16Overflow { step });
             }
+            stats.loss = loss;
+            stats.kl = kl / step_tokens.max(1.0);
+            stats.clip_fraction = clipped / step_tokens.max(1.0);
+            self.lora.sum_grads(gpu, workers.as_ref()).await?;
             stats.grad_norm = self.lora.optimizer_step(gpu, lr, 1.0).await?;
             if !stats.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite { step, what: "gradient norm", value: stats.grad_norm as f64 });
@@ -496,20 +555,25 @@ impl RlTrainer {
         let rollout = self.rollout(gpu, text, catalog, prompts).await?;
         let generate_s = now() - start;
         let update = self.update(gpu, base, &rollout).await?;
+        // The step's sample statistics and token count over all workers' completions.
+        let widths = self.stat_widths();
+        let mut sums = SampleStats::of(&rollout.scored).to_sums(widths);
+        sums.push(rollout.tokens() as f64);
+        self.workers.sum_f64(&mut sums);
+        let tokens = sums.pop().unwrap_or(0.0) as usize;
         Ok(RlStep {
             step: self.lora.step,
             update,
-            samples: SampleStats::of(&rollout.scored),
-            tokens: rollout.tokens(),
+            samples: SampleStats::from_sums(&sums, widths),
+            tokens,
             generate_s,
             step_s: now() - start,
         })
     }
 }
 
-/// Mean of the k3 estimator `exp(r − l) − (r − l) − 1` of KL(π‖π_ref) over tokens.
-fn mean_k3_kl(logp: &[f32], ref_logp: &[f32]) -> f64 {
-    let n = logp.len().max(1) as f64;
+/// Sum over tokens of the k3 estimator `exp(r − l) − (r − l) − 1` of KL(π‖π_ref).
+fn sum_k3_kl(logp: &[f32], ref_logp: &[f32]) -> f64 {
     logp.iter()
         .zip(ref_logp)
         .map(|(&lp, &r)| {
@@ -517,7 +581,6 @@ fn mean_k3_kl(logp: &[f32], ref_logp: &[f32]) -> f64 {
             d.exp() - d - 1.0
         })
         .sum::<f64>()
-        / n
 }
 
 #[cfg(test)]
@@ -568,7 +631,7 @@ mod tests {
 
     #[test]
     fn k3_kl_is_zero_at_the_reference_and_positive_elsewhere() {
-        assert_eq!(mean_k3_kl(&[-1.0, -2.0], &[-1.0, -2.0]), 0.0);
-        assert!(mean_k3_kl(&[-1.0, -2.0], &[-1.5, -1.0]) > 0.0);
+        assert_eq!(sum_k3_kl(&[-1.0, -2.0], &[-1.0, -2.0]), 0.0);
+        assert!(sum_k3_kl(&[-1.0, -2.0], &[-1.5, -1.0]) > 0.0);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index, head_rows};
 use super::lora::LoraLayout;
+use super::workers::Workers;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length};
 use crate::ops::adamw::{AdamW, AdamWConfig};
@@ -294,6 +295,17 @@ impl LoraTrainer {
         let mut b = gpu.batch(OP);
         b.clear(&self.grads);
         b.submit().await?;
+        Ok(())
+    }
+
+    /// Replaces the accumulated gradients by their sum over `workers` (a host round trip: the
+    /// transport is the front end's). Alone, nothing happens.
+    pub async fn sum_grads(&self, gpu: &Gpu, workers: &dyn Workers) -> ModelResult<()> {
+        if workers.count() > 1 {
+            let mut grads = gpu.read::<f32>(OP, &self.grads).await?;
+            workers.sum_f32(&mut grads);
+            gpu.write(&self.grads, bytemuck::cast_slice(&grads));
+        }
         Ok(())
     }
 

@@ -58,6 +58,7 @@ pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
     let req = GenerateRequest {
         prompts: vec![prompt],
         num_samples: args.num_samples.max(1),
+        first_sequence: 0,
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingConfig {
             temperature: args.temperature,

@@ -72,8 +72,11 @@ pub fn run_self_check(gpu: &Gpu, every_case: bool) -> anyhow::Result<()> {
 }
 
 /// A progress bar over optimiser steps, labelled `what`.
-pub fn progress_bar(steps: u64, what: &str) -> anyhow::Result<indicatif::ProgressBar> {
+pub fn progress_bar(steps: u64, what: &str, shown: bool) -> anyhow::Result<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(steps);
+    if !shown {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps · {msg} · ETA {eta}")?
             .progress_chars("=> "),

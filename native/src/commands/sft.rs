@@ -4,6 +4,7 @@
 //! training), checkpoints atomically and resumes.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use convrec_core::rec::evaluation::EvalOptions;
 use convrec_core::train::lora::{LoraConfig, LoraLayout, Target};
 use convrec_core::train::merge::LoraMerge;
 use convrec_core::train::sft::{SftConfig, SftPosition, SftTrainer, sft_examples};
+use convrec_core::train::workers::Workers;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -115,11 +117,14 @@ struct TrainerState {
     #[serde(flatten)]
     position: SftPosition,
     args: Args,
+    /// Data-parallel workers of the run (a resume needs as many).
+    #[serde(default = "convrec::checkpoint::one_worker")]
+    workers: usize,
 }
 
-pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
+pub fn run(gpu_options: &GpuOptions, args: Args, workers: Rc<dyn Workers>) -> anyhow::Result<()> {
     args.config().validate()?;
-    run_in(&Session::open(gpu_options, args.model.as_deref())?, &args)
+    run_in(&Session::open(gpu_options, args.model.as_deref())?.with_workers(workers), &args)
 }
 
 /// The run in an open session (the demo and the experiment share one across stages).
@@ -167,11 +172,14 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     let lora = LoraConfig { r: args.lora_r as usize, alpha: args.lora_alpha, targets };
     let layout = LoraLayout::checked(&tm.config, lora).map_err(|e| anyhow::anyhow!("--lora-r/--lora-alpha: {e}"))?;
     let init = layout.init(args.seed);
-    let mut trainer = pollster::block_on(SftTrainer::new(gpu, layout, &init, train, config))?;
+    let workers = session.workers.count();
+    let mut trainer =
+        pollster::block_on(SftTrainer::new(gpu, layout, &init, train, config))?.with_workers(session.workers.clone());
     let start = match &args.resume {
         Some(dir) => {
             let state: TrainerState =
                 convrec::checkpoint::restore(dir, &mut trainer.lora, gpu, |s: &TrainerState| s.position.step)?;
+            convrec::checkpoint::same_workers(dir, state.workers, workers)?;
             for change in convrec::checkpoint::changed_args(&state.args, args) {
                 eprintln!("warning: --resume with a changed option ({change})");
             }
@@ -182,13 +190,14 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         }
         None => Start::Fresh { overwrite: args.overwrite },
     };
-    let mut run = RunDir::open(&args.out, start)?;
+    // Worker 0 alone keeps the run: metrics, held-out scores, checkpoints, the adapter.
+    let mut run = if session.writes() { Some(RunDir::open(&args.out, start)?) } else { None };
     let merge = match &validation {
         Some(_) => Some(pollster::block_on(LoraMerge::new(gpu, &model, &trainer.lora.layout))?),
         None => None,
     };
     let total_steps = trainer.total_steps();
-    let bar = super::progress_bar(total_steps, "sft")?;
+    let bar = super::progress_bar(total_steps, "sft", session.writes())?;
     bar.set_position(trainer.lora.step);
     let evaluate = |trainer: &mut SftTrainer, run: &mut RunDir| -> anyhow::Result<()> {
         let step = trainer.lora.step;
@@ -209,8 +218,10 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    if trainer.lora.step == 0 {
-        evaluate(&mut trainer, &mut run)?;
+    if let Some(run) = run.as_mut()
+        && trainer.lora.step == 0
+    {
+        evaluate(&mut trainer, run)?;
     }
     let clock = Instant::now();
     let mut tokens_seen = 0usize;
@@ -222,6 +233,7 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         let tps = tokens_seen as f64 / elapsed.max(1e-9);
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4} · {tps:.0} tok/s", s.loss));
+        let Some(run) = run.as_mut() else { continue };
         run.log(&json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
                         "tokens_per_s": tps, "elapsed_s": elapsed, "exploded": s.exploded}))?;
         if s.exploded && !warned_explosion {
@@ -234,15 +246,16 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
             });
         }
         if s.step.is_multiple_of(args.save_every) {
-            let state = TrainerState { position: trainer.position(), args: args.clone() };
+            let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
             convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
         }
         if !trainer.done() {
-            evaluate(&mut trainer, &mut run)?;
+            evaluate(&mut trainer, run)?;
         }
     }
     bar.finish_and_clear();
-    let state = TrainerState { position: trainer.position(), args: args.clone() };
+    let Some(mut run) = run else { return Ok(()) };
+    let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
     convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
     let params = pollster::block_on(trainer.lora.read_params(gpu))?;
     convrec::adapter_files::save_adapter(&run.adapter(), &trainer.lora.layout, &params, base_name)?;

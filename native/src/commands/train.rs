@@ -4,12 +4,14 @@
 //! progress, writes metrics JSONL, validates over training, checkpoints atomically and resumes.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use convrec_core::GpuOptions;
 use convrec_core::rec::evaluation::EvalOptions;
 use convrec_core::rl::rollout::RewardKind;
 use convrec_core::rl::trainer::{Aggregation, Algo, Prompt, RlConfig, RlTrainer, rl_prompts, step_prompts};
+use convrec_core::train::workers::Workers;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -121,6 +123,9 @@ pub struct Args {
 struct TrainState {
     step: u64,
     args: Args,
+    /// Data-parallel workers of the run (a resume needs as many).
+    #[serde(default = "convrec::checkpoint::one_worker")]
+    workers: usize,
 }
 
 impl Args {
@@ -144,8 +149,8 @@ impl Args {
     }
 }
 
-pub fn run(gpu_options: &GpuOptions, args: Args) -> anyhow::Result<()> {
-    run_in(&Session::open(gpu_options, args.model.as_deref())?, &args)
+pub fn run(gpu_options: &GpuOptions, args: Args, workers: Rc<dyn Workers>) -> anyhow::Result<()> {
+    run_in(&Session::open(gpu_options, args.model.as_deref())?.with_workers(workers), &args)
 }
 
 /// The run in an open session (the demo and the experiment share one across stages).
@@ -180,10 +185,13 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     });
     let base = session.upload(longest_prompt + max_new_tokens + 16)?;
     let (layout, start) = convrec::adapter_files::load_adapter(&args.adapter, &tm.config)?;
-    let mut trainer = pollster::block_on(RlTrainer::new(gpu, &base, layout, &start, config))?;
+    let workers = session.workers.count();
+    let mut trainer =
+        pollster::block_on(RlTrainer::new(gpu, &base, layout, &start, config))?.with_workers(session.workers.clone());
     let start = match &args.resume {
         Some(dir) => {
             let state: TrainState = convrec::checkpoint::restore(dir, &mut trainer.lora, gpu, |s: &TrainState| s.step)?;
+            convrec::checkpoint::same_workers(dir, state.workers, workers)?;
             eprintln!("resuming at step {}", state.step);
             for change in convrec::checkpoint::changed_args(&state.args, args) {
                 eprintln!("warning: --resume with a changed option ({change})");
@@ -192,11 +200,12 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         }
         None => Start::Fresh { overwrite: args.overwrite },
     };
-    let mut run = RunDir::open(&args.out, start)?;
+    // Worker 0 alone keeps the run: metrics, validation, checkpoints, the adapter.
+    let mut run = if session.writes() { Some(RunDir::open(&args.out, start)?) } else { None };
 
     let per_step = args.prompts_per_step as usize;
     let total_steps = args.steps.unwrap_or(prompts.len().div_ceil(per_step) as u64);
-    let bar = super::progress_bar(total_steps, args.algo.name())?;
+    let bar = super::progress_bar(total_steps, args.algo.name(), session.writes())?;
     bar.set_position(trainer.lora.step);
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
@@ -213,8 +222,10 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         bar.println(describe(step, &summary));
         Ok(())
     };
-    if trainer.lora.step == 0 {
-        validate(&trainer, &mut run)?;
+    if let Some(run) = run.as_mut()
+        && trainer.lora.step == 0
+    {
+        validate(&trainer, run)?;
     }
     while trainer.lora.step < total_steps {
         let chosen: Vec<&Prompt> = step_prompts(trainer.lora.step, prompts.len(), per_step, args.seed)
@@ -231,6 +242,7 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
             step.samples.reward_per_rank.iter().sum::<f64>() / step.samples.reward_per_rank.len().max(1) as f64,
             step.update.kl,
         ));
+        let Some(run) = run.as_mut() else { continue };
         let mut record = serde_json::to_value(&step)?;
         record.as_object_mut().expect("a step serialises to an object").extend(
             json!({"algo": args.algo, "tokens_per_s": tokens_per_s, "elapsed_s": now(), "tokens_seen": tokens_seen})
@@ -240,13 +252,14 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         );
         run.log(&record)?;
         if step.step.is_multiple_of(args.save_every) {
-            let state = TrainState { step: step.step, args: args.clone() };
+            let state = TrainState { step: step.step, args: args.clone(), workers };
             convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
         }
-        validate(&trainer, &mut run)?;
+        validate(&trainer, run)?;
     }
     bar.finish_and_clear();
-    let state = TrainState { step: trainer.lora.step, args: args.clone() };
+    let Some(run) = run else { return Ok(()) };
+    let state = TrainState { step: trainer.lora.step, args: args.clone(), workers };
     convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
     let params = pollster::block_on(trainer.lora.read_params(gpu))?;
     convrec::adapter_files::save_adapter(&run.adapter(), &trainer.lora.layout, &params, base_name)?;
