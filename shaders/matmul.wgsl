@@ -16,24 +16,7 @@
 // reuses each loaded value TN (resp. TM) times from registers. CPU adapters (llvmpipe) pay dearly
 // for barriers and let their caches do the tiling; real GPUs get smaller blocks.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    batch_a: u32,
-    batch_b: u32,
-    batch_c: u32,
-    alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+//#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -41,15 +24,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn load_b(i: u32) -> f32 {
-    if (B_DTYPE == 1u) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    } else if (B_DTYPE == 2u) {
-        let word = b[i >> 1u];
-        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-    }
-    return bitcast<f32>(b[i]);
-}
+//#include load_b
 
 @compute @workgroup_size(WG_N, WG_M, 1)
 fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {

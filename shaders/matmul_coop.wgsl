@@ -19,24 +19,7 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    batch_a: u32,
-    batch_b: u32,
-    batch_c: u32,
-    alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+//#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -64,15 +47,7 @@ var<workgroup> panel_a: array<f16, BM * BK>; // row-major [row][kk]
 var<workgroup> panel_b: array<f16, BK * BN>; // row-major [kk][col]
 var<workgroup> scratch: array<f32, SG_M * SG_N * T * T>; // one T×T tile per subgroup
 
-fn load_b(i: u32) -> f32 {
-    if (B_DTYPE == 1u) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    } else if (B_DTYPE == 2u) {
-        let word = b[i >> 1u];
-        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-    }
-    return bitcast<f32>(b[i]);
-}
+//#include load_b
 
 /// The f16 operand for `v`, flagging values f16 cannot hold (NaN passes through: the loss
 /// checks catch it with their own message).

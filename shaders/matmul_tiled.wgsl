@@ -18,24 +18,7 @@
 // Specialisation: TM, TN, WG_M, WG_N, BK, TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE,
 // B_DTYPE (0 f32, 1 f16, 2 bf16 pairs packed in u32).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    batch_a: u32,
-    batch_b: u32,
-    batch_c: u32,
-    alpha: f32,
-    k_chunk: u32, // split-K: K per split
-    splits: u32,  // split-K: splits per product (0 or 1: none)
-    products: u32, // split-K reduce: products in the batch
-}
+//#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -54,15 +37,7 @@ const SB: u32 = BN + 1u;
 var<workgroup> panel_a: array<f32, BK * SA>; // [kk][row]
 var<workgroup> panel_b: array<f32, BK * SB>; // [kk][col]
 
-fn load_b(i: u32) -> f32 {
-    if (B_DTYPE == 1u) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    } else if (B_DTYPE == 2u) {
-        let word = b[i >> 1u];
-        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-    }
-    return bitcast<f32>(b[i]);
-}
+//#include load_b
 
 fn store(row: u32, col: u32, z: u32, value: f32) {
     if (row < p.m && col < p.n) {

@@ -11,24 +11,7 @@
 // Specialisation: TM, TN (register block; TN a multiple of 4, TM a multiple of 4 for matmul_tn),
 // WG_M, WG_N, HAS_BIAS, ACCUMULATE, B_DTYPE (0 f32, 1 f16, 2 bf16; matmul_nt and matmul_nn).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    batch_a: u32,
-    batch_b: u32,
-    batch_c: u32,
-    alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+//#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;

@@ -11,6 +11,7 @@ mod rl_step;
 mod smollm2;
 
 use clap::{Parser, Subcommand};
+use convrec_core::Precision;
 
 #[derive(Parser)]
 #[command(name = "convrec-bench", about = "Benchmarks of convrec, with same-run baselines")]
@@ -20,16 +21,10 @@ struct Cli {
     adapter: Option<String>,
     /// How matrix products compute: `f32`, or `mixed` (f16 operands, f32 accumulation, on
     /// tensor cores where the adapter offers cooperative matrices).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, env = "CONVREC_PRECISION")]
+    #[arg(long, global = true, default_value = "f32", env = "CONVREC_PRECISION")]
     precision: Precision,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Precision {
-    F32,
-    Mixed,
 }
 
 /// Each subcommand lets a later flag override an earlier one, so that a script can append

@@ -17,5 +17,6 @@ pub mod shaders;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod train;
+pub mod workers;
 
 pub use gpu::{Gpu, GpuError, GpuOptions, GpuResult, Precision, TensorCores};

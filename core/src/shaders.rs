@@ -70,6 +70,48 @@ pub static ALL: &[&Shader] = &[
     &SWIGLU,
 ];
 
+macro_rules! fragment {
+    ($ident:ident, $name:literal) => {
+        pub static $ident: Shader = Shader {
+            name: $name,
+            file: concat!("include/", $name, ".wgsl"),
+            source: include_str!(concat!("../../shaders/include/", $name, ".wgsl")),
+        };
+    };
+}
+
+fragment!(LOAD_B, "load_b");
+fragment!(MATMUL_PARAMS, "matmul_params");
+
+/// Pieces of WGSL that several shaders share (`shaders/include/`), pasted in where a shader says
+/// `//#include NAME`: one description of, say, the matrix-product parameters for four kernels.
+pub static FRAGMENTS: &[&Shader] = &[&LOAD_B, &MATMUL_PARAMS];
+
+/// `source` with every `//#include NAME` line replaced by fragment NAME's text (fragments may
+/// include others; a cycle is an error).
+fn with_includes(source: &str, depth: usize) -> Result<String, String> {
+    if depth > 8 {
+        return Err("//#include nested more than 8 deep (a cycle?)".into());
+    }
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        match line.trim_start().strip_prefix("//#include ") {
+            Some(name) => {
+                let fragment = FRAGMENTS
+                    .iter()
+                    .find(|f| f.name == name.trim())
+                    .ok_or_else(|| format!("//#include {}: no such fragment in shaders/include/", name.trim()))?;
+                out.push_str(&with_includes(fragment.source, depth + 1)?);
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A compile-time value substituted into a shader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Def {
@@ -202,14 +244,15 @@ impl Variant {
             .unwrap_or_else(|| panic!("shader '{}' is not registered in shaders::ALL", self.shader))
     }
 
-    /// The WGSL text the GPU compiles: the definitions, then the file.
+    /// The WGSL text the GPU compiles: the definitions, then the file with its includes.
     pub fn render(&self) -> String {
         let shader = self.shader();
-        let mut out = String::with_capacity(shader.source.len() + 64 * self.defs.len());
+        let source = with_includes(shader.source, 0).unwrap_or_else(|e| panic!("{}: {e}", self.label()));
+        let mut out = String::with_capacity(source.len() + 64 * self.defs.len());
         let _ = writeln!(out, "// {} specialised for entry point {}", shader.file, self.entry);
         // WGSL wants `enable` directives before any declaration, so they go above the definitions.
         let (enables, body): (Vec<&str>, Vec<&str>) =
-            shader.source.lines().partition(|l| l.trim_start().starts_with("enable "));
+            source.lines().partition(|l| l.trim_start().starts_with("enable "));
         for line in enables {
             let _ = writeln!(out, "{line}");
         }
@@ -253,6 +296,20 @@ mod tests {
         assert!(select_branches(&["//#if X == 1", "x"], &[Def::U32("X", 1)]).is_err(), "unclosed");
         assert!(select_branches(&["//#if X == 1", "//#endif"], &[]).is_err(), "undefined name");
         assert!(select_branches(&["//#endif"], &[]).is_err());
+    }
+
+    #[test]
+    fn includes_paste_fragments_and_unknown_names_are_errors() {
+        let text = with_includes("a\n  //#include load_b\nb", 0).unwrap();
+        assert!(text.starts_with("a\n") && text.ends_with("}\nb\n"), "{text}");
+        assert!(text.contains("fn load_b(i: u32) -> f32"));
+        let err = with_includes("//#include nothing", 0).unwrap_err();
+        assert!(err.contains("nothing") && err.contains("shaders/include"), "{err}");
+        // Every matrix-product shader takes its parameters from the one fragment.
+        for shader in [&MATMUL, &MATMUL_TILED, &MATMUL_VEC4, &MATMUL_COOP] {
+            assert!(shader.source.contains("//#include matmul_params"), "{}", shader.file);
+            assert!(!shader.source.contains("struct Params"), "{} declares its own Params", shader.file);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use convrec_core::Precision;
 
 #[derive(Parser)]
 #[command(
@@ -11,10 +12,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     about = "Train LLM conversational recommenders (SFT + Rank-GRPO) with hand-written WGSL on any GPU"
 )]
 struct Cli {
-    /// GPU adapter to use: an index from `convrec devices` or part of its name. (`--adapter`
-    /// names a LoRA adapter folder in the model commands, so the GPU is chosen with `--gpu`.)
-    /// Under mpirun, a comma-separated list gives each worker on a host its own (the i-th worker
-    /// takes the i-th); without it, workers are dealt the host's preferred adapters in turn.
+    /// GPU adapter to use: an index from `convrec devices` or part of its name; under mpirun, a
+    /// comma-separated list, one per worker on a host.
+    ///
+    /// (`--adapter` names a LoRA adapter folder in the model commands, so the GPU is chosen with
+    /// `--gpu`.) Under mpirun the i-th worker on a host takes the i-th of the list; without one,
+    /// the workers are dealt the host's preferred adapters in turn (sharing them when fewer).
     #[arg(long, global = true, env = "CONVREC_ADAPTER")]
     gpu: Option<String>,
     /// Use no optional GPU features (shader-f16, subgroups, timestamps): the portable path.
@@ -22,16 +25,10 @@ struct Cli {
     portable: bool,
     /// How matrix products compute: `f32`, or `mixed` (f16 operands and f32 accumulation on
     /// tensor cores, where the adapter offers cooperative matrices; f32 elsewhere).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, env = "CONVREC_PRECISION")]
+    #[arg(long, global = true, default_value = "f32", env = "CONVREC_PRECISION")]
     precision: Precision,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Precision {
-    F32,
-    Mixed,
 }
 
 #[derive(Subcommand)]

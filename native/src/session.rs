@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::Context;
-use convrec_core::train::workers::{Single, Workers};
+use convrec_core::workers::{Single, Workers};
 use convrec_core::{Gpu, GpuOptions};
 
 use crate::text_model::TextModel;

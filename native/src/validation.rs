@@ -9,9 +9,10 @@ use std::path::Path;
 use convrec_core::Gpu;
 use convrec_core::model::gpu::GpuModel;
 use convrec_core::model::text::ChatText;
-use convrec_core::rec::evaluation::{EvalOptions, EvalSummary, evaluate_rows, unique_prompts};
+use convrec_core::rec::evaluation::{EvalOptions, EvalSummary, evaluate_rows_shared, unique_prompts};
 use convrec_core::rec::{Catalog, Row};
 use convrec_core::train::lora::LoraLayout;
+use convrec_core::workers::Workers;
 
 use crate::run_dir::RunDir;
 
@@ -46,8 +47,9 @@ impl Validation {
         step == 0 || step == last || (self.every > 0 && step.is_multiple_of(self.every))
     }
 
-    /// Evaluates `model` (the adapter merged in), logs `val_…` metrics for `step` and keeps the
-    /// adapter (`params` in `layout`) in the run's series.
+    /// Evaluates `model` (the adapter merged in) with the run's `workers` (each answers its share
+    /// of the rows; every worker gets the summary); worker 0 — the one holding `run` — logs the
+    /// `val_…` metrics for `step` and keeps the adapter (`params` in `layout`) in the run's series.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -55,19 +57,29 @@ impl Validation {
         model: &GpuModel,
         text: &ChatText,
         step: u64,
-        run: &mut RunDir,
+        workers: &dyn Workers,
+        run: Option<&mut RunDir>,
         layout: &LoraLayout,
         params: &[f32],
         base_name: &str,
     ) -> anyhow::Result<EvalSummary> {
-        let eval =
-            pollster::block_on(evaluate_rows(gpu, model, text, &self.rows, &self.catalog, &self.options, |_| {}))?;
-        let mut record = serde_json::Map::new();
-        record.insert("step".into(), step.into());
-        record.extend(eval.summary.flat("val_"));
-        run.log(&serde_json::Value::Object(record))?;
-        crate::adapter_files::save_adapter(&run.adapter_at(step), layout, params, base_name)?;
-        Ok(eval.summary)
+        let summary = pollster::block_on(evaluate_rows_shared(
+            gpu,
+            model,
+            text,
+            &self.rows,
+            &self.catalog,
+            &self.options,
+            workers,
+        ))?;
+        if let Some(run) = run {
+            let mut record = serde_json::Map::new();
+            record.insert("step".into(), step.into());
+            record.extend(summary.flat("val_"));
+            run.log(&serde_json::Value::Object(record))?;
+            crate::adapter_files::save_adapter(&run.adapter_at(step), layout, params, base_name)?;
+        }
+        Ok(summary)
     }
 }
 

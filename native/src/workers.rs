@@ -1,12 +1,12 @@
 //! Which worker of a data-parallel run this process is: alone (the usual case), or one of N
 //! processes that `mpirun` started (`convrec` built with `--features mpi`). Training only sees
-//! `convrec_core::train::workers::Workers`; this module starts and ends MPI, finds the worker's
+//! `convrec_core::workers::Workers`; this module starts and ends MPI, finds the worker's
 //! place on its host (which picks its GPU), and makes one worker's failure end every worker, so
 //! that none waits forever in a sum the failed one never joins.
 
 use std::rc::Rc;
 
-use convrec_core::train::workers::{Single, Workers};
+use convrec_core::workers::{Single, Workers};
 
 /// Environment variables that MPI launchers set in the processes they start, with the number of
 /// processes: Open MPI, MPICH/Intel MPI (Hydra's PMI), and PMIx launchers (Slurm's srun among them).
@@ -55,7 +55,9 @@ impl Launch {
     #[cfg(feature = "mpi")]
     fn start_mpi(_: usize) -> anyhow::Result<Self> {
         use mpi::topology::Communicator;
-        let universe = mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+        // Funneled: the GPU runtime has threads of its own, but only this one calls MPI.
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
         let world = universe.world();
         let worker_on_host = world.split_shared(0).rank() as usize;
         let workers = mpi_workers::MpiWorkers::new(world);
@@ -105,23 +107,28 @@ impl Launch {
 
 #[cfg(feature = "mpi")]
 mod mpi_workers {
-    use convrec_core::train::workers::Workers;
+    use std::cell::Cell;
+    use std::time::Instant;
+
+    use convrec_core::workers::Workers;
     use mpi::collective::{Root, SystemOperation};
     use mpi::datatype::Equivalence;
     use mpi::topology::{Communicator, SimpleCommunicator};
 
     pub struct MpiWorkers {
         world: SimpleCommunicator,
+        exchanging: Cell<f64>,
     }
 
     impl MpiWorkers {
         pub fn new(world: SimpleCommunicator) -> Self {
-            MpiWorkers { world }
+            MpiWorkers { world, exchanging: Cell::new(0.0) }
         }
 
         /// A reduction to worker 0, then its result broadcast: every worker gets worker 0's
         /// bits (an all-reduce need not give every process the same rounding).
         fn sum<T: Equivalence + Copy>(&self, values: &mut [T]) {
+            let start = Instant::now();
             let root = self.world.process_at_rank(0);
             if self.world.rank() == 0 {
                 let mine = values.to_vec();
@@ -130,6 +137,7 @@ mod mpi_workers {
                 root.reduce_into(&*values, SystemOperation::sum());
             }
             root.broadcast_into(values);
+            self.exchanging.set(self.exchanging.get() + start.elapsed().as_secs_f64());
         }
     }
 
@@ -145,6 +153,9 @@ mod mpi_workers {
         }
         fn sum_f64(&self, values: &mut [f64]) {
             self.sum(values)
+        }
+        fn exchange_seconds(&self) -> f64 {
+            self.exchanging.get()
         }
     }
 

@@ -181,3 +181,24 @@ fn numeric_flags_out_of_range_are_refused_by_the_parser() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Started by an MPI launcher as one of several processes, a build without MPI support refuses
+/// (each process would run the whole job alone) and says how to build one; as the only process
+/// it runs as usual.
+#[test]
+fn a_build_without_mpi_refuses_to_be_one_of_several_workers() {
+    let version = convrec().arg("--version").output().unwrap();
+    if String::from_utf8_lossy(&version.stdout).contains("(mpi)") {
+        return; // native/tests/mpi.rs covers that build
+    }
+    let out = convrec().args(["score", "--help"]).env("OMPI_COMM_WORLD_SIZE", "2").output().unwrap();
+    assert!(out.status.success(), "--help is answered before anything starts");
+    let out = convrec().args(["data", "movielens", "--out", "x"]).env("PMI_SIZE", "2").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--features mpi") && err.contains("2 processes"), "{err}");
+    let mut alone = convrec();
+    alone.args(["score", "--catalog", "missing.tsv", "--input", "missing.jsonl"]);
+    let out = alone.env("OMPI_COMM_WORLD_SIZE", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing") && !err.contains("MPI"), "one process is a plain run: {err}");
+}

@@ -97,31 +97,12 @@ fn sft_with_two_workers_is_the_run_of_one_and_resumes_only_with_two() {
     write_dataset(&dir.join("train.jsonl"), 7);
     // 7 rows in micro-batches of 3 (split 1 + 2 between the workers; the last micro-batch of an
     // epoch has one row, so one worker idles), two micro-batches per step, 3 epochs: 6 steps.
-    let args = [
-        "sft",
-        "--model",
-        "model",
-        "--data",
-        "train.jsonl",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "3",
-        "--grad-accum",
-        "2",
-        "--lora-r",
-        "4",
-        "--lora-alpha",
-        "8",
-        "--lr",
-        "1e-2",
-        "--max-length",
-        "64",
-        "--save-every",
-        "1000",
-    ];
-    run_ok(convrec().current_dir(&dir).args(args).args(["--out", "one"]));
-    let out = output_within(two_workers.current_dir(&dir).args(args).args(["--out", "two"]), Duration::from_secs(300));
+    let args: Vec<&str> = "sft --model model --data train.jsonl --epochs 3 --batch-size 3 --grad-accum 2 \
+                           --lora-r 4 --lora-alpha 8 --lr 1e-2 --max-length 64 --save-every 1000"
+        .split_whitespace()
+        .collect();
+    run_ok(convrec().current_dir(&dir).args(&args).args(["--out", "one"]));
+    let out = output_within(two_workers.current_dir(&dir).args(&args).args(["--out", "two"]), Duration::from_secs(300));
     assert!(out.status.success(), "mpirun failed:\n{}", String::from_utf8_lossy(&out.stderr));
 
     let (one, two) = (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")));
@@ -140,7 +121,7 @@ fn sft_with_two_workers_is_the_run_of_one_and_resumes_only_with_two() {
     assert_eq!(state(&dir.join("one/checkpoint"))["workers"], 1);
 
     // Resumed alone, the two-worker run is refused, naming both counts.
-    let out = convrec().current_dir(&dir).args(args).args(["--out", "two", "--resume", "two"]).output().unwrap();
+    let out = convrec().current_dir(&dir).args(&args).args(["--out", "two", "--resume", "two"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("2 worker(s)") && err.contains("resumed by 1"), "{err}");
 }
@@ -163,37 +144,31 @@ fn rank_grpo_with_two_workers_is_the_run_of_one() {
             .args(["--batch-size", "3", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-2", "--max-length", "64"])
             .args(["--save-every", "1000"]),
     );
-    // 3 prompts per step (1 + 2 between the workers), G = 2, two steps.
-    let args = [
-        "train",
-        "--model",
-        "model",
-        "--adapter",
-        "sft/adapter",
-        "--data",
-        "train.jsonl",
-        "--catalog",
-        "catalog.tsv",
-        "--prompts-per-step",
-        "3",
-        "--group-size",
-        "2",
-        "--steps",
-        "2",
-        "--max-new-tokens",
-        "16",
-        "--max-prompt-length",
-        "64",
-        "--lr",
-        "1e-3",
-        "--beta",
-        "0.01",
-    ];
-    run_ok(convrec().current_dir(&dir).args(args).args(["--out", "one"]));
-    let out = output_within(two_workers.current_dir(&dir).args(args).args(["--out", "two"]), Duration::from_secs(300));
+    // 3 prompts per step (1 + 2 between the workers), G = 2, two steps; validation on 5 rows
+    // (2 + 3) at the start and the end.
+    let args: Vec<&str> = "train --model model --adapter sft/adapter --data train.jsonl --catalog catalog.tsv \
+                           --prompts-per-step 3 --group-size 2 --steps 2 --max-new-tokens 16 \
+                           --max-prompt-length 64 --lr 1e-3 --beta 0.01 --eval-data train.jsonl --eval-limit 5"
+        .split_whitespace()
+        .collect();
+    run_ok(convrec().current_dir(&dir).args(&args).args(["--out", "one"]));
+    let out = output_within(two_workers.current_dir(&dir).args(&args).args(["--out", "two"]), Duration::from_secs(300));
     assert!(out.status.success(), "mpirun failed:\n{}", String::from_utf8_lossy(&out.stderr));
 
     let (one, two) = (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")));
+    let validations =
+        |lines: &[Value]| -> Vec<Value> { lines.iter().filter(|l| l.get("val_ndcg@20").is_some()).cloned().collect() };
+    let (val_one, val_two) = (validations(&one), validations(&two));
+    assert_eq!((val_one.len(), val_two.len()), (2, 2), "validation at steps 0 and 2, written once: {two:?}");
+    for (a, b) in val_two.iter().zip(&val_one) {
+        // The same greedy answers, shared out between the workers: the same scores.
+        for key in ["val_ndcg@20", "val_recall@20", "val_in_catalog_rate", "val_mean_list_length"] {
+            assert!(close(num(a, key), num(b, key), 1e-9, 1e-12), "{key}: {a} vs {b}");
+        }
+    }
+    assert!(num(&val_one[0], "val_recall@20") > 0.0, "the memorised answers hit: {val_one:?}");
+    let steps = |lines: &[Value]| -> Vec<Value> { lines.iter().filter(|l| l.get("loss").is_some()).cloned().collect() };
+    let (one, two) = (steps(&one), steps(&two));
     assert_eq!((one.len(), two.len()), (2, 2), "one line per step, written once: {two:?}");
     assert!(one.iter().any(|l| num(l, "ndcg20") > 0.0), "no sample was rewarded, nothing to compare: {one:?}");
     for (a, b) in two.iter().zip(&one) {

@@ -162,8 +162,16 @@ fn every_wgsl_file_is_registered_and_used() {
     let used: BTreeSet<String> =
         all_specializations().iter().chain(&coop_specializations()).map(|v| v.shader().file.to_string()).collect();
     assert_eq!(used, registered, "a registered shader has no specialisation in ops::all_specializations()");
-    // The binary embeds the file as it is on disk.
-    for s in shaders::ALL {
+    // The shared fragments: every file of shaders/include/ registered.
+    let fragments_on_disk: BTreeSet<String> = std::fs::read_dir(dir.join("include"))
+        .expect("shaders/include/ exists")
+        .map(|e| format!("include/{}", e.expect("dir entry").file_name().to_string_lossy()))
+        .filter(|name| name.ends_with(".wgsl"))
+        .collect();
+    let fragments: BTreeSet<String> = shaders::FRAGMENTS.iter().map(|s| s.file.to_string()).collect();
+    assert_eq!(fragments_on_disk, fragments, "shaders/include/ and shaders::FRAGMENTS disagree");
+    // The binary embeds each file as it is on disk.
+    for s in shaders::ALL.iter().chain(shaders::FRAGMENTS) {
         assert_eq!(std::fs::read_to_string(dir.join(s.file)).unwrap(), s.source, "{} is stale", s.file);
     }
 }

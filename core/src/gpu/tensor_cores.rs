@@ -17,12 +17,25 @@ pub enum Precision {
 }
 
 impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Mixed];
+
     /// The flag's value: `f32` or `mixed`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Mixed => "mixed",
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    /// The `--precision` flag of the command lines (`convrec`, `convrec-bench`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("`{s}` is not a precision (f32 or mixed)"))
     }
 }
 

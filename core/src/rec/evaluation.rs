@@ -16,6 +16,7 @@ use crate::model::generate::{GenerateRequest, generate};
 use crate::model::gpu::{GpuModel, ModelError};
 use crate::model::text::{ChatText, TextError};
 use crate::ops::decode::SamplingConfig;
+use crate::workers::{Workers, share};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -205,6 +206,76 @@ impl EvalSummary {
     }
 }
 
+/// The summary of per-row columns: one list per ranking metric (named, in `KS` order), then the
+/// in-catalog, valid-format, list-length and cut columns.
+fn summarize(
+    per_metric: &[(String, Vec<f64>)],
+    in_catalog: &[f64],
+    valid: &[f64],
+    lengths: &[f64],
+    cut: &[f64],
+) -> EvalSummary {
+    EvalSummary {
+        rows: cut.len(),
+        metrics: per_metric.iter().map(|(n, v)| (n.clone(), mean_se(v))).collect(),
+        in_catalog_rate: mean_se(in_catalog).mean,
+        valid_format_rate: mean_se(valid).mean,
+        mean_list_length: mean_se(lengths).mean,
+        cut_rate: mean_se(cut).mean,
+    }
+}
+
+/// Numbers per row in [`row_numbers`].
+const ROW_NUMBERS: usize = 2 * KS.len() + 4;
+
+/// What a summary is made of, per row: the ranking metrics in `EvalSummary::metrics` order, then
+/// in-catalog, valid-format, list length (items up to `rec_num`) and cut.
+fn row_numbers(r: &RowResult, rec_num: usize) -> Vec<f64> {
+    let ranking = KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).map(|n| r.metrics[&n]);
+    let tail = [r.in_catalog, r.valid_format, r.items.len().min(rec_num) as f64, r.cut as u8 as f64];
+    ranking.chain(tail).collect()
+}
+
+/// [`evaluate_rows`] shared by data-parallel `workers`: each answers its share of `rows`, the
+/// per-row scores are summed into one table (each row's numbers come from exactly one worker, so
+/// the sum is exact), and every worker gets the summary of all rows — the one a single worker
+/// answering every row computes.
+pub async fn evaluate_rows_shared(
+    gpu: &Gpu,
+    model: &GpuModel,
+    text: &ChatText,
+    rows: &[Row],
+    catalog: &Catalog,
+    options: &EvalOptions,
+    workers: &dyn Workers,
+) -> Result<EvalSummary, EvalError> {
+    let width = ROW_NUMBERS;
+    let mine = share(rows.len(), workers.rank(), workers.count());
+    let mut table = vec![0f64; rows.len() * width];
+    if !mine.is_empty() {
+        let eval = evaluate_rows(gpu, model, text, &rows[mine.clone()], catalog, options, |_| {}).await?;
+        for (i, r) in eval.rows.iter().enumerate() {
+            let at = (mine.start + i) * width;
+            table[at..at + width].copy_from_slice(&row_numbers(r, options.matching.rec_num));
+        }
+    }
+    workers.sum_f64(&mut table);
+    Ok(summary_of_numbers(&table))
+}
+
+/// The summary of a table of [`row_numbers`], one row after another.
+fn summary_of_numbers(table: &[f64]) -> EvalSummary {
+    let ranking = 2 * KS.len();
+    let column = |c: usize| -> Vec<f64> { table.chunks(ROW_NUMBERS).map(|row| row[c]).collect() };
+    let per_metric: Vec<(String, Vec<f64>)> = KS
+        .iter()
+        .flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")])
+        .enumerate()
+        .map(|(c, name)| (name, column(c)))
+        .collect();
+    summarize(&per_metric, &column(ranking), &column(ranking + 1), &column(ranking + 2), &column(ranking + 3))
+}
+
 /// Scores every row's answer.
 pub fn score_rows(
     rows: &[Row],
@@ -248,14 +319,7 @@ pub fn score_rows(
             cut: answer.cut,
         });
     }
-    let summary = EvalSummary {
-        rows: rows.len(),
-        metrics: per_metric.into_iter().map(|(n, v)| (n, mean_se(&v))).collect(),
-        in_catalog_rate: mean_se(&in_catalog).mean,
-        valid_format_rate: mean_se(&valid).mean,
-        mean_list_length: mean_se(&lengths).mean,
-        cut_rate: mean_se(&cut).mean,
-    };
+    let summary = summarize(&per_metric, &in_catalog, &valid, &lengths, &cut);
     (results, summary)
 }
 
@@ -346,5 +410,57 @@ mod tests {
         assert_eq!(json["rows"], 3);
         assert!(json["ndcg@20"]["se"].as_f64().unwrap() > 0.0);
         assert_eq!(s.metrics.iter().map(|(n, _)| n.as_str()).take(2).collect::<Vec<_>>(), ["recall@5", "ndcg@5"]);
+
+        // What data-parallel workers exchange per row gives back the same summary.
+        let table: Vec<f64> = results.iter().flat_map(|r| row_numbers(r, MatchConfig::default().rec_num)).collect();
+        assert_eq!(format!("{:?}", summary_of_numbers(&table)), format!("{s:?}"));
+    }
+
+    /// Validation shared by three workers (threads; one idle when there are two rows): the summary
+    /// every worker gets is the one a single worker answering every row computes.
+    #[test]
+    fn workers_sharing_the_rows_get_the_summary_of_all_rows() {
+        use crate::workers::LocalGroup;
+        let Some(gpu) = crate::testing::gpu() else { return };
+        let mut rng = crate::testing::rng("shared evaluation");
+        let text = crate::testing::byte_level_chat_text();
+        let mut config = crate::testing::tiny_config(crate::model::Architecture::Llama, true);
+        config.vocab_size = 320; // the byte-level tokenizer's
+        let tensors = crate::testing::random_tensors(&config, &mut rng);
+        let model = GpuModel::upload(&gpu, config.clone(), tensors, 96).unwrap();
+        let mut catalog = Catalog::new();
+        catalog.insert("Aliens", 1986);
+        let options =
+            EvalOptions { max_new_tokens: 12, max_prompt_length: 48, batch_size: 2, ..EvalOptions::default() };
+        for n in [2usize, 5] {
+            let rows: Vec<Row> = (0..n).map(|i| row(&format!("r{i}"), &[("Aliens", "1986")])).collect();
+            let rows: Vec<Row> = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut r)| {
+                    r.prompt[0].content = format!("movie number {i} like Alien?");
+                    r
+                })
+                .collect();
+            let alone = pollster::block_on(evaluate_rows(&gpu, &model, &text, &rows, &catalog, &options, |_| {}));
+            let alone = format!("{:?}", alone.unwrap().summary);
+            let shared: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = LocalGroup::new(3)
+                    .into_iter()
+                    .map(|w| {
+                        let (gpu, model, text, rows, catalog, options) =
+                            (&gpu, &model, &text, &rows, &catalog, &options);
+                        s.spawn(move || {
+                            let summary = evaluate_rows_shared(gpu, model, text, rows, catalog, options, &w);
+                            format!("{:?}", pollster::block_on(summary).unwrap())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for summary in &shared {
+                assert_eq!(summary, &alone, "{n} rows over 3 workers");
+            }
+        }
     }
 }

@@ -167,7 +167,7 @@ fn rank_grpo_raises_a_dense_reward_and_its_mirror_image_does_not() {
 /// aggregations, μ = 1 and 2 (old log-probs kept per worker), a KL term.
 #[test]
 fn steps_split_across_workers_are_the_steps_one_worker_takes() {
-    use crate::train::workers::{LocalGroup, Single, Workers};
+    use crate::workers::{LocalGroup, Single, Workers};
     use std::rc::Rc;
     if testing::gpu().is_none() {
         return;

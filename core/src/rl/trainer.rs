@@ -28,7 +28,7 @@ use crate::train::TrainError;
 use crate::train::lora::LoraLayout;
 use crate::train::merge::LoraMerge;
 use crate::train::trainer::{LoraTrainer, MicroBatch, Schedule};
-use crate::train::workers::{Single, Workers, share};
+use crate::workers::{Single, Workers, share};
 
 /// The RL algorithm: which importance-ratio level and which rewards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -293,7 +293,7 @@ pub struct RlTrainer {
     merge: LoraMerge,
     objective: Objective,
     /// The run's workers: each samples, scores and trains on its share of every step's prompts
-    /// (see `train::workers`).
+    /// (see `workers`).
     workers: Rc<dyn Workers>,
 }
 

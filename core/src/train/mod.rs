@@ -1,6 +1,5 @@
 //! Training: LoRA adapters, the backward pass through the model, the shared LoRA training loop,
-//! the SFT trainer (stage 1) and data parallelism across workers. The RL trainer (stage 2) lives
-//! in `rl`.
+//! and the SFT trainer (stage 1). The RL trainer (stage 2) lives in `rl`.
 
 pub mod backprop;
 pub mod grads;
@@ -9,7 +8,6 @@ pub mod merge;
 pub mod peft;
 pub mod sft;
 pub mod trainer;
-pub mod workers;
 
 use crate::gpu::GpuError;
 use crate::model::gpu::ModelError;

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::lora::LoraLayout;
 use super::trainer::{LoraTrainer, MicroBatch, Schedule};
-use super::workers::{Single, Workers, share};
 use crate::gpu::Gpu;
 use crate::model::gpu::GpuModel;
 use crate::model::text::ChatText;
 use crate::ops::adamw::AdamWConfig;
 use crate::rec::{InputError, Row};
+use crate::workers::{Single, Workers, share};
 
 /// Prompt and completion ids of one demonstration.
 pub type Example = (Vec<u32>, Vec<u32>);
@@ -159,7 +159,7 @@ pub struct SftTrainer {
     batches: Vec<Vec<usize>>,
     /// The lowest step loss of this run (since it started or resumed).
     best_loss: f64,
-    /// The run's workers: each takes its share of every micro-batch's rows (see `train::workers`).
+    /// The run's workers: each takes its share of every micro-batch's rows (see `workers`).
     workers: Rc<dyn Workers>,
 }
 
@@ -377,7 +377,7 @@ mod tests {
     /// within rounding (the sums run in another order, and each worker pads its own rows).
     #[test]
     fn three_workers_take_the_steps_one_worker_takes() {
-        use crate::train::workers::LocalGroup;
+        use crate::workers::LocalGroup;
         use rand::Rng;
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("sft workers");

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use super::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index, head_rows};
 use super::lora::LoraLayout;
-use super::workers::Workers;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::model::gpu::{GpuModel, ModelError, ModelResult, check_ids, check_length};
 use crate::ops::adamw::{AdamW, AdamWConfig};
+use crate::workers::Workers;
 
 /// One micro-batch, left-padded to `t` tokens per sequence (host side).
 #[derive(Clone, Debug, Default)]

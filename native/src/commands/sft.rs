@@ -13,7 +13,7 @@ use convrec_core::rec::evaluation::EvalOptions;
 use convrec_core::train::lora::{LoraConfig, LoraLayout, Target};
 use convrec_core::train::merge::LoraMerge;
 use convrec_core::train::sft::{SftConfig, SftPosition, SftTrainer, sft_examples};
-use convrec_core::train::workers::Workers;
+use convrec_core::workers::Workers;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -199,9 +199,12 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     let total_steps = trainer.total_steps();
     let bar = super::progress_bar(total_steps, "sft", session.writes())?;
     bar.set_position(trainer.lora.step);
-    let evaluate = |trainer: &mut SftTrainer, run: &mut RunDir| -> anyhow::Result<()> {
+    // Every worker validates (each answers its share of the rows); worker 0 alone, the one holding
+    // `run`, also scores the held-out NLL and writes.
+    let evaluate = |trainer: &mut SftTrainer, mut run: Option<&mut RunDir>| -> anyhow::Result<()> {
         let step = trainer.lora.step;
-        if !held_out.is_empty()
+        if let Some(run) = run.as_deref_mut()
+            && !held_out.is_empty()
             && (step == 0 || step == total_steps || validation.as_ref().is_some_and(|v| v.due(step, total_steps)))
         {
             let nll = pollster::block_on(trainer.nll(gpu, &model, &held_out))?;
@@ -213,53 +216,63 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         {
             let merged = pollster::block_on(merge.refresh(gpu, &trainer.lora.layout, &trainer.lora.params))?;
             let params = pollster::block_on(trainer.lora.read_params(gpu))?;
-            let summary = v.run(gpu, merged, tm, step, run, &trainer.lora.layout, &params, base_name)?;
+            let layout = &trainer.lora.layout;
+            let summary = v.run(gpu, merged, tm, step, session.workers.as_ref(), run, layout, &params, base_name)?;
             bar.println(describe(step, &summary));
         }
         Ok(())
     };
-    if let Some(run) = run.as_mut()
-        && trainer.lora.step == 0
-    {
-        evaluate(&mut trainer, run)?;
+    if trainer.lora.step == 0 {
+        evaluate(&mut trainer, run.as_mut())?;
     }
     let clock = Instant::now();
     let mut tokens_seen = 0usize;
     let mut warned_explosion = false;
+    let mut last = (0.0, session.workers.exchange_seconds());
     while !trainer.done() {
         let s = pollster::block_on(trainer.step(gpu, &model))?;
         tokens_seen += s.tokens;
         let elapsed = clock.elapsed().as_secs_f64();
+        let exchanged = session.workers.exchange_seconds();
+        let (step_s, exchange_s) = (elapsed - last.0, exchanged - last.1);
+        last = (elapsed, exchanged);
         let tps = tokens_seen as f64 / elapsed.max(1e-9);
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4} · {tps:.0} tok/s", s.loss));
-        let Some(run) = run.as_mut() else { continue };
-        run.log(&json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                        "tokens_per_s": tps, "elapsed_s": elapsed, "exploded": s.exploded}))?;
-        if s.exploded && !warned_explosion {
-            warned_explosion = true;
-            bar.suspend(|| {
-                eprintln!(
-                    "warning: step {}: the loss {:.3} has exploded (more than twice its lowest value in this run) —                      training is diverging; a lower --lr (now {}) usually helps. The run goes on; `exploded` in                      metrics.jsonl marks each such step",
-                    s.step, s.loss, args.lr
-                )
-            });
-        }
-        if s.step.is_multiple_of(args.save_every) {
-            let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
-            convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
+        if let Some(run) = run.as_mut() {
+            run.log(&json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
+                            "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": elapsed, "step_s": step_s,
+                            "exploded": s.exploded, "workers": workers, "exchange_s": exchange_s}))?;
+            if s.exploded && !warned_explosion {
+                warned_explosion = true;
+                bar.suspend(|| {
+                    eprintln!(
+                        "warning: step {}: the loss {:.3} has exploded (more than twice its lowest value in this \
+                         run) — training is diverging; a lower --lr (now {}) usually helps. The run goes on; \
+                         `exploded` in metrics.jsonl marks each such step",
+                        s.step, s.loss, args.lr
+                    )
+                });
+            }
+            if s.step.is_multiple_of(args.save_every) {
+                let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
+                convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
+            }
         }
         if !trainer.done() {
-            evaluate(&mut trainer, run)?;
+            evaluate(&mut trainer, run.as_mut())?;
         }
     }
     bar.finish_and_clear();
-    let Some(mut run) = run else { return Ok(()) };
-    let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
-    convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
-    let params = pollster::block_on(trainer.lora.read_params(gpu))?;
-    convrec::adapter_files::save_adapter(&run.adapter(), &trainer.lora.layout, &params, base_name)?;
-    evaluate(&mut trainer, &mut run)?;
-    eprintln!("adapter written to {}", run.adapter().display());
+    if let Some(run) = &run {
+        let state = TrainerState { position: trainer.position(), args: args.clone(), workers };
+        convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
+        let params = pollster::block_on(trainer.lora.read_params(gpu))?;
+        convrec::adapter_files::save_adapter(&run.adapter(), &trainer.lora.layout, &params, base_name)?;
+    }
+    evaluate(&mut trainer, run.as_mut())?;
+    if let Some(run) = &run {
+        eprintln!("adapter written to {}", run.adapter().display());
+    }
     Ok(())
 }

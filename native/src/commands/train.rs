@@ -11,7 +11,7 @@ use convrec_core::GpuOptions;
 use convrec_core::rec::evaluation::EvalOptions;
 use convrec_core::rl::rollout::RewardKind;
 use convrec_core::rl::trainer::{Aggregation, Algo, Prompt, RlConfig, RlTrainer, rl_prompts, step_prompts};
-use convrec_core::train::workers::Workers;
+use convrec_core::workers::Workers;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -210,7 +210,8 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
     let mut tokens_seen = 0usize;
-    let validate = |trainer: &RlTrainer, run: &mut RunDir| -> anyhow::Result<()> {
+    // Every worker validates (each answers its share of the rows); worker 0, holding `run`, writes.
+    let validate = |trainer: &RlTrainer, run: Option<&mut RunDir>| -> anyhow::Result<()> {
         let Some(v) = &validation else { return Ok(()) };
         let step = trainer.lora.step;
         if !v.due(step, total_steps) {
@@ -218,21 +219,22 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         }
         let model = pollster::block_on(trainer.merged(gpu))?;
         let params = pollster::block_on(trainer.lora.read_params(gpu))?;
-        let summary = v.run(gpu, model, tm, step, run, &trainer.lora.layout, &params, base_name)?;
+        let layout = &trainer.lora.layout;
+        let summary = v.run(gpu, model, tm, step, session.workers.as_ref(), run, layout, &params, base_name)?;
         bar.println(describe(step, &summary));
         Ok(())
     };
-    if let Some(run) = run.as_mut()
-        && trainer.lora.step == 0
-    {
-        validate(&trainer, run)?;
+    if trainer.lora.step == 0 {
+        validate(&trainer, run.as_mut())?;
     }
     while trainer.lora.step < total_steps {
         let chosen: Vec<&Prompt> = step_prompts(trainer.lora.step, prompts.len(), per_step, args.seed)
             .into_iter()
             .map(|i| &prompts[i])
             .collect();
+        let exchanged = session.workers.exchange_seconds();
         let step = pollster::block_on(trainer.step(gpu, &base, tm, &catalog, &chosen, &now))?;
+        let exchange_s = session.workers.exchange_seconds() - exchanged;
         tokens_seen += step.tokens;
         let tokens_per_s = step.tokens as f64 / step.step_s.max(1e-9);
         bar.set_position(step.step);
@@ -242,20 +244,22 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
             step.samples.reward_per_rank.iter().sum::<f64>() / step.samples.reward_per_rank.len().max(1) as f64,
             step.update.kl,
         ));
-        let Some(run) = run.as_mut() else { continue };
-        let mut record = serde_json::to_value(&step)?;
-        record.as_object_mut().expect("a step serialises to an object").extend(
-            json!({"algo": args.algo, "tokens_per_s": tokens_per_s, "elapsed_s": now(), "tokens_seen": tokens_seen})
+        if let Some(run) = run.as_mut() {
+            let mut record = serde_json::to_value(&step)?;
+            record.as_object_mut().expect("a step serialises to an object").extend(
+                json!({"algo": args.algo, "tokens_per_s": tokens_per_s, "elapsed_s": now(), "tokens_seen": tokens_seen,
+                       "workers": workers, "exchange_s": exchange_s})
                 .as_object()
                 .expect("an object")
                 .clone(),
-        );
-        run.log(&record)?;
-        if step.step.is_multiple_of(args.save_every) {
-            let state = TrainState { step: step.step, args: args.clone(), workers };
-            convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
+            );
+            run.log(&record)?;
+            if step.step.is_multiple_of(args.save_every) {
+                let state = TrainState { step: step.step, args: args.clone(), workers };
+                convrec::checkpoint::save(&run.checkpoint(), &trainer.lora, gpu, &state, base_name)?;
+            }
         }
-        validate(&trainer, run)?;
+        validate(&trainer, run.as_mut())?;
     }
     bar.finish_and_clear();
     let Some(run) = run else { return Ok(()) };

@@ -6,6 +6,8 @@
 //! one a single process would take: the LoRA gradient (SmolLM2-135M at r = 16: 4.9 M floats) and
 //! a handful of counters (loss, token and completion counts). Every worker then applies the same
 //! AdamW step to the same sum, so their adapters stay identical without ever being sent.
+//! Validation is shared the same way: each worker answers its share of the held-out rows and the
+//! per-row scores are summed into one table (`rec::evaluation::evaluate_rows_shared`).
 //!
 //! The transport is a front end's business: the native binary uses MPI (`convrec` built with
 //! `--features mpi`, run under `mpirun`), tests use threads ([`LocalGroup`]), everything else
@@ -24,6 +26,11 @@ pub trait Workers {
     /// optimiser steps keep the adapters identical).
     fn sum_f32(&self, values: &mut [f32]);
     fn sum_f64(&self, values: &mut [f64]);
+    /// Seconds spent in sums so far: waiting for the slowest worker, then the transfer (what data
+    /// parallelism costs a step; metrics report it per step as `exchange_s`).
+    fn exchange_seconds(&self) -> f64 {
+        0.0
+    }
 }
 
 /// One process, alone: sums are the values themselves.
