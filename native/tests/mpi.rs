@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,30 +82,39 @@ fn same_adapter(dir: &Path, start: &[f32], one: &str, two: &str, bound: f64) {
     assert!(err < bound, "the adapters moved differently: {err:e}");
 }
 
+/// A scratch folder with the tiny model and `rows` training rows for `test`, and `mpirun -np 2`;
+/// `None` (skipped) without MPI or a GPU.
+fn setup(test: &str, rows: usize) -> Option<(PathBuf, Command)> {
+    let two_workers = mpirun(2)?;
+    convrec_core::testing::gpu()?;
+    let dir = scratch("mpi", test);
+    tiny_model(&dir);
+    write_dataset(&dir.join("train.jsonl"), rows);
+    Some((dir, two_workers))
+}
+
+/// `args` run alone into `one/` and by two workers into `two/`: the two runs' metrics lines.
+fn alone_and_by_two(dir: &Path, mut two_workers: Command, args: &[&str]) -> (Vec<Value>, Vec<Value>) {
+    run_ok(convrec().current_dir(dir).args(args).args(["--out", "one"]));
+    let out = output_within(two_workers.current_dir(dir).args(args).args(["--out", "two"]), Duration::from_secs(300));
+    assert!(out.status.success(), "mpirun failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")))
+}
+
 fn state(checkpoint: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(checkpoint.join("trainer_state.json")).unwrap()).unwrap()
 }
 
 #[test]
 fn sft_with_two_workers_is_the_run_of_one_and_resumes_only_with_two() {
-    let Some(mut two_workers) = mpirun(2) else { return };
-    if convrec_core::testing::gpu().is_none() {
-        return;
-    }
-    let dir = scratch("mpi", "sft");
-    tiny_model(&dir);
-    write_dataset(&dir.join("train.jsonl"), 7);
+    let Some((dir, two_workers)) = setup("sft", 7) else { return };
     // 7 rows in micro-batches of 3 (split 1 + 2 between the workers; the last micro-batch of an
     // epoch has one row, so one worker idles), two micro-batches per step, 3 epochs: 6 steps.
     let args: Vec<&str> = "sft --model model --data train.jsonl --epochs 3 --batch-size 3 --grad-accum 2 \
                            --lora-r 4 --lora-alpha 8 --lr 1e-2 --max-length 64 --save-every 1000"
         .split_whitespace()
         .collect();
-    run_ok(convrec().current_dir(&dir).args(&args).args(["--out", "one"]));
-    let out = output_within(two_workers.current_dir(&dir).args(&args).args(["--out", "two"]), Duration::from_secs(300));
-    assert!(out.status.success(), "mpirun failed:\n{}", String::from_utf8_lossy(&out.stderr));
-
-    let (one, two) = (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")));
+    let (one, two) = alone_and_by_two(&dir, two_workers, &args);
     assert_eq!(two.len(), one.len(), "one line per step, written once (by worker 0): {two:?}");
     assert_eq!(one.len(), 6);
     for (a, b) in two.iter().zip(&one) {
@@ -128,13 +137,7 @@ fn sft_with_two_workers_is_the_run_of_one_and_resumes_only_with_two() {
 
 #[test]
 fn rank_grpo_with_two_workers_is_the_run_of_one() {
-    let Some(mut two_workers) = mpirun(2) else { return };
-    if convrec_core::testing::gpu().is_none() {
-        return;
-    }
-    let dir = scratch("mpi", "rank_grpo");
-    tiny_model(&dir);
-    write_dataset(&dir.join("train.jsonl"), 6);
+    let Some((dir, two_workers)) = setup("rank_grpo", 6) else { return };
     write_catalog(&dir.join("catalog.tsv"));
     // An SFT adapter that memorised the rows, so that samples are rewarded (as in train.rs).
     run_ok(
@@ -151,11 +154,7 @@ fn rank_grpo_with_two_workers_is_the_run_of_one() {
                            --max-prompt-length 64 --lr 1e-3 --beta 0.01 --eval-data train.jsonl --eval-limit 5"
         .split_whitespace()
         .collect();
-    run_ok(convrec().current_dir(&dir).args(&args).args(["--out", "one"]));
-    let out = output_within(two_workers.current_dir(&dir).args(&args).args(["--out", "two"]), Duration::from_secs(300));
-    assert!(out.status.success(), "mpirun failed:\n{}", String::from_utf8_lossy(&out.stderr));
-
-    let (one, two) = (jsonl(&dir.join("one/metrics.jsonl")), jsonl(&dir.join("two/metrics.jsonl")));
+    let (one, two) = alone_and_by_two(&dir, two_workers, &args);
     let validations =
         |lines: &[Value]| -> Vec<Value> { lines.iter().filter(|l| l.get("val_ndcg@20").is_some()).cloned().collect() };
     let (val_one, val_two) = (validations(&one), validations(&two));
@@ -191,13 +190,7 @@ fn rank_grpo_with_two_workers_is_the_run_of_one() {
 
 #[test]
 fn a_failing_worker_ends_every_worker_and_other_commands_are_refused() {
-    let Some(mut two_workers) = mpirun(2) else { return };
-    if convrec_core::testing::gpu().is_none() {
-        return;
-    }
-    let dir = scratch("mpi", "failure");
-    tiny_model(&dir);
-    write_dataset(&dir.join("train.jsonl"), 4);
+    let Some((dir, mut two_workers)) = setup("failure", 4) else { return };
     // A folder that holds a run: worker 0 refuses to write into it, while worker 1 goes on to its
     // first step and waits there for a sum worker 0 never joins — unless the failure ends it.
     std::fs::create_dir_all(dir.join("taken")).unwrap();

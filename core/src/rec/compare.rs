@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use super::{InputError, KS};
+use super::InputError;
 
 /// The per-row metrics that are compared, in report order.
 pub fn compared_metrics() -> Vec<String> {
-    let mut names: Vec<String> = KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).collect();
+    let mut names = super::metrics::ranking_metric_names();
     names.extend(["in_catalog", "valid_format"].map(String::from));
     names
 }

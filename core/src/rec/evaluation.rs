@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use super::metrics::ranking_metric_names;
 use super::{Catalog, Item, KS, MatchConfig, MeanSe, Row, evaluate, mean_se, parse_completion};
 use crate::gpu::Gpu;
 use crate::model::generate::{GenerateRequest, generate};
@@ -231,7 +232,7 @@ const ROW_NUMBERS: usize = 2 * KS.len() + 4;
 /// What a summary is made of, per row: the ranking metrics in `EvalSummary::metrics` order, then
 /// in-catalog, valid-format, list length (items up to `rec_num`) and cut.
 fn row_numbers(r: &RowResult, rec_num: usize) -> Vec<f64> {
-    let ranking = KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).map(|n| r.metrics[&n]);
+    let ranking = ranking_metric_names().into_iter().map(|n| r.metrics[&n]);
     let tail = [r.in_catalog, r.valid_format, r.items.len().min(rec_num) as f64, r.cut as u8 as f64];
     ranking.chain(tail).collect()
 }
@@ -267,12 +268,8 @@ pub async fn evaluate_rows_shared(
 fn summary_of_numbers(table: &[f64]) -> EvalSummary {
     let ranking = 2 * KS.len();
     let column = |c: usize| -> Vec<f64> { table.chunks(ROW_NUMBERS).map(|row| row[c]).collect() };
-    let per_metric: Vec<(String, Vec<f64>)> = KS
-        .iter()
-        .flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")])
-        .enumerate()
-        .map(|(c, name)| (name, column(c)))
-        .collect();
+    let per_metric: Vec<(String, Vec<f64>)> =
+        ranking_metric_names().into_iter().enumerate().map(|(c, name)| (name, column(c))).collect();
     summarize(&per_metric, &column(ranking), &column(ranking + 1), &column(ranking + 2), &column(ranking + 3))
 }
 
@@ -284,8 +281,7 @@ pub fn score_rows(
     matching: &MatchConfig,
 ) -> (Vec<RowResult>, EvalSummary) {
     assert_eq!(rows.len(), completions.len(), "one completion per row");
-    let mut per_metric: Vec<(String, Vec<f64>)> =
-        KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).map(|n| (n, Vec::new())).collect();
+    let mut per_metric: Vec<(String, Vec<f64>)> = ranking_metric_names().into_iter().map(|n| (n, Vec::new())).collect();
     let (mut lengths, mut in_catalog, mut valid, mut cut) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut results = Vec::with_capacity(rows.len());
     for (row, answer) in rows.iter().zip(completions) {

@@ -16,13 +16,16 @@ pub struct Metrics {
     pub ndcg: [f64; 4],
 }
 
+/// The ranking metrics' names in report order: `recall@5`, `ndcg@5`, `recall@10`, ….
+pub fn ranking_metric_names() -> Vec<String> {
+    KS.iter().flat_map(|k| [format!("recall@{k}"), format!("ndcg@{k}")]).collect()
+}
+
 impl Metrics {
-    /// `(name, value)` pairs in report order: `recall@5`, `ndcg@5`, `recall@10`, ….
+    /// `(name, value)` pairs in report order ([`ranking_metric_names`]).
     pub fn named(&self) -> Vec<(String, f64)> {
-        KS.iter()
-            .enumerate()
-            .flat_map(|(i, k)| [(format!("recall@{k}"), self.recall[i]), (format!("ndcg@{k}"), self.ndcg[i])])
-            .collect()
+        let values = self.recall.iter().zip(&self.ndcg).flat_map(|(r, n)| [*r, *n]);
+        ranking_metric_names().into_iter().zip(values).collect()
     }
 }
 
