@@ -10,7 +10,7 @@
 //! per-row scores are summed into one table (`rec::evaluation::evaluate_rows_shared`).
 //!
 //! The transport is a front end's business: the native binary uses MPI (`convrec` built with
-//! `--features mpi`, run under `mpirun`), tests use threads ([`LocalGroup`]), everything else
+//! `--features mpi`, run under `mpirun`), tests use threads ([`LocalWorker`]), everything else
 //! runs alone ([`Single`]).
 
 use std::ops::Range;
@@ -56,25 +56,13 @@ pub fn share(len: usize, rank: usize, count: usize) -> Range<usize> {
     len * rank / count..len * (rank + 1) / count
 }
 
-/// Workers as threads of one process, for tests: each thread holds one [`LocalWorker`].
-pub struct LocalGroup;
-
-impl LocalGroup {
-    /// `count` workers that sum through shared memory (in rank order, so every worker gets the
-    /// same bits).
-    #[allow(clippy::new_ret_no_self)]
-    pub fn new(count: usize) -> Vec<LocalWorker> {
-        let shared = Arc::new(Shared { barrier: Barrier::new(count), slots: Mutex::new(vec![Vec::new(); count]) });
-        (0..count).map(|rank| LocalWorker { rank, count, shared: shared.clone() }).collect()
-    }
-}
-
 struct Shared {
     barrier: Barrier,
     /// Each worker's contribution to the sum in progress (f64 holds f32 exactly).
     slots: Mutex<Vec<Vec<f64>>>,
 }
 
+/// A worker as one thread of a process, for tests: each thread holds one.
 pub struct LocalWorker {
     rank: usize,
     count: usize,
@@ -82,6 +70,13 @@ pub struct LocalWorker {
 }
 
 impl LocalWorker {
+    /// `count` workers that sum through shared memory (in rank order, so every worker gets the
+    /// same bits).
+    pub fn group(count: usize) -> Vec<LocalWorker> {
+        let shared = Arc::new(Shared { barrier: Barrier::new(count), slots: Mutex::new(vec![Vec::new(); count]) });
+        (0..count).map(|rank| LocalWorker { rank, count, shared: shared.clone() }).collect()
+    }
+
     /// Posts `values`, waits for everyone, and returns every worker's contribution in rank order.
     fn exchange(&self, values: Vec<f64>) -> Vec<Vec<f64>> {
         self.shared.slots.lock().expect("a worker thread panicked")[self.rank] = values;
@@ -135,7 +130,7 @@ mod tests {
 
     #[test]
     fn local_workers_sum_in_rank_order_and_agree_to_the_bit() {
-        let workers = LocalGroup::new(3);
+        let workers = LocalWorker::group(3);
         let results: Vec<(Vec<f32>, Vec<f64>)> = std::thread::scope(|s| {
             let handles: Vec<_> = workers
                 .iter()

@@ -140,13 +140,7 @@ fn rank_grpo_with_two_workers_is_the_run_of_one() {
     let Some((dir, two_workers)) = setup("rank_grpo", 6) else { return };
     write_catalog(&dir.join("catalog.tsv"));
     // An SFT adapter that memorised the rows, so that samples are rewarded (as in train.rs).
-    run_ok(
-        convrec()
-            .current_dir(&dir)
-            .args(["sft", "--model", "model", "--data", "train.jsonl", "--out", "sft", "--epochs", "30"])
-            .args(["--batch-size", "3", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-2", "--max-length", "64"])
-            .args(["--save-every", "1000"]),
-    );
+    memorising_sft(&dir, 30, 3);
     // 3 prompts per step (1 + 2 between the workers), G = 2, two steps; validation on 5 rows
     // (2 + 3) at the start and the end.
     let args: Vec<&str> = "train --model model --adapter sft/adapter --data train.jsonl --catalog catalog.tsv \

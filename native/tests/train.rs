@@ -75,13 +75,7 @@ fn setup(test: &str) -> std::path::PathBuf {
     tiny_model(&dir);
     write_dataset(&dir.join("train.jsonl"), 4);
     write_catalog(&dir.join("catalog.tsv"));
-    run_ok(
-        convrec()
-            .current_dir(&dir)
-            .args(["sft", "--model", "model", "--data", "train.jsonl", "--out", "sft", "--epochs", "40"])
-            .args(["--batch-size", "2", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-2", "--max-length", "64"])
-            .args(["--save-every", "1000"]),
-    );
+    memorising_sft(&dir, 40, 2);
     dir
 }
 

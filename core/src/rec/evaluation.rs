@@ -416,7 +416,7 @@ mod tests {
     /// every worker gets is the one a single worker answering every row computes.
     #[test]
     fn workers_sharing_the_rows_get_the_summary_of_all_rows() {
-        use crate::workers::LocalGroup;
+        use crate::workers::LocalWorker;
         let Some(gpu) = crate::testing::gpu() else { return };
         let mut rng = crate::testing::rng("shared evaluation");
         let text = crate::testing::byte_level_chat_text();
@@ -441,7 +441,7 @@ mod tests {
             let alone = pollster::block_on(evaluate_rows(&gpu, &model, &text, &rows, &catalog, &options, |_| {}));
             let alone = format!("{:?}", alone.unwrap().summary);
             let shared: Vec<String> = std::thread::scope(|s| {
-                let handles: Vec<_> = LocalGroup::new(3)
+                let handles: Vec<_> = LocalWorker::group(3)
                     .into_iter()
                     .map(|w| {
                         let (gpu, model, text, rows, catalog, options) =

@@ -167,7 +167,7 @@ fn rank_grpo_raises_a_dense_reward_and_its_mirror_image_does_not() {
 /// aggregations, μ = 1 and 2 (old log-probs kept per worker), a KL term.
 #[test]
 fn steps_split_across_workers_are_the_steps_one_worker_takes() {
-    use crate::workers::{LocalGroup, Single, Workers};
+    use crate::workers::{LocalWorker, Single, Workers};
     use std::rc::Rc;
     if testing::gpu().is_none() {
         return;
@@ -191,7 +191,8 @@ fn steps_split_across_workers_are_the_steps_one_worker_takes() {
         let (alone, alone_params) = run(Rc::new(Single));
         for count in [2, 4] {
             let split: Vec<_> = std::thread::scope(|s| {
-                let handles: Vec<_> = LocalGroup::new(count).into_iter().map(|w| s.spawn(|| run(Rc::new(w)))).collect();
+                let handles: Vec<_> =
+                    LocalWorker::group(count).into_iter().map(|w| s.spawn(|| run(Rc::new(w)))).collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
             for (steps, params) in &split {

@@ -377,7 +377,7 @@ mod tests {
     /// within rounding (the sums run in another order, and each worker pads its own rows).
     #[test]
     fn three_workers_take_the_steps_one_worker_takes() {
-        use crate::workers::LocalGroup;
+        use crate::workers::LocalWorker;
         use rand::Rng;
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("sft workers");
@@ -403,7 +403,7 @@ mod tests {
         let (losses, params) = run(Rc::new(Single));
         assert_eq!(losses.len(), 4, "9 rows in micro-batches of 4, two per step, two epochs");
         let split: Vec<(Vec<f64>, Vec<f32>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(3).into_iter().map(|w| s.spawn(move || run(Rc::new(w)))).collect();
+            let handles: Vec<_> = LocalWorker::group(3).into_iter().map(|w| s.spawn(move || run(Rc::new(w)))).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for (worker_losses, worker_params) in &split {

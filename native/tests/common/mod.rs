@@ -118,6 +118,18 @@ pub fn write_dataset(path: &Path, n: usize) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `dir/sft/adapter`: an SFT adapter (r 4) that memorised `dir/train.jsonl` (`epochs` passes in
+/// micro-batches of `batch_size`), so that samples of the rows are rewarded.
+pub fn memorising_sft(dir: &Path, epochs: usize, batch_size: usize) {
+    run_ok(
+        convrec()
+            .current_dir(dir)
+            .args(["sft", "--model", "model", "--data", "train.jsonl", "--out", "sft"])
+            .args(["--epochs", &epochs.to_string(), "--batch-size", &batch_size.to_string()])
+            .args(["--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-2", "--max-length", "64", "--save-every", "1000"]),
+    );
+}
+
 /// Runs a command and fails the test with its stderr unless it succeeded.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run convrec");
