@@ -106,6 +106,7 @@ tiny() {
         rl-step) echo --layers 1 --prompts 1 --group 2 --prompt-len 8 --new 4 --micro-batch 2 --torch-device cpu ;;
         model) echo --layers 1 --prompt 4 --new 2 --train-batch 1 --train-seq 8 --torch-device cpu ;;
         kernels) echo --filter rmsnorm --budget-ms 5 --torch-device cpu ;;
+        weights) echo --layers 1 --prompt 4 --new 2 --train-batch 1 --train-seq 8 ;;
     esac
 }
 
@@ -163,6 +164,8 @@ if [ "${QUICK:-0}" != 1 ]; then
     shapes=(--models smollm2,qwen2.5 --tokens 1,8,256,2048 --square 2048,4096)
     [ "${TINY:-0}" = 1 ] && shapes=(--models smollm2 --tokens 1 --square 64)
     step kernels 180 kernels "${shapes[@]}" --budget-ms 200 "${cuda[@]}" --out "$out/kernels.jsonl"
+    # 6. Weight memory and speed per storage format (f32, Q8, Q4 blocks; issue 17).
+    step weights 120 weights --new 32 --train-seq 256
 fi
 note "total $(( $(date +%s) - start ))s; outputs in $out, all of them in $archive"
 tar -czf "$archive" -C "$(dirname "$out")" "$(basename "$out")"

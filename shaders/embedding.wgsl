@@ -1,11 +1,12 @@
-// Embedding gather: out[r, :] = table[ids[r], :], the table stored f32 or as packed f16/bf16
-// pairs (see matmul.wgsl's load_b). A table larger than one binding is split into row shards, one
+// Embedding gather: out[r, :] = b[ids[r], :], the table `b` in any storage type of frozen weights
+// (f32, packed f16/bf16 pairs, Q4/Q8 blocks: shaders/include/load_b.wgsl). A table larger than
+// one binding is split into row shards, one
 // dispatch each: a dispatch writes the rows whose id falls in its shard [vocab0, vocab0 + shard_rows).
 // An id past the whole vocabulary gets zeros from the first shard's dispatch (the host validates
 // ids; the GPU never reads out of bounds).
-// Specialisation: WG, DTYPE (0 f32, 1 f16, 2 bf16).
+// Specialisation: WG, B_DTYPE.
 //
-// rows_scatter is the reverse for f32 rows with distinct indices: out[ids[r], :] = table[r, :]
+// rows_scatter is the reverse for f32 rows with distinct indices: out[ids[r], :] = b[r, :]
 // (`vocab` is then out's row count; an index past it is skipped — padding rows). The training
 // step uses gather and scatter to run the output head on the rows the loss scores only.
 
@@ -22,18 +23,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-fn load(i: u32) -> f32 {
-    if (DTYPE == 1u) {
-        return unpack2x16float(table[i >> 1u])[i & 1u];
-    } else if (DTYPE == 2u) {
-        let word = table[i >> 1u];
-        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-    }
-    return bitcast<f32>(table[i]);
-}
+//#include load_b
 
 @compute @workgroup_size(WG)
 fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -45,7 +38,7 @@ fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = idx % p.h;
     let id = ids[row];
     if (id >= p.vocab0 && id < p.vocab0 + p.shard_rows) {
-        out[idx] = load((id - p.vocab0) * p.h + j);
+        out[idx] = load_b((id - p.vocab0) * p.h + j);
     } else if (id >= p.vocab && p.vocab0 == 0u) {
         out[idx] = 0.0;
     }
@@ -59,6 +52,6 @@ fn rows_scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let dest = ids[idx / p.h];
     if (dest < p.vocab) {
-        out[dest * p.h + idx % p.h] = bitcast<f32>(table[idx]);
+        out[dest * p.h + idx % p.h] = bitcast<f32>(b[idx]);
     }
 }

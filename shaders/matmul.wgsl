@@ -9,7 +9,8 @@
 //   TM, TN       rows and columns of C one invocation accumulates in registers
 //   WG_M, WG_N   workgroup shape
 //   TRANS_A, TRANS_B, HAS_BIAS (bias[n] added), ACCUMULATE (C += instead of C =)
-//   B_DTYPE      storage of B: 0 f32, 1 f16 pairs packed in u32, 2 bf16 pairs packed in u32
+//   B_DTYPE      storage of B: 0 f32, 1 f16 pairs packed in u32, 2 bf16 pairs packed in u32,
+//                3 Q4 blocks, 4 Q8 blocks (shaders/include/load_b.wgsl)
 //                (frozen weights; unpacking needs no `shader-f16`)
 //
 // No workgroup memory: every invocation streams its TM rows of A and TN columns of B along K and

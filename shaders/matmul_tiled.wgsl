@@ -16,7 +16,7 @@
 // adds the slices up into the real C with α, the bias and the accumulation.
 //
 // Specialisation: TM, TN, WG_M, WG_N, BK, TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE,
-// B_DTYPE (0 f32, 1 f16, 2 bf16 pairs packed in u32).
+// B_DTYPE (0 f32, 1 f16, 2 bf16 pairs packed in u32, 3 Q4, 4 Q8 blocks).
 
 //#include matmul_params
 

@@ -9,18 +9,19 @@
 //   matmul_tn: C = α·Aᵀ·B + …   A [K,M], B [K,N]               (weight gradients)
 //
 // Specialisation: TM, TN (register block; TN a multiple of 4, TM a multiple of 4 for matmul_tn),
-// WG_M, WG_N, HAS_BIAS, ACCUMULATE, B_DTYPE (0 f32, 1 f16, 2 bf16; matmul_nt and matmul_nn).
+// WG_M, WG_N, HAS_BIAS, ACCUMULATE, B_DTYPE (0 f32, 1 f16, 2 bf16, 3 Q4, 4 Q8; matmul_nt and matmul_nn).
 
 //#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 // f32 B is read as vec4 (one 16-byte load; four scalar loads cost ~35% on llvmpipe, bench/RESULTS.md);
-// f16/bf16 B is packed two to a u32 word.
+// f16/bf16 B is packed two to a u32 word, Q4/Q8 B in blocks (shaders/include/block_formats.wgsl).
 //#if B_DTYPE == 0
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 //#else
 @group(0) @binding(2) var<storage, read> b: array<u32>;
+//#include block_formats
 //#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
@@ -33,6 +34,10 @@ fn load_b4(e: u32) -> vec4<f32> {
     if (B_DTYPE == 1u) {
         let w = e >> 1u;
         return vec4<f32>(unpack2x16float(b[w]), unpack2x16float(b[w + 1u]));
+    } else if (B_DTYPE == 3u) {
+        return load_q4x4(e);
+    } else if (B_DTYPE == 4u) {
+        return load_q8x4(e);
     }
     let w0 = b[e >> 1u];
     let w1 = b[(e >> 1u) + 1u];
@@ -66,6 +71,7 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     //#for i in TM
     let a${i} = (p.a_off + z * p.batch_a + min(row0 + ${i}u, p.m - 1u) * p.lda) / 4u;
     //#end
+//#if B_BLOCK == 0
     //#for q in TN/4
     //#for t in 4
     let b${q}_${t} = p.b_off + z * p.batch_b + min(col0 + ${q}u * 4u + ${t}u, p.n - 1u) * p.ldb;
@@ -89,6 +95,51 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
         //#end
         //#end
     }
+//#else
+    // Block-format B (K in whole blocks of B_BLOCK): a block's scale s and offset o factor out
+    // of its part of the dot product, Σ x·(s·q + o) = s·Σ x·q + o·Σ x, so each element costs a
+    // code conversion and an FMA, each block and column one scale and offset, and each block and
+    // row one Σ x shared by the TN columns. First block of each column, in blocks:
+    //#for q in TN/4
+    //#for t in 4
+    let b${q}_${t} = (p.b_off + z * p.batch_b + min(col0 + ${q}u * 4u + ${t}u, p.n - 1u) * p.ldb) / B_BLOCK;
+    //#end
+    //#end
+    //#for i in TM
+    //#for q in TN/4
+    var acc${i}_${q} = vec4<f32>(0.0);
+    //#end
+    //#end
+    for (var kb = 0u; kb < p.k / B_BLOCK; kb++) {
+        //#for i in TM
+        var xsum${i} = vec4<f32>(0.0);
+        //#for q in TN/4
+        var dq${i}_${q} = vec4<f32>(0.0);
+        //#end
+        //#end
+        for (var j = 0u; j < B_BLOCK / 4u; j++) {
+            //#for q in TN/4
+            //#for t in 4
+            let c${q}_${t} = block_codes4(b${q}_${t} + kb, j);
+            //#end
+            //#end
+            //#for i in TM
+            let x${i} = a[a${i} + kb * (B_BLOCK / 4u) + j];
+            xsum${i} += x${i};
+            //#for q in TN/4
+            dq${i}_${q} += vec4<f32>(dot(x${i}, c${q}_0), dot(x${i}, c${q}_1), dot(x${i}, c${q}_2), dot(x${i}, c${q}_3));
+            //#end
+            //#end
+        }
+        //#for q in TN/4
+        let s${q} = vec4<f32>(block_scale(b${q}_0 + kb), block_scale(b${q}_1 + kb), block_scale(b${q}_2 + kb), block_scale(b${q}_3 + kb));
+        let o${q} = vec4<f32>(block_offset(b${q}_0 + kb), block_offset(b${q}_1 + kb), block_offset(b${q}_2 + kb), block_offset(b${q}_3 + kb));
+        //#for i in TM
+        acc${i}_${q} += s${q} * dq${i}_${q} + o${q} * dot(xsum${i}, vec4<f32>(1.0));
+        //#end
+        //#end
+    }
+//#endif
     //#for i in TM
     //#for q in TN/4
     //#for t in 4

@@ -9,9 +9,11 @@ mod profile;
 mod python;
 mod rl_step;
 mod smollm2;
+mod weights;
 
 use clap::{Parser, Subcommand};
 use convrec_core::Precision;
+use convrec_core::dtype::WeightFormat;
 
 #[derive(Parser)]
 #[command(name = "convrec-bench", about = "Benchmarks of convrec, with same-run baselines")]
@@ -23,6 +25,10 @@ struct Cli {
     /// tensor cores where the adapter offers cooperative matrices).
     #[arg(long, global = true, default_value = "f32", env = "CONVREC_PRECISION")]
     precision: Precision,
+    /// How the model benchmarks keep frozen weights (`convrec --weights`): their random weights
+    /// are f32, so `stored` and `f32` are the same; `q8`/`q4` quantise the projections.
+    #[arg(long, global = true, default_value = "stored", env = "CONVREC_WEIGHTS")]
+    weights: WeightFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +52,10 @@ enum Command {
     /// One RL step (sampling P × G completions, then the Rank-GRPO update), with PyTorch.
     #[command(args_override_self = true)]
     RlStep(rl_step::Args),
+    /// Weight memory, generation and LoRA-step speed per storage format of the frozen weights
+    /// (f32 against Q8 and Q4 blocks, `convrec --weights`), in one run.
+    #[command(args_override_self = true)]
+    Weights(weights::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     let gpu = pollster::block_on(convrec_core::Gpu::new(&convrec_core::GpuOptions {
         adapter: cli.adapter,
         cooperative_matrix: cli.precision == Precision::Mixed,
+        weights: cli.weights,
         ..Default::default()
     }))?;
     if cli.precision == Precision::Mixed && gpu.tensor_cores().is_none() {
@@ -74,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Command::Model(args) => model::run(&gpu, args),
         Command::Profile(args) => profile::run(&gpu, args),
         Command::RlStep(args) => rl_step::run(&gpu, args),
+        Command::Weights(args) => weights::run(&gpu, args),
     }
 }

@@ -39,7 +39,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let (prompt, new) = (args.prompt as usize, args.new as usize);
     let (train_batch, train_seq) = (args.train.train_batch as usize, args.train.train_seq as usize);
     let (c, model) = smollm2::upload(gpu, &args.shape, (prompt + new).max(train_seq) + 8)?;
-    println!("{}", smollm2::header(gpu, &c));
+    println!("{}", smollm2::header(gpu, &c, &model));
     let shape = smollm2::baseline_config(
         &c,
         json!({"prompt": prompt, "new": new, "batches": [1, 8], "batch": train_batch, "seq": train_seq}),
@@ -88,7 +88,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
 
 /// Prefill tokens/s (one forward over the padded batch, best of two) and decode tokens/s (the
 /// rest of a greedy `generate`) for `prompts` prompts × `g` samples.
-fn generation_rates(
+pub fn generation_rates(
     gpu: &Gpu,
     model: &GpuModel,
     prompts: usize,

@@ -210,7 +210,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let summary = gpu.summary();
     let part = |p: &str| args.parts.iter().any(|q| q == p);
     let report = Report {
-        header: smollm2::header(gpu, &c),
+        header: smollm2::header(gpu, &c, &model),
         timestamps: summary.timestamp_queries,
         decode: if part("decode") { Some(StepReport::new(decode(gpu, &model, &args)?, args.variants)?) } else { None },
         train: if part("train") { Some(StepReport::new(train(gpu, &c, &model, &args)?, args.variants)?) } else { None },

@@ -69,7 +69,7 @@ struct StepTimes {
 pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let (p, g, len, new) = (args.prompts as usize, args.group as usize, args.prompt_len as usize, args.new as usize);
     let (c, model) = smollm2::upload(gpu, &args.shape, len + new + 16)?;
-    println!("{}", smollm2::header(gpu, &c));
+    println!("{}", smollm2::header(gpu, &c, &model));
     let layout = smollm2::lora_layout(&c);
     let init = layout.init(0);
     let config = RlConfig {

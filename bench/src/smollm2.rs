@@ -84,19 +84,35 @@ fn random_weights(c: &ModelConfig) -> Vec<(String, HostTensor)> {
         .collect()
 }
 
-/// The model on the GPU (f32 weights) with room for `positions` positions.
+/// The model on the GPU (random f32 weights, kept as `--weights` says) with room for `positions`
+/// positions.
 pub fn upload(gpu: &Gpu, shape: &ShapeArgs, positions: usize) -> anyhow::Result<(ModelConfig, GpuModel)> {
+    upload_as(gpu, shape, positions, gpu.weight_format())
+}
+
+/// As `upload`, the frozen weights kept as `weights` says.
+pub fn upload_as(
+    gpu: &Gpu,
+    shape: &ShapeArgs,
+    positions: usize,
+    weights: convrec_core::dtype::WeightFormat,
+) -> anyhow::Result<(ModelConfig, GpuModel)> {
     let c = config(shape);
-    let model = GpuModel::upload(gpu, c.clone(), random_weights(&c), positions)?;
+    let model = GpuModel::upload_as(gpu, c.clone(), random_weights(&c), positions, weights)?;
     Ok((c, model))
 }
 
-/// The line every model benchmark starts with: the adapter and the model.
-pub fn header(gpu: &Gpu, c: &ModelConfig) -> String {
+/// The line every model benchmark starts with: the adapter, the model and how its weights are kept.
+pub fn header(gpu: &Gpu, c: &ModelConfig, model: &GpuModel) -> String {
     let s = gpu.summary();
     format!(
-        "adapter: {} ({}, {}); SmolLM2-135M shape ({} layers), f32 weights",
-        s.name, s.backend, s.driver_info, c.num_layers
+        "adapter: {} ({}, {}); SmolLM2-135M shape ({} layers), weights {} ({:.1} MiB on the GPU)",
+        s.name,
+        s.backend,
+        s.driver_info,
+        c.num_layers,
+        gpu.weight_format(),
+        mib(model.weight_bytes())
     )
 }
 

@@ -104,8 +104,9 @@ pub async fn linear_cases(
         ("down_proj", m.ffn, m.hidden),
     ];
     for (name, inp, out) in layers {
-        for w_dtype in [Dtype::F32, Dtype::Bf16] {
-            if w_dtype == Dtype::Bf16 && name != "gate_proj" {
+        // Every storage type of frozen weights on one product; f32 on all of them.
+        for w_dtype in [Dtype::F32, Dtype::Bf16, Dtype::Q8, Dtype::Q4] {
+            if w_dtype != Dtype::F32 && name != "gate_proj" {
                 continue;
             }
             let s = LinearShape { rows: t, inp, out };

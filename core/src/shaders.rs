@@ -80,12 +80,13 @@ macro_rules! fragment {
     };
 }
 
+fragment!(BLOCK_FORMATS, "block_formats");
 fragment!(LOAD_B, "load_b");
 fragment!(MATMUL_PARAMS, "matmul_params");
 
 /// Pieces of WGSL that several shaders share (`shaders/include/`), pasted in where a shader says
 /// `//#include NAME`: one description of, say, the matrix-product parameters for four kernels.
-pub static FRAGMENTS: &[&Shader] = &[&LOAD_B, &MATMUL_PARAMS];
+pub static FRAGMENTS: &[&Shader] = &[&BLOCK_FORMATS, &LOAD_B, &MATMUL_PARAMS];
 
 /// `source` with every `//#include NAME` line replaced by fragment NAME's text (fragments may
 /// include others; a cycle is an error).

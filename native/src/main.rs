@@ -4,6 +4,7 @@ mod commands;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use convrec_core::Precision;
+use convrec_core::dtype::WeightFormat;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,11 @@ struct Cli {
     /// tensor cores, where the adapter offers cooperative matrices; f32 elsewhere).
     #[arg(long, global = true, default_value = "f32", env = "CONVREC_PRECISION")]
     precision: Precision,
+    /// How the model's frozen weights are kept on the GPU: `stored` (as the file has them:
+    /// f32, f16/bf16, or a GGUF's quantised blocks, dequantised inside the kernels), `f32`
+    /// (everything widened), `q8` or `q4` (the layers' projections quantised on load, QLoRA-style).
+    #[arg(long, global = true, default_value = "stored", env = "CONVREC_WEIGHTS")]
+    weights: WeightFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +103,7 @@ fn run(cli: Cli, command: &str, launch: &convrec::workers::Launch) -> anyhow::Re
         portable: cli.portable,
         cooperative_matrix: cli.precision == Precision::Mixed,
         worker_on_host: launch.worker_on_host,
+        weights: cli.weights,
         ..Default::default()
     };
     match &cli.command {

@@ -111,20 +111,21 @@ impl ModelFiles {
 
 type Weights = (ModelConfig, convrec_core::model::NamedTensors, ChatText);
 
-/// What the page's wasm32 memory can give the dequantised weights: the address space is 4 GiB,
-/// and the file's bytes, the code and the allocator's slack need the rest.
+/// What the page's wasm32 memory can give the weights as read (quantised blocks stay blocks):
+/// the address space is 4 GiB, and the file's bytes, the code and the allocator's slack need the
+/// rest.
 const HOST_WEIGHT_BUDGET: u64 = 3 << 30;
 
 fn read_model(files: &mut ModelFiles) -> Result<Weights, String> {
     if let Some(bytes) = files.gguf.take() {
         let file = GgufFile::parse(&bytes).map_err(|e| format!("{}: {e}", files.name))?;
-        let f32_bytes: u64 = file.tensors.iter().map(|t| t.n_elements() * 4).sum();
-        if f32_bytes > HOST_WEIGHT_BUDGET {
+        let kept: u64 = file.tensors.iter().map(convrec_core::model::gguf::kept_bytes).sum();
+        if kept > HOST_WEIGHT_BUDGET {
             return Err(format!(
-                "{}: its weights take {:.1} GiB as f32, more than a browser's 4 GiB wasm32 memory can hold \
+                "{}: its weights take {:.1} GiB as read, more than a browser's 4 GiB wasm32 memory can hold \
                  beside the file; use a smaller model here (or the native convrec)",
                 files.name,
-                f32_bytes as f64 / (1u64 << 30) as f64
+                kept as f64 / (1u64 << 30) as f64
             ));
         }
         let m = GgufModel::from_bytes(&bytes).map_err(|e| format!("{}: {e}", files.name))?;

@@ -29,6 +29,8 @@ pub struct GpuOptions {
     /// This process's place among the data-parallel workers on its host (0 alone): when no
     /// adapter is named, worker i takes the i-th of the preferred adapters (modulo their number).
     pub worker_on_host: usize,
+    /// How models uploaded to this GPU keep their frozen weights (`--weights`; `GpuModel::upload`).
+    pub weights: crate::dtype::WeightFormat,
 }
 
 /// Access of one storage binding, in binding order after the uniform at binding 0.
@@ -106,6 +108,7 @@ struct Inner {
     summary: AdapterSummary,
     cpu_kernels: bool,
     tensor_cores: Option<super::TensorCores>,
+    weights: crate::dtype::WeightFormat,
     /// One u32 the mixed-precision products set when an operand exceeds f16's range.
     f16_overflow: std::sync::OnceLock<GpuBuffer>,
     limits: wgpu::Limits,
@@ -205,6 +208,7 @@ impl Gpu {
                 queue,
                 cpu_kernels: summary.is_cpu() && !options.gpu_kernels,
                 tensor_cores: if options.cooperative_matrix { super::TensorCores::of(&summary) } else { None },
+                weights: options.weights,
                 f16_overflow: Default::default(),
                 summary,
                 pool: BufferPool::default(),
@@ -251,6 +255,11 @@ impl Gpu {
     }
     pub fn precision(&self) -> super::Precision {
         if self.inner.tensor_cores.is_some() { super::Precision::Mixed } else { super::Precision::F32 }
+    }
+
+    /// How models uploaded here keep their frozen weights (`GpuOptions::weights`).
+    pub fn weight_format(&self) -> crate::dtype::WeightFormat {
+        self.inner.weights
     }
 
     /// The flag the mixed-precision products raise on an operand beyond f16's range.

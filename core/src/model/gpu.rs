@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::config::ModelConfig;
 use super::tensor::HostTensor;
-use crate::dtype::Dtype;
+use crate::dtype::{Dtype, WeightFormat};
 use crate::gpu::{Batch, Gpu, GpuBuffer, GpuError};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
 use crate::ops::decode::{CacheShape, KvOps};
@@ -65,12 +65,18 @@ impl Weight {
             None => gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size),
         };
         let whole = dtype.storage_bytes(rows * cols);
+        if dtype.is_quantized() && !cols.is_multiple_of(dtype.block_elems()) {
+            return Err(ModelError::Invalid(format!(
+                "{name}: rows of {cols} elements are not whole {dtype} blocks of {}",
+                dtype.block_elems()
+            )));
+        }
         let words = t.gpu_words();
         if whole <= limit || !shardable {
             let buf = gpu.upload("load model", name, &words)?;
             return Ok(Weight { shards: vec![(0, buf.clone())], buf, dtype, shape: t.shape });
         }
-        if dtype != Dtype::F32 && cols % 2 != 0 {
+        if !cols.is_multiple_of(dtype.unit().0) {
             return Err(ModelError::Invalid(format!("{name}: an odd row length cannot be split between 16-bit pairs")));
         }
         let rows_per_shard = (limit / row_bytes).max(1) as usize;
@@ -120,13 +126,43 @@ pub struct GpuModel {
 impl GpuModel {
     /// Uploads HF-named tensors, checking each against the config. `max_positions` sizes the
     /// RoPE tables (prompt + generation length).
+    /// Bytes the weights take on the GPU (every matrix in its storage type, norms and biases).
+    pub fn weight_bytes(&self) -> u64 {
+        let matrix = |w: &Weight| w.shards.iter().map(|(_, b)| b.len_bytes()).sum::<u64>();
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(matrix).sum::<u64>()
+                    + [Some(&l.input_norm), Some(&l.post_norm), l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .map(|b| b.len_bytes())
+                        .sum::<u64>()
+            })
+            .sum();
+        matrix(&self.embed) + self.lm_head.as_ref().map_or(0, matrix) + self.final_norm.len_bytes() + layers
+    }
+
+    /// Frozen weights are kept as `gpu.weight_format()` says (`--weights`).
     pub fn upload(
         gpu: &Gpu,
         config: ModelConfig,
         tensors: Vec<(String, HostTensor)>,
         max_positions: usize,
     ) -> ModelResult<Self> {
-        Self::upload_with(gpu, config, tensors, max_positions, None)
+        Self::upload_inner(gpu, config, tensors, max_positions, None, gpu.weight_format())
+    }
+
+    /// As `upload`, with the frozen weights kept as `weights` says.
+    pub fn upload_as(
+        gpu: &Gpu,
+        config: ModelConfig,
+        tensors: Vec<(String, HostTensor)>,
+        max_positions: usize,
+        weights: WeightFormat,
+    ) -> ModelResult<Self> {
+        Self::upload_inner(gpu, config, tensors, max_positions, None, weights)
     }
 
     /// As `upload`, with the embedding and head split every `vocab_shard_rows` rows (tests, and
@@ -138,6 +174,17 @@ impl GpuModel {
         max_positions: usize,
         vocab_shard_rows: Option<usize>,
     ) -> ModelResult<Self> {
+        Self::upload_inner(gpu, config, tensors, max_positions, vocab_shard_rows, gpu.weight_format())
+    }
+
+    fn upload_inner(
+        gpu: &Gpu,
+        config: ModelConfig,
+        tensors: Vec<(String, HostTensor)>,
+        max_positions: usize,
+        vocab_shard_rows: Option<usize>,
+        weights: WeightFormat,
+    ) -> ModelResult<Self> {
         let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
         let expected: HashMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
         let mut take = |name: &str| -> ModelResult<HostTensor> {
@@ -147,7 +194,9 @@ impl GpuModel {
             if &t.shape != want || elems != t.len() {
                 return Err(ModelError::Shape { name: name.to_string(), want: want.clone(), got: t.shape.clone() });
             }
-            Ok(t)
+            // `--weights`: kept as stored, widened to f32 or quantised on load.
+            let dtype = weights.dtype_for(name, &t.shape, t.dtype());
+            Ok(t.converted(dtype))
         };
         let matrix = |name: &str, t: HostTensor| -> ModelResult<Weight> { Weight::upload(gpu, name, t, false, None) };
         let vector =

@@ -44,6 +44,52 @@ fn gpu_kernel_variants_give_the_same_logits() {
     assert!(err <= 1e-5, "{err:e}");
 }
 
+/// Weights kept quantised on the GPU (`--weights q8|q4`, and GGUF files' blocks, embedding
+/// included) give the logits of an f32 model holding the same values — the kernels dequantise
+/// exactly what the CPU's `dtype::unpack` does — and the quantised model decodes as its own full
+/// forward.
+#[test]
+fn quantised_weights_give_the_logits_of_their_values() {
+    use crate::dtype::{Dtype, WeightFormat};
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("model quantised weights");
+    for config in [tiny_config(Architecture::Llama, false), tiny_config(Architecture::Qwen2, true)] {
+        let tensors = random_tensors(&config, &mut rng);
+        let ids: Vec<u32> = (0..40).map(|i| (i * 37 % config.vocab_size) as u32).collect();
+        for (format, dtype) in [(WeightFormat::Q8, Dtype::Q8), (WeightFormat::Q4, Dtype::Q4)] {
+            // The embedding (the tied head, for Qwen2) stored quantised too, as GGUF files do.
+            let stored: Vec<_> = tensors
+                .iter()
+                .map(|(n, t)| {
+                    let t = if n == "model.embed_tokens.weight" { t.clone().converted(dtype) } else { t.clone() };
+                    (n.clone(), t)
+                })
+                .collect();
+            let quantised = GpuModel::upload_as(&gpu, config.clone(), stored.clone(), 64, format).unwrap();
+            assert_eq!(quantised.embed.dtype, dtype);
+            assert_eq!(quantised.layers[0].q.dtype, dtype);
+            // What `--weights` did, on the host: the f32 model of the same values.
+            let widened: Vec<_> = stored
+                .into_iter()
+                .map(|(n, t)| {
+                    let dtype = format.dtype_for(&n, &t.shape, t.dtype());
+                    let t = t.converted(dtype);
+                    (n, crate::model::HostTensor::f32(t.shape.clone(), t.to_f32()))
+                })
+                .collect();
+            let reference = GpuModel::upload(&gpu, config.clone(), widened, 64).unwrap();
+            assert!(quantised.weight_bytes() < reference.weight_bytes() / 2, "{format}: weights take less memory");
+            let got = pollster::block_on(sequence_logits(&gpu, &quantised, &ids)).unwrap();
+            let want = pollster::block_on(sequence_logits(&gpu, &reference, &ids)).unwrap();
+            let err = testing::rel_err(&got, &want);
+            assert!(err <= 1e-5, "{:?} {format}: {err:e}", config.architecture);
+        }
+    }
+    let mut config = tiny_config(Architecture::Llama, true);
+    config.intermediate_size = 64; // every projection's rows whole Q4 blocks
+    decode_matches_full_forward_as(&gpu, "model decode consistency, q4", &[config], WeightFormat::Q4);
+}
+
 fn decode_matches_full_forward(gpu: &crate::Gpu, test: &str) {
     let configs = [tiny_config(Architecture::Llama, false), tiny_config(Architecture::Qwen2, true)];
     decode_matches_full_forward_for(gpu, test, &configs);
@@ -70,11 +116,20 @@ fn uncommon_head_sizes_decode_like_the_full_forward() {
 }
 
 fn decode_matches_full_forward_for(gpu: &crate::Gpu, test: &str, configs: &[crate::model::ModelConfig]) {
+    decode_matches_full_forward_as(gpu, test, configs, crate::dtype::WeightFormat::Stored);
+}
+
+fn decode_matches_full_forward_as(
+    gpu: &crate::Gpu,
+    test: &str,
+    configs: &[crate::model::ModelConfig],
+    weights: crate::dtype::WeightFormat,
+) {
     let gpu = gpu.clone();
     let mut rng = testing::rng(test);
     for config in configs {
         let (config, arch) = (config.clone(), config.architecture);
-        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+        let model = GpuModel::upload_as(&gpu, config.clone(), random_tensors(&config, &mut rng), 64, weights).unwrap();
         let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 3, 88, 42], vec![9], vec![60, 61, 2]];
         let req = GenerateRequest {
             prompts: prompts.clone(),

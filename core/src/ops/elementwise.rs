@@ -21,10 +21,10 @@ fn swiglu_variant(entry: &'static str) -> Variant {
     variant_1d("swiglu", entry, vec![])
 }
 fn embedding_variant(dtype: Dtype) -> Variant {
-    variant_1d("embedding", "embedding_gather", vec![Def::U32("DTYPE", dtype.shader_code())])
+    variant_1d("embedding", "embedding_gather", vec![Def::U32("B_DTYPE", dtype.shader_code())])
 }
 fn scatter_variant() -> Variant {
-    variant_1d("embedding", "rows_scatter", vec![Def::U32("DTYPE", Dtype::F32.shader_code())])
+    variant_1d("embedding", "rows_scatter", vec![Def::U32("B_DTYPE", Dtype::F32.shader_code())])
 }
 fn residual_variant() -> Variant {
     variant_1d("residual", "add_scaled", vec![])
@@ -356,6 +356,7 @@ mod tests {
         let mut rng = testing::rng("embedding gpu");
         let (vocab, h) = (37, 13);
         for dt in Dtype::ALL {
+            let h = dt.whole_blocks(h);
             let table = dtype::round_trip(dt, &testing::normal(&mut rng, vocab * h));
             let ids: Vec<u32> = vec![0, 36, 5, 5, 999, 17, 1];
             let op = pollster::block_on(Embedding::new(&gpu, vocab, h, dt)).unwrap();

@@ -207,7 +207,8 @@ mod tests {
         let mut rng = testing::rng("linear fwd/bwd");
         for w_dtype in Dtype::ALL {
             for &(rows, inp, out) in &[(1, 61, 77), (5, 96, 130), (33, 129, 67)] {
-                let s = LinearShape { rows, inp, out };
+                let s = LinearShape { rows, inp: w_dtype.whole_blocks(inp), out };
+                let inp = s.inp;
                 let x = testing::normal(&mut rng, rows * inp);
                 let w = dtype::round_trip(w_dtype, &testing::normal(&mut rng, out * inp));
                 let bias = testing::normal(&mut rng, out);

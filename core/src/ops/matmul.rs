@@ -176,9 +176,10 @@ impl FastPath {
     }
 
     /// Whether a shape can take the path: the dimensions read as vec4 are multiples of 4.
-    fn fits(self, shape: MatmulShape) -> bool {
+    fn fits(self, spec: MatmulSpec, shape: MatmulShape) -> bool {
         match self {
-            FastPath::Nt => shape.k.is_multiple_of(4),
+            // A block-format B is walked in whole blocks.
+            FastPath::Nt => shape.k.is_multiple_of(4.max(spec.b_dtype.block_elems())),
             FastPath::Nn => shape.k.is_multiple_of(4) && shape.n.is_multiple_of(4),
             FastPath::Tn => shape.m.is_multiple_of(4) && shape.n.is_multiple_of(4),
         }
@@ -343,6 +344,11 @@ pub fn fast_variant(spec: MatmulSpec, path: FastPath, tiling: Tiling) -> Variant
     v.defs.retain(|d| !matches!(d, Def::Bool("TRANS_A", _) | Def::Bool("TRANS_B", _)));
     // The file's split-K entry point sizes its workgroup memory with KL.
     v.defs.push(Def::U32("KL", SPLITK_LANES));
+    // matmul_nt walks a block-format B block by block (0: a float format, or a 16-row block,
+    // where dequantising each quad once for its 16 rows costs less than a second set of 16-row
+    // accumulators; decode-sized blocks of at most 8 rows gain from the walk: bench/RESULTS.md).
+    let walk = spec.b_dtype.is_quantized() && tiling.tm <= 8;
+    v.defs.push(Def::U32("B_BLOCK", if walk { spec.b_dtype.block_elems() as u32 } else { 0 }));
     v
 }
 
@@ -431,7 +437,7 @@ impl Matmul {
             // keep split-K (a 16-row tile would mostly multiply rows that do not exist).
             let mut mm = Self::coop(gpu, spec, shape, tc).await?;
             let splitk = !cpu
-                && FastPath::of(spec).filter(|p| p.fits(shape)) == Some(FastPath::Nt)
+                && FastPath::of(spec).filter(|p| p.fits(spec, shape)) == Some(FastPath::Nt)
                 && shape.m <= SPLITK_MAX_ROWS;
             if splitk {
                 mm.fast = Some(Self::prepare_splitk(gpu, spec, shape).await?);
@@ -444,7 +450,7 @@ impl Matmul {
             let tiling = tiled_tiling(shape);
             let mut mm = Self::tiled_split(gpu, spec, shape, tiling, long_splitk_splits(shape, tiling)).await?;
             let splitk =
-                FastPath::of(spec).filter(|p| p.fits(shape)) == Some(FastPath::Nt) && shape.m <= SPLITK_MAX_ROWS;
+                FastPath::of(spec).filter(|p| p.fits(spec, shape)) == Some(FastPath::Nt) && shape.m <= SPLITK_MAX_ROWS;
             if splitk {
                 // Split-K reads B coalesced, which GPUs need for decode; llvmpipe measured it
                 // 2–4× slower than register blocks (bench/RESULTS.md), so CPU adapters keep those.
@@ -453,7 +459,7 @@ impl Matmul {
             return Ok(mm);
         }
         let mut mm = Self::with_tiling(gpu, spec, shape, Tiling::choose(cpu, shape.m)).await?;
-        if let Some(path) = FastPath::of(spec).filter(|p| p.fits(shape)) {
+        if let Some(path) = FastPath::of(spec).filter(|p| p.fits(spec, shape)) {
             {
                 let tiling = path.tiling(cpu, shape.m, shape.n);
                 let groups = Self::grid(gpu, shape, tiling)?;
@@ -585,7 +591,7 @@ impl Matmul {
     /// does not fit it.
     pub async fn fast_with_tiling(gpu: &Gpu, spec: MatmulSpec, shape: MatmulShape, tiling: Tiling) -> GpuResult<Self> {
         let path = FastPath::of(spec)
-            .filter(|p| p.fits(shape))
+            .filter(|p| p.fits(spec, shape))
             .ok_or_else(|| GpuError::shape(OP, format!("{spec:?} {shape:?} has no vec4 fast path")))?;
         let mut mm = Self::with_tiling(gpu, spec, shape, tiling).await?;
         let kernel = gpu.kernel(&fast_variant(spec, path, tiling), &BINDINGS).await?;
@@ -641,6 +647,17 @@ impl Matmul {
         };
         check("A", &a, a_rows, a_cols, Dtype::F32)?;
         check("B", &b, b_rows, b_cols, s.b_dtype)?;
+        let block = s.b_dtype.block_elems();
+        if [b.off, b.ld, b.batch_stride].iter().any(|v| !v.is_multiple_of(block)) {
+            return Err(GpuError::shape(
+                OP,
+                format!(
+                    "B in {} blocks of {block} needs its offset ({}), leading dimension ({}) and batch stride ({}) \
+                     in whole blocks ({shape})",
+                    s.b_dtype, b.off, b.ld, b.batch_stride
+                ),
+            ));
+        }
         check("C", &c, m, n, Dtype::F32)?;
         let bias = match (bias, s.has_bias) {
             (Some(bias), true) if bias.len_bytes() >= n as u64 * 4 => bias,
@@ -800,6 +817,21 @@ mod tests {
     use crate::testing::{self, rel_err};
     use rand::Rng;
 
+    /// Every used spec with a float B, and for the block formats (whose loader is the only part
+    /// that differs) one spec per kernel entry: x·Wᵀ with a bias, and the accumulating backward
+    /// to the input. The bias and accumulate epilogues are the same code for every B type, and
+    /// covering all their combinations again per block format would add minutes to CI.
+    fn specs_under_test() -> Vec<MatmulSpec> {
+        used_specs()
+            .into_iter()
+            .filter(|s| {
+                !s.b_dtype.is_quantized()
+                    || (s.trans_b && s.has_bias && !s.accumulate)
+                    || (!s.trans_a && !s.trans_b && s.accumulate)
+            })
+            .collect()
+    }
+
     /// Runs one random case of `spec` on the GPU and the reference, with padding around every
     /// operand (offsets, leading dimensions larger than the matrix, batch strides).
     fn check_case(
@@ -846,7 +878,7 @@ mod tests {
         f16_operands: bool,
     ) -> f64 {
         let MatmulShape { m, n, k, batch } = shape;
-        let mut operand = |rows: usize, cols: usize| {
+        let mut operand = |rows: usize, cols: usize, step: usize| {
             let ld = (cols + rng.random_range(0..3)).next_multiple_of(step);
             let off = rng.random_range(0..5) * step;
             let bs = (rows * ld + rng.random_range(0..4)).next_multiple_of(step);
@@ -855,9 +887,10 @@ mod tests {
         };
         let (a_rows, a_cols) = if spec.trans_a { (k, m) } else { (m, k) };
         let (b_rows, b_cols) = if spec.trans_b { (n, k) } else { (k, n) };
-        let (ao, a_len) = operand(a_rows, a_cols);
-        let (bo, b_len) = operand(b_rows, b_cols);
-        let (co, c_len) = operand(m, n);
+        let (ao, a_len) = operand(a_rows, a_cols, step);
+        // A block-format B starts, and strides, in whole blocks.
+        let (bo, b_len) = operand(b_rows, b_cols, step.max(spec.b_dtype.block_elems()));
+        let (co, c_len) = operand(m, n, step);
         let rounded = |v: Vec<f32>| if f16_operands { dtype::round_trip(Dtype::F16, &v) } else { v };
         let a = rounded(testing::normal(rng, a_len));
         let b = dtype::round_trip(spec.b_dtype, &rounded(testing::normal(rng, b_len)));
@@ -875,7 +908,7 @@ mod tests {
     fn long_k_products_split_along_k_match_the_reference() {
         let Some(gpu) = testing::gpu_with_gpu_kernels() else { return };
         let mut rng = testing::rng("matmul long split-K");
-        for spec in used_specs() {
+        for spec in specs_under_test() {
             for (m, n, k, batch, splits) in [(37, 45, 1500, 1, 3), (5, 70, 1100, 2, 5), (17, 9, 70, 1, 4)] {
                 let shape = MatmulShape { m, n, k, batch };
                 let op = pollster::block_on(Matmul::tiled_split(&gpu, spec, shape, tiled_tiling(shape), splits))
@@ -909,7 +942,7 @@ mod tests {
         // Ragged against the tile and the block, several blocks and K steps, batches, decode rows.
         let shapes =
             [(1, 37, 19, 1), (7, 66, 33, 2), (19, 9, 70, 1), (bm + 3, 2 * bn - 1, 5 * tc.tile as usize + 3, 1)];
-        for spec in used_specs() {
+        for spec in specs_under_test() {
             for &(m, n, k, batch) in &shapes {
                 let shape = MatmulShape { m, n, k, batch };
                 let op = pollster::block_on(Matmul::coop(&gpu, spec, shape, tc)).expect("prepare");
@@ -955,7 +988,7 @@ mod tests {
     fn every_used_spec_matches_the_reference_at_awkward_sizes() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("matmul every spec");
-        for spec in used_specs() {
+        for spec in specs_under_test() {
             for &(m, n, k, batch) in &[(1, 37, 19, 1), (7, 66, 33, 2), (19, 9, 70, 1)] {
                 let shape = MatmulShape { m, n, k, batch };
                 let tiling = Tiling::choose(rng.random(), m);
@@ -963,9 +996,16 @@ mod tests {
             }
             // Shapes the vec4 paths take (K, N, M multiples of 4 where they need it), with
             // ragged edges against the register blocks.
-            for &(m, n, k, batch) in
-                &[(1, 36, 20, 1), (3, 44, 12, 1), (12, 68, 36, 2), (20, 12, 68, 1), (36, 132, 8, 1)]
-            {
+            // K in whole blocks (64, 96) takes the block-walking x·Wᵀ of a quantised B.
+            for &(m, n, k, batch) in &[
+                (1, 36, 20, 1),
+                (3, 44, 12, 1),
+                (12, 68, 36, 2),
+                (20, 12, 68, 1),
+                (36, 132, 8, 1),
+                (1, 40, 64, 1),
+                (17, 36, 96, 2),
+            ] {
                 check_case(&gpu, &mut rng, spec, MatmulShape { m, n, k, batch }, None);
             }
         }
@@ -975,7 +1015,7 @@ mod tests {
     fn the_tiled_gpu_kernel_matches_the_reference_for_every_spec_and_block() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("matmul tiled");
-        for spec in used_specs() {
+        for spec in specs_under_test() {
             for tiling in tiled_tilings() {
                 // Ragged against the 16·TM × 16·TN block and the K step, unaligned operands.
                 for &(m, n, k, batch) in &[(1, 37, 19, 1), (19, 70, 33, 2), (130, 45, 41, 1)] {
@@ -1027,11 +1067,12 @@ mod tests {
     fn every_fast_path_tiling_matches_the_reference() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("matmul fast tilings");
-        for spec in used_specs() {
+        for spec in specs_under_test() {
             let Some(path) = FastPath::of(spec) else { continue };
             for tiling in path.tilings() {
                 // Aligned operands only (the fast path's contract); ragged M and N edges.
-                let shape = MatmulShape { m: 20, n: 44, k: 36, batch: 2 };
+                // K in whole blocks of either block format.
+                let shape = MatmulShape { m: 20, n: 44, k: 64, batch: 2 };
                 let mm = pollster::block_on(Matmul::fast_with_tiling(&gpu, spec, shape, tiling)).unwrap();
                 assert!(mm.has_fast_path());
                 check_fast(&gpu, &mut rng, spec, shape, &mm);
@@ -1041,11 +1082,15 @@ mod tests {
 
     fn check_fast(gpu: &Gpu, rng: &mut rand::rngs::StdRng, spec: MatmulSpec, shape: MatmulShape, op: &Matmul) {
         let MatmulShape { m, n, k, batch } = shape;
-        let dense =
-            |rows: usize, cols: usize| HostOperand { off: 4, ld: cols + 4, batch_stride: rows * (cols + 4) + 8 };
+        // Offsets and strides in steps of 4, or of a block-format B's blocks.
+        let dense = |rows: usize, cols: usize, step: usize| {
+            let ld = (cols + 4).next_multiple_of(step);
+            HostOperand { off: step, ld, batch_stride: rows * ld + 2 * step }
+        };
         let (a_rows, a_cols) = if spec.trans_a { (k, m) } else { (m, k) };
         let (b_rows, b_cols) = if spec.trans_b { (n, k) } else { (k, n) };
-        let (ao, bo, co) = (dense(a_rows, a_cols), dense(b_rows, b_cols), dense(m, n));
+        let b_step = spec.b_dtype.block_elems().max(4);
+        let (ao, bo, co) = (dense(a_rows, a_cols, 4), dense(b_rows, b_cols, b_step), dense(m, n, 4));
         let len = |o: HostOperand, rows: usize| o.off + batch * o.batch_stride + rows * o.ld;
         let a = testing::normal(rng, len(ao, a_rows));
         let b = dtype::round_trip(spec.b_dtype, &testing::normal(rng, len(bo, b_rows)));
@@ -1089,6 +1134,21 @@ mod tests {
         let err =
             op.record(&mut rec, Operand::dense(&ok, 3), Operand::dense(&ok, 4), None, Operand::dense(&ok, 4), 1.0);
         assert!(err.unwrap_err().to_string().contains("leading dimension 3 < 4"));
+
+        // A quantised B must start and stride in whole blocks.
+        let spec = MatmulSpec { trans_b: true, b_dtype: Dtype::Q4, ..MatmulSpec::plain() };
+        let op = pollster::block_on(Matmul::new(&gpu, spec, MatmulShape::new(2, 2, 40))).unwrap();
+        let a = gpu.storage("t", "a", 2 * 48 * 4).unwrap();
+        let q = gpu.storage("t", "q", Dtype::Q4.storage_bytes(4 * 64)).unwrap();
+        let mut b = Operand::dense(&q, 48);
+        let err = op.record(&mut rec, Operand::dense(&a, 48), b, None, Operand::dense(&a, 2), 1.0).unwrap_err();
+        assert!(err.to_string().contains("leading dimension (48)"), "{err}");
+        b.ld = 64;
+        b.off = 16;
+        let err = op.record(&mut rec, Operand::dense(&a, 48), b, None, Operand::dense(&a, 2), 1.0).unwrap_err();
+        assert!(err.to_string().contains("offset (16)"), "{err}");
+        b.off = 64;
+        op.record(&mut rec, Operand::dense(&a, 48), b, None, Operand::dense(&a, 2), 1.0).expect("whole blocks");
     }
 
     #[test]

@@ -335,6 +335,8 @@ mod tests {
             (5, 33, 1001, 300, Dtype::F32, 1.0),
             (3, 16, 700, 256, Dtype::Bf16, 0.7),
             (9, 20, 3000, 4096, Dtype::F16, 1.3),
+            (4, 64, 333, 128, Dtype::Q4, 1.0),
+            (6, 48, 700, 256, Dtype::Q8, 0.8),
         ] {
             let s = HeadShape { rows, hidden, vocab, chunk };
             let h = testing::normal(&mut rng, rows * hidden);

@@ -17,10 +17,12 @@ const HEAD_BOUND: f64 = 1e-5;
 
 pub(super) async fn output_head(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     let mut rng = rng("output head");
-    // Several chunks with a ragged last one; bf16 weights split into two row shards.
+    // Several chunks with a ragged last one; bf16 and Q8 weights split into two row shards.
     for (rows, hidden, vocab, chunk, dt, temperature, starts) in [
         (3usize, 16usize, 700usize, 256usize, Dtype::F32, 1.0f32, vec![0usize]),
         (5, 20, 301, 128, Dtype::Bf16, 0.7, vec![0, 150]),
+        // A quantised embedding as the tied head (SmolLM2's GGUF stores it as Q8_0).
+        (4, 32, 257, 128, Dtype::Q8, 1.0, vec![0, 100]),
     ] {
         let s = HeadShape { rows, hidden, vocab, chunk };
         let h = normal(&mut rng, rows * hidden);

@@ -139,6 +139,7 @@ pub(super) async fn embedding(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     // Repeated ids, the last row, and ids past the vocabulary (zero rows).
     let ids = [0u32, 36, 5, 5, 999, 17, 1, u32::MAX];
     for dt in Dtype::ALL {
+        let h = dt.whole_blocks(h);
         let table = dtype::round_trip(dt, &normal(&mut rng, vocab * h));
         let op = Embedding::new(gpu, vocab, h, dt).await?;
         // Split into row shards as a large vocabulary is on small-binding adapters.

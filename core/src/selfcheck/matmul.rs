@@ -25,8 +25,14 @@ pub(super) async fn check(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     let mut rng = rng("matmul");
     // (rows, in, out, weight type): aligned shapes (the fast paths, split-K for ≤ 8 rows on GPUs)
     // for every weight type, and one ragged shape for the general kernel.
-    let linears =
-        [(5, 96, 132, Dtype::F32), (3, 61, 77, Dtype::F32), (9, 64, 36, Dtype::F16), (8, 128, 40, Dtype::Bf16)];
+    let linears = [
+        (5, 96, 132, Dtype::F32),
+        (3, 61, 77, Dtype::F32),
+        (9, 64, 36, Dtype::F16),
+        (8, 128, 40, Dtype::Bf16),
+        (7, 64, 45, Dtype::Q4),
+        (4, 96, 50, Dtype::Q8),
+    ];
     for (i, (rows, inp, out, w_dtype)) in linears.into_iter().enumerate() {
         let s = LinearShape { rows, inp, out };
         let x = normal(&mut rng, rows * inp);

@@ -149,6 +149,42 @@ mod device_tests {
         })
     }
 
+    /// QLoRA: LoRA trained on a quantised base (`--weights q4`, projections in Q4 blocks, the
+    /// embedding in Q8) gets the loss and gradients of the f32 base holding the same values — the
+    /// forward and the backward to the input dequantise inside the products.
+    #[test]
+    fn quantised_bases_give_the_loss_and_gradients_of_their_values() {
+        use crate::dtype::{Dtype, WeightFormat};
+        use crate::model::HostTensor;
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("lora grads quantised base");
+        let mut config = tiny_config(Architecture::Llama, true);
+        config.intermediate_size = 64; // every projection's rows whole Q4 blocks
+        let tensors: Vec<(String, HostTensor)> = random_tensors(&config, &mut rng)
+            .into_iter()
+            .map(|(n, t)| {
+                let dtype = if n == "model.embed_tokens.weight" {
+                    Dtype::Q8
+                } else {
+                    WeightFormat::Q4.dtype_for(&n, &t.shape, t.dtype())
+                };
+                (n, t.converted(dtype))
+            })
+            .collect();
+        let widened: Vec<_> =
+            tensors.iter().map(|(n, t)| (n.clone(), HostTensor::f32(t.shape.clone(), t.to_f32()))).collect();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let ids: Vec<u32> = (0..50).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        let [(loss_q, grads_q), (loss_f, grads_f)] = [tensors, widened].map(|tensors| {
+            let model = GpuModel::upload(&gpu, config.clone(), tensors, 64).unwrap();
+            pollster::block_on(lora_loss_and_grads(&gpu, &model, &layout, &params, &ids, 10)).unwrap()
+        });
+        assert!((loss_q - loss_f).abs() <= 1e-5 * loss_f.abs(), "{loss_q} vs {loss_f}");
+        let err = testing::rel_err(&grads_q, &grads_f);
+        assert!(err <= 1e-5, "gradients: {err:e}");
+    }
+
     /// The training forward and backward with the GPU-adapter kernels (flash attention forward
     /// and backward, tiled matmuls, RMSNorm rows) give the loss and gradients of the CPU-adapter
     /// kernels, both run on the test adapter; the latter are checked by finite differences above.

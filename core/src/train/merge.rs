@@ -224,12 +224,12 @@ mod tests {
         assert!(rel_err(&got, &want) < 1e-4, "merged {got:?} vs adapter {want:?}");
     }
 
-    /// A Hub checkpoint as published (bf16 or f16 projections) takes an adapter: the merge widens
-    /// the base to f32 on the GPU, so the merged model equals the merge into an f32 copy of the
-    /// same values (was: "merging an adapter needs f32 base weights").
+    /// A Hub checkpoint as published (bf16 or f16 projections) or a quantised one (Q8/Q4 blocks)
+    /// takes an adapter: the merge widens the base to f32 on the GPU, so the merged model equals
+    /// the merge into an f32 copy of the same values (was: "merging an adapter needs f32 base
+    /// weights").
     #[test]
-    fn sixteen_bit_bases_merge_like_their_f32_values() {
-        use crate::model::TensorData;
+    fn sixteen_bit_and_quantised_bases_merge_like_their_f32_values() {
         use crate::model::gpu::sequence_logits;
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("lora merge 16-bit base");
@@ -238,37 +238,24 @@ mod tests {
         let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
         let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
         let ids: Vec<u32> = (0..9).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
-        for (name, to_bits, from_bits) in [
-            (
-                "bf16",
-                (|x| half::bf16::from_f32(x).to_bits()) as fn(f32) -> u16,
-                (|b| half::bf16::from_bits(b).to_f32()) as fn(u16) -> f32,
-            ),
-            ("f16", |x| half::f16::from_f32(x).to_bits(), |b| half::f16::from_bits(b).to_f32()),
-        ] {
-            // The projections stored in 16 bits, and the same values in f32.
-            let (mut sixteen, mut widened) = (Vec::new(), Vec::new());
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::Q8, Dtype::Q4] {
+            // The projections stored as `dtype` (Q4 leaves the 48-wide down projection f32: its
+            // rows are not whole blocks), and the same values in f32.
+            let (mut stored, mut widened) = (Vec::new(), Vec::new());
             for (n, t) in &tensors {
-                let is_projection = n.ends_with("proj.weight");
-                let bits: Vec<u16> = t.to_f32().into_iter().map(to_bits).collect();
-                let values: Vec<f32> = bits.iter().map(|&b| from_bits(b)).collect();
-                let data16 = if name == "bf16" { TensorData::Bf16(bits) } else { TensorData::F16(bits) };
-                let (a, b) = if is_projection {
-                    (HostTensor { shape: t.shape.clone(), data: data16 }, HostTensor::f32(t.shape.clone(), values))
-                } else {
-                    (t.clone(), t.clone())
-                };
-                sixteen.push((n.clone(), a));
-                widened.push((n.clone(), b));
+                let a = if n.ends_with("proj.weight") { t.clone().converted(dtype) } else { t.clone() };
+                widened.push((n.clone(), HostTensor::f32(a.shape.clone(), a.to_f32())));
+                stored.push((n.clone(), a));
             }
+            assert!(stored.iter().any(|(_, t)| t.dtype() == dtype), "{dtype}: some projection converted");
             let logits = |tensors: Vec<(String, HostTensor)>| {
                 let model = GpuModel::upload(&gpu, config.clone(), tensors, 32).unwrap();
                 let merge = pollster::block_on(LoraMerge::apply(&gpu, &model, &layout, &params)).unwrap();
                 assert!(merge.model.layers.iter().all(|l| l.q.dtype == Dtype::F32), "merged projections are f32");
                 pollster::block_on(sequence_logits(&gpu, &merge.model, &ids)).unwrap()
             };
-            let err = rel_err(&logits(sixteen), &logits(widened));
-            assert!(err <= 1e-6, "{name} base: {err:e}");
+            let err = rel_err(&logits(stored), &logits(widened));
+            assert!(err <= 1e-6, "{dtype} base: {err:e}");
         }
     }
 }

@@ -17,6 +17,7 @@ use super::config::{Architecture, ConfigError, Field, ModelConfig, derived_head_
 use super::rope_scaling::RopeScaling;
 use super::tensor::{HostTensor, TensorData};
 use super::tokenizer::{self, SpecialTokens, TokenizerError};
+use crate::dtype::Dtype;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -249,8 +250,9 @@ fn token_id(file: &GgufFile, text: &str) -> Option<u32> {
     tokens.iter().position(|t| t.as_str() == Some(text)).map(|i| i as u32)
 }
 
-/// Reads every tensor the configuration needs, checks its shape, dequantises quantised ones to
-/// f32 (F16/BF16 stay compact) and undoes llama.cpp's q/k row order for `llama`.
+/// Reads every tensor the configuration needs, checks its shape, keeps it compact (F16/BF16 as
+/// 16-bit, quantised matrices as GPU blocks with the same values; see `read_tensor`) and undoes
+/// llama.cpp's q/k row order for `llama`.
 pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String, HostTensor)>, GgufError> {
     let mut by_hf_name = std::collections::HashMap::new();
     for t in &file.tensors {
@@ -290,10 +292,14 @@ pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String
         if let Some(n_head) = permuted {
             let row_len = if shape.len() == 2 { shape[1] } else { 1 };
             let bad = |message: String| GgufError::BadTensor { name: name.clone(), message };
+            // Block formats move whole rows of words (a row is whole blocks).
+            let row_words = tensor.dtype().storage_bytes(row_len) as usize / 4;
             tensor.data = match tensor.data {
                 TensorData::F32(v) => TensorData::F32(unpermute_rows(&v, row_len, n_head).map_err(bad)?),
                 TensorData::F16(v) => TensorData::F16(unpermute_rows(&v, row_len, n_head).map_err(bad)?),
                 TensorData::Bf16(v) => TensorData::Bf16(unpermute_rows(&v, row_len, n_head).map_err(bad)?),
+                TensorData::Q4(w) => TensorData::Q4(unpermute_rows(&w, row_words, n_head).map_err(bad)?),
+                TensorData::Q8(w) => TensorData::Q8(unpermute_rows(&w, row_words, n_head).map_err(bad)?),
             };
         }
         out.push((name, tensor));
@@ -301,15 +307,30 @@ pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String
     Ok(out)
 }
 
+/// Bytes `read_tensor` keeps `info` in on the host (and, stored as read, on the GPU).
+pub fn kept_bytes(info: &TensorInfo) -> u64 {
+    let n = info.n_elements();
+    match (info.ggml_type, quant::gpu_dtype(info.ggml_type)) {
+        (GgmlType::F16 | GgmlType::Bf16, _) => n * 2,
+        (_, Some(dtype)) if info.shape().len() == 2 => dtype.storage_bytes(n as usize),
+        _ => n * 4,
+    }
+}
+
 /// One tensor's data in PyTorch order (GGUF's row-major layout with reversed dims is already
-/// PyTorch's row-major layout, so only the shape is reversed).
+/// PyTorch's row-major layout, so only the shape is reversed). Quantised matrices become GPU
+/// blocks (`quant::to_gpu_blocks`: the same values, dequantised inside the kernels); quantised
+/// vectors, which no kernel reads as blocks, are dequantised.
 pub fn read_tensor(file: &GgufFile, info: &TensorInfo) -> HostTensor {
     let bytes = file.tensor_bytes(info);
+    let shape = info.shape();
     let bits16 = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-    let data = match info.ggml_type {
-        GgmlType::F16 => TensorData::F16(bits16()),
-        GgmlType::Bf16 => TensorData::Bf16(bits16()),
-        t => TensorData::F32(quant::dequantize(t, bytes)),
+    let data = match (info.ggml_type, quant::gpu_dtype(info.ggml_type)) {
+        (GgmlType::F16, _) => TensorData::F16(bits16()),
+        (GgmlType::Bf16, _) => TensorData::Bf16(bits16()),
+        (t, Some(Dtype::Q4)) if shape.len() == 2 => TensorData::Q4(quant::to_gpu_blocks(t, bytes)),
+        (t, Some(Dtype::Q8)) if shape.len() == 2 => TensorData::Q8(quant::to_gpu_blocks(t, bytes)),
+        (t, _) => TensorData::F32(quant::dequantize(t, bytes)),
     };
-    HostTensor { shape: info.shape(), data }
+    HostTensor { shape, data }
 }

@@ -13,8 +13,13 @@
 //! | Q4_K | 256 | 144 | d, dmin, scales[12] (8 six-bit scale/min pairs), qs[128] |
 //! | Q5_K | 256 | 176 | d, dmin, scales[12], qh[32], qs[128] |
 //! | Q6_K | 256 | 210 | ql[128], qh[64], scales[16] i8, d |
+//!
+//! `to_gpu_blocks` re-packs the same blocks into the GPU's block formats (`crate::dtype`) without
+//! changing a value: the weights stay quantised on the GPU.
 
 use half::f16;
+
+use crate::dtype::{self, Dtype};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -276,5 +281,114 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
             y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
             y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
         }
+    }
+}
+
+/// The GPU block format that holds a GGML quantisation's values exactly (`None`: float types):
+/// four-bit codes (Q4_0, Q4_1, Q4_K) in `Q4`, five- to eight-bit codes (Q5_0, Q5_1, Q5_K, Q6_K,
+/// Q8_0) in `Q8`, whose blocks of 16 follow Q6_K's scales.
+pub fn gpu_dtype(t: GgmlType) -> Option<Dtype> {
+    match t {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => Some(Dtype::Q4),
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q8_0 => Some(Dtype::Q8),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => None,
+    }
+}
+
+/// Re-packs whole blocks of the quantised type `t` as GPU blocks of `gpu_dtype(t)` with the same
+/// values: each GPU block gets its group's scale and offset with value = scale·q + offset, which
+/// is ggml's value to the bit (scale·q is exact for every type: an f16 times a code of at most
+/// 8 bits times a six- or eight-bit sub-scale fits f32's 24 bits), so `dtype::unpack` of the
+/// result equals `dequantize` (tested on random blocks of every type).
+pub fn to_gpu_blocks(t: GgmlType, bytes: &[u8]) -> Vec<u32> {
+    let dtype = gpu_dtype(t).unwrap_or_else(|| panic!("{} is not a quantised type", t.name()));
+    let (bs, len, group) = (t.block_bytes() as usize, t.block_len() as usize, dtype.block_elems());
+    let mut codes = vec![0i32; len];
+    let mut groups = vec![(0f32, 0f32); len / group];
+    let mut words = Vec::with_capacity(bytes.len() / bs * groups.len() * dtype.unit().1);
+    for b in bytes.chunks_exact(bs) {
+        decode_block(t, b, &mut codes, &mut groups);
+        for (g, &(scale, offset)) in groups.iter().enumerate() {
+            words.extend(dtype::block_words(dtype, scale, offset, &codes[g * group..(g + 1) * group]));
+        }
+    }
+    words
+}
+
+/// One GGML block as codes and (scale, offset) per GPU group (32 elements for `Q4`, 16 for `Q8`).
+fn decode_block(t: GgmlType, b: &[u8], codes: &mut [i32], groups: &mut [(f32, f32)]) {
+    // Q4_0/Q4_1/Q5_x: byte j of qs holds items j (low nibble) and j + 16 (high nibble).
+    let nibbles = |qs: &[u8], codes: &mut [i32]| {
+        for j in 0..16 {
+            codes[j] = (qs[j] & 0x0F) as i32;
+            codes[j + 16] = (qs[j] >> 4) as i32;
+        }
+    };
+    // Q5_0/Q5_1: the fifth bit of item j is bit j of qh.
+    let fifth_bits = |qh: u32, codes: &mut [i32]| (0..32).for_each(|j| codes[j] |= ((qh >> j & 1) << 4) as i32);
+    match t {
+        GgmlType::Q4_0 => {
+            let d = f16_at(b, 0);
+            nibbles(&b[2..18], codes);
+            groups[0] = (d, -8.0 * d);
+        }
+        GgmlType::Q4_1 => {
+            nibbles(&b[4..20], codes);
+            groups[0] = (f16_at(b, 0), f16_at(b, 2));
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let (d, at) = (f16_at(b, 0), if t == GgmlType::Q5_0 { 2 } else { 4 });
+            nibbles(&b[at + 4..at + 20], codes);
+            fifth_bits(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]), codes);
+            let pair = if t == GgmlType::Q5_0 {
+                codes.iter_mut().for_each(|q| *q -= 16);
+                (d, 0.0)
+            } else {
+                (d, f16_at(b, 2))
+            };
+            groups.fill(pair);
+        }
+        GgmlType::Q8_0 => {
+            codes.iter_mut().zip(&b[2..34]).for_each(|(q, &x)| *q = x as i8 as i32);
+            groups.fill((f16_at(b, 0), 0.0));
+        }
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let (d, min) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let (qh, qs) = if t == GgmlType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            // Sub-block s (32 items): low (s even) or high (s odd) nibbles of qs[32·(s/2)..];
+            // Q5_K's fifth bit of item 32s + l is bit s of qh[l].
+            let groups_per_sub = groups.len() / 8; // 1 for Q4_K (GPU blocks of 32), 2 for Q5_K (16)
+            for s in 0..8 {
+                let (sc, m) = scale_min_k4(s, scales);
+                for l in 0..32 {
+                    let byte = qs[32 * (s / 2) + l];
+                    let low = if s % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+                    let high = qh.map_or(0, |qh| (qh[l] >> s & 1) << 4);
+                    codes[32 * s + l] = (low | high) as i32;
+                }
+                let pair = (d * sc as f32, -(min * m as f32));
+                groups[s * groups_per_sub..(s + 1) * groups_per_sub].fill(pair);
+            }
+        }
+        GgmlType::Q6K => {
+            let d = f16_at(b, 208);
+            for n in 0..2 {
+                let (ql, qh, sc) =
+                    (&b[64 * n..64 * n + 64], &b[128 + 32 * n..160 + 32 * n], &b[192 + 8 * n..200 + 8 * n]);
+                for l in 0..32 {
+                    for g in 0..4 {
+                        let low_byte = ql[l + 32 * (g % 2)];
+                        let low = if g < 2 { low_byte & 0x0F } else { low_byte >> 4 };
+                        let high = (qh[l] >> (2 * g)) & 3;
+                        codes[128 * n + 32 * g + l] = (low | high << 4) as i32 - 32;
+                    }
+                }
+                for (k, &scale) in sc.iter().enumerate() {
+                    groups[8 * n + k] = (d * scale as i8 as f32, 0.0);
+                }
+            }
+        }
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => unreachable!("float types have no blocks"),
     }
 }

@@ -601,7 +601,8 @@ fn loads_a_llama_model_with_config_names_shapes_and_unpermuted_q_k() {
     let k_bits: Vec<u16> = hf_values(k_name, 16 * 32).iter().map(|&x| f16::from_f32(x).to_bits()).collect();
     assert_eq!(tensor(&m, k_name).data, TensorData::F16(k_bits), "k kept as f16, rows in HF order");
     assert_eq!(tensor(&m, "model.layers.0.self_attn.v_proj.weight").dtype(), crate::dtype::Dtype::Bf16);
-    // Quantised tensors come back dequantised, in file (= PyTorch row-major) order.
+    // Quantised matrices come back as GPU blocks with ggml's values, in file (= PyTorch
+    // row-major) order.
     let file = GgufFile::parse(&bytes).unwrap();
     for (gguf, hf) in [
         ("token_embd.weight", "model.embed_tokens.weight"),
@@ -611,7 +612,9 @@ fn loads_a_llama_model_with_config_names_shapes_and_unpermuted_q_k() {
         ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),
     ] {
         let info = file.tensor(gguf).unwrap();
-        assert_eq!(tensor(&m, hf).data, TensorData::F32(dequantize(info.ggml_type, file.tensor_bytes(info))), "{hf}");
+        let t = tensor(&m, hf);
+        assert_eq!(Some(t.dtype()), super::quant::gpu_dtype(info.ggml_type), "{hf} kept quantised");
+        assert_eq!(t.to_f32(), dequantize(info.ggml_type, file.tensor_bytes(info)), "{hf}");
     }
     assert_eq!(tensor(&m, "model.embed_tokens.weight").shape, vec![8, 32]);
     assert_eq!(tensor(&m, "model.layers.0.mlp.down_proj.weight").shape, vec![32, 64]);
@@ -758,4 +761,50 @@ fn rope_scaling_is_read_from_metadata_and_rope_freqs() {
         assert_eq!(scaled[i], plain[i] / divisors[i]);
     }
     assert!(model.tensors.iter().all(|(name, _)| !name.contains("rope")), "not a model weight");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantised blocks kept as GPU blocks
+
+/// Every quantised type re-packed as GPU blocks holds exactly the values ggml's dequantisation
+/// gives (random codes, scales and sub-scales; finite f16 scales of both signs).
+#[test]
+fn gpu_blocks_hold_the_dequantised_values_of_every_quantised_type() {
+    use rand::Rng;
+    let mut rng = crate::testing::rng("gguf gpu blocks");
+    let quantised = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+    for t in quantised {
+        let dtype = super::quant::gpu_dtype(t).expect("a GPU block format");
+        let blocks = 3;
+        let mut bytes: Vec<u8> = (0..t.block_bytes() as usize * blocks).map(|_| rng.random()).collect();
+        // Every f16 field a finite value: d and m (or dmin) lead the block, Q6_K's d ends it.
+        for block in bytes.chunks_exact_mut(t.block_bytes() as usize) {
+            let mut finite = || h(rng.random_range(-2.0f32..2.0) * 2f32.powi(rng.random_range(-12..2)));
+            let fields: &[usize] = match t {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+                GgmlType::Q6K => &[208],
+                _ => &[0, 2],
+            };
+            for &at in fields {
+                block[at..at + 2].copy_from_slice(&finite());
+            }
+        }
+        let words = super::quant::to_gpu_blocks(t, &bytes);
+        let n = blocks * t.block_len() as usize;
+        assert_eq!(words.len() * 4, dtype.storage_bytes(n) as usize, "{}", t.name());
+        let got = crate::dtype::unpack(dtype, &words, n);
+        let want = dequantize(t, &bytes);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "{} element {i}: GPU block gives {g}, ggml {w}", t.name());
+        }
+    }
 }
