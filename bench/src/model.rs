@@ -11,7 +11,7 @@ use convrec_core::ops::decode::SamplingConfig;
 use serde_json::json;
 
 use crate::python::{Baseline, Row, TorchArgs, print_comparison};
-use crate::smollm2::{self, ShapeArgs, TrainArgs, mib};
+use crate::smollm2::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,12 +19,8 @@ pub struct Args {
     shape: ShapeArgs,
     #[command(flatten)]
     torch: TorchArgs,
-    /// Prompt length (tokens).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    prompt: u32,
-    /// New tokens per sequence.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    new: u32,
+    #[command(flatten)]
+    generation: GenerationArgs,
     #[command(flatten)]
     train: TrainArgs,
     /// Which parts: generate, train.
@@ -36,7 +32,7 @@ pub struct Args {
 const ON_CUDA: [&str; 2] = ["fp32", "bf16"];
 
 pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
-    let (prompt, new) = (args.prompt as usize, args.new as usize);
+    let (prompt, new) = (args.generation.prompt as usize, args.generation.new as usize);
     let (train_batch, train_seq) = (args.train.train_batch as usize, args.train.train_seq as usize);
     let (c, model) = smollm2::upload(gpu, &args.shape, (prompt + new).max(train_seq) + 8)?;
     println!("{}", smollm2::header(gpu, &c, &model));

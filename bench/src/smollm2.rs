@@ -19,6 +19,17 @@ pub struct ShapeArgs {
     pub layers: u32,
 }
 
+/// The generation figures' options, shared by `model` and `weights`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerationArgs {
+    /// Prompt length (tokens).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prompt: u32,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub new: u32,
+}
+
 /// The training step's options, shared by `model` and `profile`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {

@@ -7,18 +7,14 @@ use convrec_core::Gpu;
 use convrec_core::dtype::WeightFormat;
 
 use crate::model::generation_rates;
-use crate::smollm2::{self, ShapeArgs, TrainArgs, mib};
+use crate::smollm2::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,
-    /// Prompt length (tokens) of the generation figures.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    prompt: u32,
-    /// New tokens per sequence.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    new: u32,
+    #[command(flatten)]
+    generation: GenerationArgs,
     #[command(flatten)]
     train: TrainArgs,
     /// The formats to measure (the first is the baseline of the ratios).
@@ -38,7 +34,7 @@ struct Figures {
 }
 
 pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
-    let (prompt, new) = (args.prompt as usize, args.new as usize);
+    let (prompt, new) = (args.generation.prompt as usize, args.generation.new as usize);
     let (batch, seq) = (args.train.train_batch as usize, args.train.train_seq as usize);
     let positions = (prompt + new).max(seq) + 8;
     let mut all = Vec::new();

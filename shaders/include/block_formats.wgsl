@@ -14,7 +14,9 @@ fn load_q4(i: u32) -> f32 {
 fn load_q8(i: u32) -> f32 {
     let base = (i >> 4u) * 6u;
     let j = i & 15u;
-    let q = extractBits(bitcast<i32>(b[base + 2u + (j >> 2u)]), (j & 3u) * 8u, 8u);
+    // The byte to the top, then an arithmetic shift back: the sign-extended code (no
+    // `extractBits`, which older Metal Shading Language versions lack).
+    let q = bitcast<i32>(b[base + 2u + (j >> 2u)] << (24u - (j & 3u) * 8u)) >> 24u;
     return bitcast<f32>(b[base]) * f32(q) + bitcast<f32>(b[base + 1u]);
 }
 

@@ -45,12 +45,12 @@ pub fn build_pkg(root: &Path, target_dir: &Path, pkg: &Path) -> anyhow::Result<(
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "convrec-wasm", "--target", "wasm32-unknown-unknown", "--target-dir"])
+        .args(["build", "--profile", "web", "-p", "convrec-wasm", "--target", "wasm32-unknown-unknown", "--target-dir"])
         .arg(target_dir)
         .status()
         .context("running cargo")?;
     anyhow::ensure!(status.success(), "building convrec-wasm for wasm32-unknown-unknown failed");
-    let wasm = target_dir.join("wasm32-unknown-unknown/release/convrec_wasm.wasm");
+    let wasm = target_dir.join("wasm32-unknown-unknown/web/convrec_wasm.wasm");
     let _ = std::fs::remove_dir_all(pkg);
     wasm_bindgen_cli_support::Bindgen::new()
         .input_path(&wasm)
