@@ -947,8 +947,12 @@ mod tests {
                 let shape = MatmulShape { m, n, k, batch };
                 let op = pollster::block_on(Matmul::coop(&gpu, spec, shape, tc)).expect("prepare");
                 // f16-exact operands: only the f32 accumulation order differs from the reference.
-                let exact = product_error(&gpu, &mut rng, spec, shape, &op, 1, true);
-                assert!(exact <= 1e-5, "{spec:?} {shape:?} tile {}: f16-exact operands, error {exact:e}", tc.tile);
+                // A block-format B dequantises to values that are not f16-exact, which the tiles
+                // round: no exact case for it (its loader is checked exactly by the f32 kernels).
+                if !spec.b_dtype.is_quantized() {
+                    let exact = product_error(&gpu, &mut rng, spec, shape, &op, 1, true);
+                    assert!(exact <= 1e-5, "{spec:?} {shape:?} tile {}: f16-exact operands, error {exact:e}", tc.tile);
+                }
                 // Any f32 operands: the f16 rounding of both (2^-11 relative each) shows.
                 let mixed = product_error(&gpu, &mut rng, spec, shape, &op, 1, false);
                 assert!(mixed <= 3e-3, "{spec:?} {shape:?} tile {}: f32 operands, error {mixed:e}", tc.tile);
