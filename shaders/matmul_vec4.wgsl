@@ -34,10 +34,8 @@ fn load_b4(e: u32) -> vec4<f32> {
     if (B_DTYPE == 1u) {
         let w = e >> 1u;
         return vec4<f32>(unpack2x16float(b[w]), unpack2x16float(b[w + 1u]));
-    } else if (B_DTYPE == 3u) {
-        return load_q4x4(e);
-    } else if (B_DTYPE == 4u) {
-        return load_q8x4(e);
+    } else if (B_DTYPE >= 3u) {
+        return load_block4(e);
     }
     let w0 = b[e >> 1u];
     let w1 = b[(e >> 1u) + 1u];

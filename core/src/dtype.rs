@@ -10,7 +10,7 @@
 //! | `Q8` | 6 per block of 16: scale, offset (f32 bits), 16 signed bytes, four to a word, lowest byte first | scale·q + offset, q ∈ −128..127 |
 //!
 //! The two block formats hold every GGML quantisation convrec reads exactly, value for value as
-//! ggml dequantises it (`model::gguf::quant::to_blocks`): Q4_0, Q4_1 and Q4_K become `Q4`; Q5_0,
+//! ggml dequantises it (`model::gguf::quant::to_gpu_blocks`): Q4_0, Q4_1 and Q4_K become `Q4`; Q5_0,
 //! Q5_1, Q5_K, Q6_K and Q8_0 become `Q8` (groups of 16 because Q6_K scales every 16 elements).
 //! They can also be made from f32 values (`pack`), which is how a 16-bit checkpoint is quantised
 //! on load (`--weights q4|q8`). A block never straddles a matrix row, so a row's length, and every
@@ -237,7 +237,7 @@ pub fn block_words(dtype: Dtype, scale: f32, offset: f32, codes: &[i32]) -> [u32
 }
 
 /// The f32 values of the first `elems` elements of GPU words in `dtype` — exactly what the
-/// kernels' `load_b` computes (scale·q is exact for every block `to_blocks` and `pack` make, so
+/// kernels' `load_b` computes (scale·q is exact for every block `to_gpu_blocks` and `pack` make, so
 /// the one rounding is the addition's, whether or not a GPU fuses the two).
 pub fn unpack(dtype: Dtype, words: &[u32], elems: usize) -> Vec<f32> {
     match dtype {

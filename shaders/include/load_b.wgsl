@@ -8,10 +8,8 @@ fn load_b(i: u32) -> f32 {
     } else if (B_DTYPE == 2u) {
         let word = b[i >> 1u];
         return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-    } else if (B_DTYPE == 3u) {
-        return load_q4(i);
-    } else if (B_DTYPE == 4u) {
-        return load_q8(i);
+    } else if (B_DTYPE >= 3u) {
+        return load_block(i);
     }
     return bitcast<f32>(b[i]);
 }
