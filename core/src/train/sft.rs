@@ -415,8 +415,11 @@ mod tests {
         assert_ne!(params, init);
         let err = testing::rel_err(&split[0].1, &params);
         eprintln!("three workers against one: adapter rel. error {err:e}");
-        // Measured: 1–3e-7 (f32 rounding of sums in another order).
-        assert!(err < 1e-5, "the adapters differ by {err:e}");
+        // f32 sums in another order, then AdamW, whose first steps move each parameter by about
+        // lr·sign(g): an entry whose gradient is near zero can flip sign under that rounding.
+        // Measured over 31 seeds: 1e-7 to 6.3e-6, and once past 1e-5; 1e-4 is the bound the
+        // mpirun test (native/tests/mpi.rs) uses for the same comparison.
+        assert!(err < 1e-4, "the adapters differ by {err:e}");
     }
 
     #[test]
