@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::decoder::Decoder;
 use super::rope_scaling::RopeScaling;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,15 +189,13 @@ impl ModelConfig {
             .and_then(|a| a.first().cloned())
             .or_else(|| c.model_type.clone())
             .ok_or(ConfigError::Missing("architectures"))?;
-        let architecture = match arch_name.as_str() {
-            "LlamaForCausalLM" | "llama" => Architecture::Llama,
-            "Qwen2ForCausalLM" | "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(ConfigError::Unsupported(format!(
-                    "architecture {other} is not supported (LlamaForCausalLM and Qwen2ForCausalLM are)"
-                )));
-            }
-        };
+        let decoder =
+            super::decoder::ALL.iter().find(|d| d.hf_names.contains(&arch_name.as_str())).ok_or_else(|| {
+                ConfigError::Unsupported(format!(
+                    "architecture {arch_name} is not supported (LlamaForCausalLM and Qwen2ForCausalLM are)"
+                ))
+            })?;
+        let architecture = decoder.architecture;
         let max_position_embeddings = c.max_position_embeddings.unwrap_or(2048);
         // transformers 4.x: `rope_scaling` beside a top-level `rope_theta`; 5.x: both inside
         // `rope_parameters`.
@@ -215,6 +214,10 @@ impl ModelConfig {
         }
         if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(ConfigError::Unsupported(format!("hidden_act {act} is not implemented (only silu is)")));
+        }
+        if architecture == Architecture::Llama && c.attention_bias == Some(true) {
+            // transformers' Llama then adds a bias to o_proj as well; convrec's Llama layer has none.
+            return Err(ConfigError::Unsupported("attention_bias = true is not implemented for Llama".into()));
         }
         if c.mlp_bias == Some(true) {
             return Err(ConfigError::Unsupported("mlp_bias = true is not implemented".into()));
@@ -342,43 +345,18 @@ impl ModelConfig {
     /// their limits).
     pub fn parameter_count(&self) -> u64 {
         let u = |v: usize| v as u64;
-        let (h, f, d) = (u(self.hidden_size), u(self.intermediate_size), u(self.head_dim));
-        let (qd, kvd) = (u(self.num_heads) * d, u(self.num_kv_heads) * d);
-        let embeddings = u(self.vocab_size) * h * if self.tie_word_embeddings { 1 } else { 2 };
-        let biases = if self.attention_bias { qd + 2 * kvd } else { 0 };
-        let layer = 2 * h + 2 * qd * h + 2 * kvd * h + 3 * f * h + biases;
-        embeddings + h + u(self.num_layers) * layer
+        let embeddings = u(self.vocab_size) * u(self.hidden_size) * if self.tie_word_embeddings { 1 } else { 2 };
+        embeddings + u(self.hidden_size) + u(self.num_layers) * self.decoder().layer_parameters(self)
+    }
+
+    /// The description of this model's layers.
+    pub fn decoder(&self) -> &'static Decoder {
+        Decoder::of(self.architecture)
     }
 
     /// Every weight the model needs, with its HF name and shape.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, f, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let (qd, kvd) = (self.num_heads * d, self.num_kv_heads * d);
-        let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]),
-            ("model.norm.weight".into(), vec![h]),
-        ];
-        if !self.tie_word_embeddings {
-            out.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
-        }
-        for l in 0..self.num_layers {
-            let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![qd, h]));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kvd, h]));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kvd, h]));
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
-            if self.attention_bias {
-                out.push((format!("{p}.self_attn.q_proj.bias"), vec![qd]));
-                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kvd]));
-                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kvd]));
-            }
-            out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
-            out.push((format!("{p}.mlp.up_proj.weight"), vec![f, h]));
-            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, f]));
-        }
-        out
+        self.decoder().tensors(self)
     }
 }
 

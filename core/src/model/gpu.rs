@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 
 use super::config::ModelConfig;
+use super::decoder::{Decoder, Mixer, Target, layer_tensor};
 use super::tensor::HostTensor;
 use crate::dtype::{Dtype, WeightFormat};
 use crate::gpu::{Batch, Gpu, GpuBuffer, GpuError};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
 use crate::ops::decode::{CacheShape, KvOps};
 use crate::ops::elementwise::{Embedding, SwiGlu};
-use crate::ops::matmul::{Matmul, MatmulSet, MatmulShape, MatmulSpec, Operand};
+use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::rmsnorm::RmsNorm;
 use crate::ops::rope::{Rope, RopeTables};
 
@@ -28,7 +29,8 @@ pub enum ModelError {
 
 pub type ModelResult<T> = Result<T, ModelError>;
 
-/// A weight matrix on the GPU in its storage type.
+/// A weight matrix on the GPU in its storage type (cloning shares the buffers).
+#[derive(Clone)]
 pub struct Weight {
     /// The whole matrix, or its first row shard when it is split.
     pub buf: GpuBuffer,
@@ -99,21 +101,45 @@ impl Weight {
     }
 }
 
-pub struct LayerWeights {
-    pub input_norm: GpuBuffer,
-    pub post_norm: GpuBuffer,
-    pub q: Weight,
-    pub k: Weight,
-    pub v: Weight,
-    pub o: Weight,
-    pub gate: Weight,
-    pub up: Weight,
-    pub down: Weight,
-    pub q_bias: Option<GpuBuffer>,
-    pub k_bias: Option<GpuBuffer>,
-    pub v_bias: Option<GpuBuffer>,
+/// One projection of one layer: its frozen weight and bias.
+#[derive(Clone)]
+pub struct LayerProjection {
+    pub target: Target,
+    pub weight: Weight,
+    pub bias: Option<GpuBuffer>,
 }
 
+/// One layer's weights, laid out as the model's [`Decoder`] describes them.
+#[derive(Clone)]
+pub struct LayerWeights {
+    /// RMS norm weights, in the description's `norms` order.
+    pub norms: Vec<GpuBuffer>,
+    /// In the description's `projections` order.
+    pub projections: Vec<LayerProjection>,
+}
+
+impl LayerWeights {
+    /// The projection `target`: one the model's description lists (each block's mixer only
+    /// names those, and LoRA configs are checked against them).
+    pub fn projection(&self, target: Target) -> &LayerProjection {
+        self.projections.iter().find(|p| p.target == target).expect("a projection of the model's description")
+    }
+    pub fn weight(&self, target: Target) -> &Weight {
+        &self.projection(target).weight
+    }
+    pub fn weight_mut(&mut self, target: Target) -> &mut Weight {
+        &mut self
+            .projections
+            .iter_mut()
+            .find(|p| p.target == target)
+            .expect("a projection of the model's description")
+            .weight
+    }
+}
+
+/// The model's weights on the GPU (cloning shares the buffers: a view can replace some
+/// projections, an adapter merged in, and keep the rest).
+#[derive(Clone)]
 pub struct GpuModel {
     pub config: ModelConfig,
     pub embed: Weight,
@@ -124,8 +150,6 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Uploads HF-named tensors, checking each against the config. `max_positions` sizes the
-    /// RoPE tables (prompt + generation length).
     /// Bytes the weights take on the GPU (every matrix in its storage type, norms and biases).
     pub fn weight_bytes(&self) -> u64 {
         let matrix = |w: &Weight| w.shards.iter().map(|(_, b)| b.len_bytes()).sum::<u64>();
@@ -133,17 +157,18 @@ impl GpuModel {
             .layers
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(matrix).sum::<u64>()
-                    + [Some(&l.input_norm), Some(&l.post_norm), l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .map(|b| b.len_bytes())
-                        .sum::<u64>()
+                l.projections
+                    .iter()
+                    .map(|p| matrix(&p.weight) + p.bias.as_ref().map_or(0, |b| b.len_bytes()))
+                    .sum::<u64>()
+                    + l.norms.iter().map(|b| b.len_bytes()).sum::<u64>()
             })
             .sum();
         matrix(&self.embed) + self.lm_head.as_ref().map_or(0, matrix) + self.final_norm.len_bytes() + layers
     }
 
+    /// Uploads HF-named tensors, checking each against the config. `max_positions` sizes the
+    /// RoPE tables (prompt + generation length).
     /// Frozen weights are kept as `gpu.weight_format()` says (`--weights`).
     pub fn upload(
         gpu: &Gpu,
@@ -214,38 +239,27 @@ impl GpuModel {
         } else {
             Some(Weight::upload(gpu, "lm_head.weight", take("lm_head.weight")?, true, vocab_shard_rows)?)
         };
+        let decoder = config.decoder();
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
-            let p = format!("model.layers.{l}");
-            let mut m = |suffix: &str| -> ModelResult<Weight> {
-                let name = format!("{p}.{suffix}");
-                let t = take(&name)?;
-                matrix(&name, t)
-            };
-            let (q, k, v, o) = (
-                m("self_attn.q_proj.weight")?,
-                m("self_attn.k_proj.weight")?,
-                m("self_attn.v_proj.weight")?,
-                m("self_attn.o_proj.weight")?,
-            );
-            let (gate, up, down) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
-            let mut vec_of = |suffix: &str| -> ModelResult<GpuBuffer> {
-                let name = format!("{p}.{suffix}");
-                let t = take(&name)?;
-                vector(&name, t)
-            };
-            let (input_norm, post_norm) =
-                (vec_of("input_layernorm.weight")?, vec_of("post_attention_layernorm.weight")?);
-            let (q_bias, k_bias, v_bias) = if config.attention_bias {
-                (
-                    Some(vec_of("self_attn.q_proj.bias")?),
-                    Some(vec_of("self_attn.k_proj.bias")?),
-                    Some(vec_of("self_attn.v_proj.bias")?),
-                )
-            } else {
-                (None, None, None)
-            };
-            layers.push(LayerWeights { input_norm, post_norm, q, k, v, o, gate, up, down, q_bias, k_bias, v_bias });
+            let mut norms = Vec::with_capacity(decoder.norms.len());
+            for norm in decoder.norms {
+                let name = layer_tensor(l, norm.module, "weight");
+                norms.push(vector(&name, take(&name)?)?);
+            }
+            let mut projections = Vec::with_capacity(decoder.projections.len());
+            for p in decoder.projections {
+                let name = layer_tensor(l, p.module, "weight");
+                let weight = matrix(&name, take(&name)?)?;
+                let bias = if p.has_bias(&config) {
+                    let name = layer_tensor(l, p.module, "bias");
+                    Some(vector(&name, take(&name)?)?)
+                } else {
+                    None
+                };
+                projections.push(LayerProjection { target: p.target, weight, bias });
+            }
+            layers.push(LayerWeights { norms, projections });
         }
         if let Some(limit) = config.rope_scaling.max_positions(config.max_position_embeddings) {
             if max_positions > limit {
@@ -263,53 +277,13 @@ impl GpuModel {
     /// Another handle on the same GPU weights (buffers are shared, not copied), so that a view
     /// can replace some projections (an adapter merged in) and keep the rest.
     pub fn share(&self) -> GpuModel {
-        let w = |x: &Weight| Weight {
-            buf: x.buf.clone(),
-            dtype: x.dtype,
-            shape: x.shape.clone(),
-            shards: x.shards.clone(),
-        };
-        GpuModel {
-            config: self.config.clone(),
-            embed: w(&self.embed),
-            final_norm: self.final_norm.clone(),
-            lm_head: self.lm_head.as_ref().map(w),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| LayerWeights {
-                    input_norm: l.input_norm.clone(),
-                    post_norm: l.post_norm.clone(),
-                    q: w(&l.q),
-                    k: w(&l.k),
-                    v: w(&l.v),
-                    o: w(&l.o),
-                    gate: w(&l.gate),
-                    up: w(&l.up),
-                    down: w(&l.down),
-                    q_bias: l.q_bias.clone(),
-                    k_bias: l.k_bias.clone(),
-                    v_bias: l.v_bias.clone(),
-                })
-                .collect(),
-            rope: self.rope.clone(),
-        }
+        self.clone()
     }
 
     /// The output projection (the embedding when tied).
     pub fn head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
-}
-
-/// Which linear of a layer, for preparing one product per distinct (kind, dtype).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Proj {
-    Q,
-    Kv,
-    O,
-    GateUp,
-    Down,
 }
 
 /// Per-layer KV caches `[batch, kv_heads, capacity, head_dim]`.
@@ -360,7 +334,7 @@ pub struct ForwardPlan {
     attention: Attention,
     swiglu: SwiGlu,
     kv: KvOps,
-    products: HashMap<(Proj, Dtype, bool), Matmul>,
+    products: MatmulSet,
     x: GpuBuffer,
     xn: GpuBuffer,
     q: GpuBuffer,
@@ -387,21 +361,14 @@ impl ForwardPlan {
         }
         let (h, f, qd, kvd) =
             (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let mut products = HashMap::new();
+        let mut products = MatmulSet::default();
         for layer in &model.layers {
-            let wanted = [
-                (Proj::Q, layer.q.dtype, h, qd, c.attention_bias, false),
-                (Proj::Kv, layer.k.dtype, h, kvd, c.attention_bias, false),
-                (Proj::Kv, layer.v.dtype, h, kvd, c.attention_bias, false),
-                (Proj::O, layer.o.dtype, qd, h, false, true),
-                (Proj::GateUp, layer.gate.dtype, h, f, false, false),
-                (Proj::GateUp, layer.up.dtype, h, f, false, false),
-                (Proj::Down, layer.down.dtype, f, h, false, true),
-            ];
-            for (proj, dtype, inp, out, has_bias, accumulate) in wanted {
-                if let std::collections::hash_map::Entry::Vacant(e) = products.entry((proj, dtype, has_bias)) {
-                    let spec = MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype: dtype };
-                    e.insert(Matmul::new(gpu, spec, MatmulShape::new(rows, out, inp)).await?);
+            for block in c.decoder().blocks {
+                for target in block.mixer.projections() {
+                    let (w, bias) = (layer.weight(target), layer.projection(target).bias.is_some());
+                    let (inp, out) = (w.shape[1], w.shape[0]);
+                    let spec = Self::spec(w, bias, block.mixer, target);
+                    products.prepare(gpu, spec, MatmulShape::new(rows, out, inp)).await?;
                 }
             }
         }
@@ -432,22 +399,37 @@ impl ForwardPlan {
         })
     }
 
+    /// y (+)= x·Wᵀ (+ b) for projection `target` of a block whose mixer is `mixer`: its output
+    /// projection adds into the residual stream, the others overwrite their activation.
+    fn spec(w: &Weight, has_bias: bool, mixer: Mixer, target: Target) -> MatmulSpec {
+        MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate: target == mixer.output(), b_dtype: w.dtype }
+    }
+
     fn linear(
         &self,
         b: &mut Batch,
-        proj: Proj,
-        w: &Weight,
-        bias: Option<&GpuBuffer>,
+        layer: &LayerWeights,
+        mixer: Mixer,
+        target: Target,
         x: &GpuBuffer,
         y: &GpuBuffer,
     ) -> ModelResult<()> {
-        let mm = &self.products[&(proj, w.dtype, bias.is_some())];
-        let (inp, out) = (w.shape[1], w.shape[0]);
-        mm.record(b, Operand::dense(x, inp), Operand::dense(&w.buf, inp), bias, Operand::dense(y, out), 1.0)?;
+        let p = layer.projection(target);
+        let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
+        let spec = Self::spec(&p.weight, p.bias.is_some(), mixer, target);
+        self.products.get(spec, MatmulShape::new(self.rows, out, inp))?.record(
+            b,
+            Operand::dense(x, inp),
+            Operand::dense(&p.weight.buf, inp),
+            p.bias.as_ref(),
+            Operand::dense(y, out),
+            1.0,
+        )?;
         Ok(())
     }
 
-    /// Records the whole forward; the final normed hidden states land in `self.hidden`.
+    /// Records the whole forward, walking the model's [`Decoder`] blocks; the final normed
+    /// hidden states land in `self.hidden`.
     pub fn record(
         &self,
         b: &mut Batch,
@@ -456,10 +438,12 @@ impl ForwardPlan {
         mode: &AttentionMode,
     ) -> ModelResult<()> {
         let c = &model.config;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let decoder: &Decoder = c.decoder();
         self.embedding.record(b, inputs.ids, self.rows, &model.embed.row_shards(), &self.x)?;
         let attention_shape = match mode {
-            AttentionMode::SelfOnly => AttentionShape::token_major(self.batch, self.t, heads, kv_heads, d),
+            AttentionMode::SelfOnly => {
+                AttentionShape::token_major(self.batch, self.t, c.num_heads, c.num_kv_heads, c.head_dim)
+            }
             AttentionMode::Cache { cache, pos0 } => {
                 if cache.shape.batch != self.batch {
                     return Err(ModelError::Invalid(format!(
@@ -467,41 +451,76 @@ impl ForwardPlan {
                         cache.shape.batch, self.batch
                     )));
                 }
-                AttentionShape::cached(self.batch, self.t, *pos0, cache.shape.capacity, heads, kv_heads, d)
+                AttentionShape::cached(
+                    self.batch,
+                    self.t,
+                    *pos0,
+                    cache.shape.capacity,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                )
             }
         };
         for (l, layer) in model.layers.iter().enumerate() {
-            self.norm.forward(b, &self.x, &layer.input_norm, &self.xn, &self.rstd)?;
-            self.linear(b, Proj::Q, &layer.q, layer.q_bias.as_ref(), &self.xn, &self.q)?;
-            self.linear(b, Proj::Kv, &layer.k, layer.k_bias.as_ref(), &self.xn, &self.k)?;
-            self.linear(b, Proj::Kv, &layer.v, layer.v_bias.as_ref(), &self.xn, &self.v)?;
-            self.rope.record(b, &model.rope, inputs.positions, &self.q, self.rows, heads, heads * d, false)?;
-            self.rope.record(b, &model.rope, inputs.positions, &self.k, self.rows, kv_heads, kv_heads * d, false)?;
-            let (k_src, v_src) = match mode {
-                AttentionMode::SelfOnly => (&self.k, &self.v),
-                AttentionMode::Cache { cache, pos0 } => {
-                    self.kv.write(b, cache.shape, self.t, *pos0, &self.k, &cache.k[l])?;
-                    self.kv.write(b, cache.shape, self.t, *pos0, &self.v, &cache.v[l])?;
-                    (&cache.k[l], &cache.v[l])
+            for block in decoder.blocks {
+                // x += mixer(norm(x)): the mixer's output projection accumulates into x.
+                self.norm.forward(b, &self.x, &layer.norms[block.norm], &self.xn, &self.rstd)?;
+                match block.mixer {
+                    Mixer::Attention { q, k, v, o } => {
+                        let mixer = block.mixer;
+                        self.linear(b, layer, mixer, q, &self.xn, &self.q)?;
+                        self.linear(b, layer, mixer, k, &self.xn, &self.k)?;
+                        self.linear(b, layer, mixer, v, &self.xn, &self.v)?;
+                        self.attend(b, model, inputs, mode, l, &attention_shape)?;
+                        self.linear(b, layer, mixer, o, &self.attn, &self.x)?;
+                    }
+                    Mixer::GatedMlp { gate, up, down } => {
+                        let mixer = block.mixer;
+                        self.linear(b, layer, mixer, gate, &self.xn, &self.gate)?;
+                        self.linear(b, layer, mixer, up, &self.xn, &self.up)?;
+                        self.swiglu.forward(b, self.rows * c.intermediate_size, &self.gate, &self.up, &self.h)?;
+                        self.linear(b, layer, mixer, down, &self.h, &self.x)?;
+                    }
                 }
-            };
-            let io = AttentionIo {
-                q: &self.q,
-                k: k_src,
-                v: v_src,
-                key_start: inputs.key_start,
-                out: &self.attn,
-                stats: &self.stats,
-            };
-            self.attention.forward(b, &attention_shape, &io)?;
-            self.linear(b, Proj::O, &layer.o, None, &self.attn, &self.x)?; // x += o_proj(attn)
-            self.norm.forward(b, &self.x, &layer.post_norm, &self.xn, &self.rstd)?;
-            self.linear(b, Proj::GateUp, &layer.gate, None, &self.xn, &self.gate)?;
-            self.linear(b, Proj::GateUp, &layer.up, None, &self.xn, &self.up)?;
-            self.swiglu.forward(b, self.rows * c.intermediate_size, &self.gate, &self.up, &self.h)?;
-            self.linear(b, Proj::Down, &layer.down, None, &self.h, &self.x)?; // x += down_proj(h)
+            }
         }
         self.norm.forward(b, &self.x, &model.final_norm, &self.hidden, &self.rstd)?;
+        Ok(())
+    }
+
+    /// RoPE on this layer's queries and keys, then attention over the batch's own keys or the
+    /// cache (after writing this step's keys and values into it) into `self.attn`.
+    fn attend(
+        &self,
+        b: &mut Batch,
+        model: &GpuModel,
+        inputs: &ForwardInputs,
+        mode: &AttentionMode,
+        l: usize,
+        shape: &AttentionShape,
+    ) -> ModelResult<()> {
+        let c = &model.config;
+        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        self.rope.record(b, &model.rope, inputs.positions, &self.q, self.rows, heads, heads * d, false)?;
+        self.rope.record(b, &model.rope, inputs.positions, &self.k, self.rows, kv_heads, kv_heads * d, false)?;
+        let (k_src, v_src) = match mode {
+            AttentionMode::SelfOnly => (&self.k, &self.v),
+            AttentionMode::Cache { cache, pos0 } => {
+                self.kv.write(b, cache.shape, self.t, *pos0, &self.k, &cache.k[l])?;
+                self.kv.write(b, cache.shape, self.t, *pos0, &self.v, &cache.v[l])?;
+                (&cache.k[l], &cache.v[l])
+            }
+        };
+        let io = AttentionIo {
+            q: &self.q,
+            k: k_src,
+            v: v_src,
+            key_start: inputs.key_start,
+            out: &self.attn,
+            stats: &self.stats,
+        };
+        self.attention.forward(b, shape, &io)?;
         Ok(())
     }
 }

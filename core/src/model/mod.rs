@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod decoder;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
@@ -16,6 +17,7 @@ pub mod tokenizer;
 pub(crate) mod tests;
 
 pub use config::{Architecture, ModelConfig};
+pub use decoder::{Decoder, Target};
 pub use rope_scaling::RopeScaling;
 pub use tensor::{HostTensor, TensorData};
 

@@ -67,7 +67,7 @@ fn quantised_weights_give_the_logits_of_their_values() {
                 .collect();
             let quantised = GpuModel::upload_as(&gpu, config.clone(), stored.clone(), 64, format).unwrap();
             assert_eq!(quantised.embed.dtype, dtype);
-            assert_eq!(quantised.layers[0].q.dtype, dtype);
+            assert_eq!(quantised.layers[0].weight(crate::model::Target::QProj).dtype, dtype);
             // What `--weights` did, on the host: the f32 model of the same values.
             let widened: Vec<_> = stored
                 .into_iter()

@@ -7,14 +7,17 @@
 //! buffers just before differentiating it (about one extra forward of compute for activation
 //! memory that no longer grows with depth: long sequences and larger batches fit).
 //!
-//! Per layer, forward: xn1 = norm(x); q,k,v = W·xn1 (+ LoRA); rope; attention; x += Wo·attn (+ LoRA);
-//! xn2 = norm(x); h = silu(Wg·xn2) ⊙ (Wu·xn2) (+ LoRA); x += Wd·h (+ LoRA). Backward mirrors it
-//! with the residual gradient `dx` accumulated in place.
+//! Both passes walk the model's [`Decoder`](crate::model::Decoder) blocks — `x += mixer(norm(x))`
+//! each — forward in order and backward in reverse, one routine per mixer kind: attention
+//! (q,k,v = W·xn (+ LoRA); rope; attention; x += Wo·attn (+ LoRA)) and the gated MLP
+//! (h = silu(Wg·xn) ⊙ (Wu·xn) (+ LoRA); x += Wd·h (+ LoRA)). The backward carries the residual
+//! gradient `dx` through each block, adding the mixer's path through the norm in place.
 
 use super::lora::{LoraLayout, Target};
 use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
-use crate::model::gpu::{GpuModel, ModelError, ModelResult, Weight};
+use crate::model::decoder::Mixer;
+use crate::model::gpu::{GpuModel, LayerWeights, ModelError, ModelResult};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
 use crate::ops::elementwise::{Embedding, RowScatter, SwiGlu};
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
@@ -40,20 +43,25 @@ pub struct LoraState<'a> {
     pub grads: &'a GpuBuffer,
 }
 
+/// What one block saves for its backward.
+struct BlockActs {
+    /// The residual stream entering the block; `None` for a layer's first block, whose input is
+    /// the layer's input (`TrainPlan::layer_inputs`).
+    input: Option<GpuBuffer>,
+    rstd: GpuBuffer,
+    /// The normed input the mixer reads.
+    xn: GpuBuffer,
+    mixer: MixerActs,
+}
+
+enum MixerActs {
+    Attention { q: GpuBuffer, k: GpuBuffer, v: GpuBuffer, attn: GpuBuffer, stats: GpuBuffer },
+    GatedMlp { gate: GpuBuffer, up: GpuBuffer, h: GpuBuffer },
+}
+
 struct LayerActs {
-    rstd1: GpuBuffer,
-    xn1: GpuBuffer,
-    q: GpuBuffer,
-    k: GpuBuffer,
-    v: GpuBuffer,
-    attn: GpuBuffer,
-    stats: GpuBuffer,
-    x_mid: GpuBuffer,
-    rstd2: GpuBuffer,
-    xn2: GpuBuffer,
-    gate: GpuBuffer,
-    up: GpuBuffer,
-    h: GpuBuffer,
+    /// In the description's block order.
+    blocks: Vec<BlockActs>,
     /// `A·x` per targeted projection `[rows, r]`, in `layout.config.targets` order.
     lora_t: Vec<GpuBuffer>,
 }
@@ -139,20 +147,6 @@ fn tn(accumulate: bool) -> MatmulSpec {
     MatmulSpec { trans_a: true, trans_b: false, has_bias: false, accumulate, b_dtype: Dtype::F32 }
 }
 
-/// The frozen weight, bias and LoRA target of each projection of a layer.
-fn projections(model: &GpuModel, l: usize) -> [(Target, &Weight, Option<&GpuBuffer>); 7] {
-    let w = &model.layers[l];
-    [
-        (Target::QProj, &w.q, w.q_bias.as_ref()),
-        (Target::KProj, &w.k, w.k_bias.as_ref()),
-        (Target::VProj, &w.v, w.v_bias.as_ref()),
-        (Target::OProj, &w.o, None),
-        (Target::GateProj, &w.gate, None),
-        (Target::UpProj, &w.up, None),
-        (Target::DownProj, &w.down, None),
-    ]
-}
-
 impl TrainPlan {
     pub async fn new(
         gpu: &Gpu,
@@ -170,24 +164,28 @@ impl TrainPlan {
         }
         let r = layout.config.r;
         let mut products = MatmulSet::default();
-        for l in 0..c.num_layers {
-            for (target, w, bias) in projections(model, l) {
-                let (inp, out) = (w.shape[1], w.shape[0]);
-                let accumulate_out = matches!(target, Target::OProj | Target::DownProj);
-                // forward: y (+)= x·Wᵀ (+ b); backward to the input: dx (+)= dy·W
-                products
-                    .prepare(gpu, nt(w.dtype, accumulate_out, bias.is_some()), MatmulShape::new(rows, out, inp))
-                    .await?;
-                for acc in [false, true] {
-                    products.prepare(gpu, nn(w.dtype, acc), MatmulShape::new(rows, inp, out)).await?;
-                }
-                if layout.config.targets.contains(&target) {
-                    products.prepare(gpu, nt(Dtype::F32, false, false), MatmulShape::new(rows, r, inp)).await?; // t = x·Aᵀ
-                    products.prepare(gpu, nt(Dtype::F32, true, false), MatmulShape::new(rows, out, r)).await?; // y += s·t·Bᵀ
-                    products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
-                    products.prepare(gpu, nn(Dtype::F32, false), MatmulShape::new(rows, r, out)).await?; // dt = s·dy·B
-                    products.prepare(gpu, tn(true), MatmulShape::new(r, inp, rows)).await?; // dA += dtᵀ·x
-                    products.prepare(gpu, nn(Dtype::F32, true), MatmulShape::new(rows, inp, r)).await?; // dx += dt·A
+        for layer in &model.layers {
+            for block in c.decoder().blocks {
+                for target in block.mixer.projections() {
+                    let p = layer.projection(target);
+                    let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
+                    let dtype = p.weight.dtype;
+                    // forward: y (+)= x·Wᵀ (+ b); backward to the input: dx (+)= dy·W
+                    let accumulate_out = target == block.mixer.output();
+                    products
+                        .prepare(gpu, nt(dtype, accumulate_out, p.bias.is_some()), MatmulShape::new(rows, out, inp))
+                        .await?;
+                    for acc in [false, true] {
+                        products.prepare(gpu, nn(dtype, acc), MatmulShape::new(rows, inp, out)).await?;
+                    }
+                    if layout.config.targets.contains(&target) {
+                        products.prepare(gpu, nt(Dtype::F32, false, false), MatmulShape::new(rows, r, inp)).await?; // t = x·Aᵀ
+                        products.prepare(gpu, nt(Dtype::F32, true, false), MatmulShape::new(rows, out, r)).await?; // y += s·t·Bᵀ
+                        products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
+                        products.prepare(gpu, nn(Dtype::F32, false), MatmulShape::new(rows, r, out)).await?; // dt = s·dy·B
+                        products.prepare(gpu, tn(true), MatmulShape::new(r, inp, rows)).await?; // dA += dtᵀ·x
+                        products.prepare(gpu, nn(Dtype::F32, true), MatmulShape::new(rows, inp, r)).await?; // dx += dt·A
+                    }
                 }
             }
         }
@@ -196,20 +194,31 @@ impl TrainPlan {
         let buf = |what: &str, elems: usize| gpu.storage(OP, what, elems as u64 * 4);
         let mut acts = Vec::new();
         for _ in 0..if recompute { 1 } else { c.num_layers } {
+            let mut blocks = Vec::new();
+            for (i, block) in c.decoder().blocks.iter().enumerate() {
+                let mixer = match block.mixer {
+                    Mixer::Attention { .. } => MixerActs::Attention {
+                        q: buf("queries", rows * qd)?,
+                        k: buf("keys", rows * kvd)?,
+                        v: buf("values", rows * kvd)?,
+                        attn: buf("attention output", rows * qd)?,
+                        stats: buf("attention statistics", 2 * batch * c.num_heads * t)?,
+                    },
+                    Mixer::GatedMlp { .. } => MixerActs::GatedMlp {
+                        gate: buf("gate", rows * f)?,
+                        up: buf("up", rows * f)?,
+                        h: buf("mlp hidden", rows * f)?,
+                    },
+                };
+                blocks.push(BlockActs {
+                    input: if i == 0 { None } else { Some(buf("residual entering a block", rows * h)?) },
+                    rstd: buf("rms statistics", rows)?,
+                    xn: buf("normed block input", rows * h)?,
+                    mixer,
+                });
+            }
             acts.push(LayerActs {
-                rstd1: buf("rms statistics", rows)?,
-                xn1: buf("normed input", rows * h)?,
-                q: buf("queries", rows * qd)?,
-                k: buf("keys", rows * kvd)?,
-                v: buf("values", rows * kvd)?,
-                attn: buf("attention output", rows * qd)?,
-                stats: buf("attention statistics", 2 * batch * c.num_heads * t)?,
-                x_mid: buf("residual after attention", rows * h)?,
-                rstd2: buf("rms statistics", rows)?,
-                xn2: buf("normed residual", rows * h)?,
-                gate: buf("gate", rows * f)?,
-                up: buf("up", rows * f)?,
-                h: buf("mlp hidden", rows * f)?,
+                blocks,
                 lora_t: layout.config.targets.iter().map(|_| buf("LoRA A·x", rows * r)).collect::<Result<_, _>>()?,
             });
         }
@@ -256,22 +265,24 @@ impl TrainPlan {
         AttentionShape::token_major(self.batch, self.t, c.num_heads, c.num_kv_heads, c.head_dim)
     }
 
-    /// y (+)= W·x (+ b) (+ s·B·A·x, saving A·x).
+    /// y (+)= W·x (+ b) (+ s·B·A·x, saving A·x); a mixer's output projection (`accumulate`)
+    /// adds into the residual stream.
     #[allow(clippy::too_many_arguments)]
     fn linear_forward(
         &self,
         b: &mut Batch,
         lora: &LoraState,
+        layer: &LayerWeights,
         l: usize,
         target: Target,
-        w: &Weight,
-        bias: Option<&GpuBuffer>,
+        accumulate: bool,
         x: &GpuBuffer,
         y: &GpuBuffer,
     ) -> ModelResult<()> {
         let rows = self.rows;
+        let p = layer.projection(target);
+        let (w, bias) = (&p.weight, p.bias.as_ref());
         let (inp, out) = (w.shape[1], w.shape[0]);
-        let accumulate = matches!(target, Target::OProj | Target::DownProj);
         let base = self.products.get(nt(w.dtype, accumulate, bias.is_some()), MatmulShape::new(rows, out, inp))?;
         base.record(b, Operand::dense(x, inp), Operand::dense(&w.buf, inp), bias, Operand::dense(y, out), 1.0)?;
         if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
@@ -307,15 +318,16 @@ impl TrainPlan {
         &self,
         b: &mut Batch,
         lora: &LoraState,
+        layer: &LayerWeights,
         l: usize,
         target: Target,
-        w: &Weight,
         x: &GpuBuffer,
         dy: &GpuBuffer,
         dx: &GpuBuffer,
         accumulate: bool,
     ) -> ModelResult<()> {
         let rows = self.rows;
+        let w = layer.weight(target);
         let (inp, out) = (w.shape[1], w.shape[0]);
         self.products.get(nn(w.dtype, accumulate), MatmulShape::new(rows, inp, out))?.record(
             b,
@@ -376,7 +388,8 @@ impl TrainPlan {
         &self.acts[if self.recompute_out.is_some() { 0 } else { l }]
     }
 
-    /// One layer's forward from `x_in` into `a`, writing the layer's output to `out`.
+    /// One layer's forward from `x_in`, saving its blocks' activations and writing the layer's
+    /// output to `out`.
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
@@ -389,26 +402,38 @@ impl TrainPlan {
         out: &GpuBuffer,
     ) -> ModelResult<()> {
         let c = &model.config;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let a = self.acts(l);
-        let lw = &model.layers[l];
-        let p = projections(model, l);
-        self.norm.forward(b, x_in, &lw.input_norm, &a.xn1, &a.rstd1)?;
-        for (i, out) in [(0, &a.q), (1, &a.k), (2, &a.v)] {
-            self.linear_forward(b, lora, l, p[i].0, p[i].1, p[i].2, &a.xn1, out)?;
+        let acts = self.acts(l);
+        let layer = &model.layers[l];
+        let residual_bytes = (self.rows * c.hidden_size * 4) as u64;
+        for (i, block) in c.decoder().blocks.iter().enumerate() {
+            let a = &acts.blocks[i];
+            let input = a.input.as_ref().unwrap_or(x_in);
+            // The block's output is the next block's saved input, or the layer's output.
+            let output = acts.blocks.get(i + 1).and_then(|n| n.input.as_ref()).unwrap_or(out);
+            self.norm.forward(b, input, &layer.norms[block.norm], &a.xn, &a.rstd)?;
+            // output = input + mixer(xn): the mixer's output projection accumulates onto the copy.
+            b.copy(input, output, residual_bytes);
+            match (block.mixer, &a.mixer) {
+                (Mixer::Attention { q, k, v, o }, MixerActs::Attention { q: qa, k: ka, v: va, attn, stats }) => {
+                    let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+                    for (target, y) in [(q, qa), (k, ka), (v, va)] {
+                        self.linear_forward(b, lora, layer, l, target, false, &a.xn, y)?;
+                    }
+                    self.rope.record(b, &model.rope, inputs.positions, qa, self.rows, heads, heads * d, false)?;
+                    self.rope.record(b, &model.rope, inputs.positions, ka, self.rows, kv_heads, kv_heads * d, false)?;
+                    let io = AttentionIo { q: qa, k: ka, v: va, key_start: inputs.key_start, out: attn, stats };
+                    self.attention.forward(b, &self.attention_shape(model), &io)?;
+                    self.linear_forward(b, lora, layer, l, o, true, attn, output)?;
+                }
+                (Mixer::GatedMlp { gate, up, down }, MixerActs::GatedMlp { gate: ga, up: ua, h }) => {
+                    self.linear_forward(b, lora, layer, l, gate, false, &a.xn, ga)?;
+                    self.linear_forward(b, lora, layer, l, up, false, &a.xn, ua)?;
+                    self.swiglu.forward(b, self.rows * c.intermediate_size, ga, ua, h)?;
+                    self.linear_forward(b, lora, layer, l, down, true, h, output)?;
+                }
+                _ => unreachable!("block activations are allocated from the same description"),
+            }
         }
-        self.rope.record(b, &model.rope, inputs.positions, &a.q, self.rows, heads, heads * d, false)?;
-        self.rope.record(b, &model.rope, inputs.positions, &a.k, self.rows, kv_heads, kv_heads * d, false)?;
-        let io = AttentionIo { q: &a.q, k: &a.k, v: &a.v, key_start: inputs.key_start, out: &a.attn, stats: &a.stats };
-        self.attention.forward(b, &self.attention_shape(model), &io)?;
-        b.copy(x_in, &a.x_mid, (self.rows * c.hidden_size * 4) as u64);
-        self.linear_forward(b, lora, l, p[3].0, p[3].1, None, &a.attn, &a.x_mid)?;
-        self.norm.forward(b, &a.x_mid, &lw.post_norm, &a.xn2, &a.rstd2)?;
-        self.linear_forward(b, lora, l, p[4].0, p[4].1, None, &a.xn2, &a.gate)?;
-        self.linear_forward(b, lora, l, p[5].0, p[5].1, None, &a.xn2, &a.up)?;
-        self.swiglu.forward(b, self.rows * c.intermediate_size, &a.gate, &a.up, &a.h)?;
-        b.copy(&a.x_mid, out, (self.rows * c.hidden_size * 4) as u64);
-        self.linear_forward(b, lora, l, p[6].0, p[6].1, None, &a.h, out)?;
         Ok(())
     }
 
@@ -476,35 +501,53 @@ impl TrainPlan {
             if let Some(out) = &self.recompute_out {
                 self.layer_forward(b, model, lora, inputs, l, &self.layer_inputs[l], out)?;
             }
-            let a = self.acts(l);
-            let x_in = &self.layer_inputs[l];
-            let lw = &model.layers[l];
-            let p = projections(model, l);
-            // MLP: x_out = x_mid + down(h)
-            self.linear_backward(b, lora, l, p[6].0, p[6].1, &a.h, &self.dx, &self.dh, false)?;
-            self.swiglu.backward(
-                b,
-                self.rows * c.intermediate_size,
-                &a.gate,
-                &a.up,
-                &self.dh,
-                &self.dgate,
-                &self.dup,
-            )?;
-            self.linear_backward(b, lora, l, p[4].0, p[4].1, &a.xn2, &self.dgate, &self.dxn, false)?;
-            self.linear_backward(b, lora, l, p[5].0, p[5].1, &a.xn2, &self.dup, &self.dxn, true)?;
-            self.norm_backward.backward(b, &a.x_mid, &lw.post_norm, &a.rstd2, &self.dxn, &self.dx, None)?;
-            // Attention: x_mid = x_in + o(attn)
-            self.linear_backward(b, lora, l, p[3].0, p[3].1, &a.attn, &self.dx, &self.dattn, false)?;
-            let io =
-                AttentionIo { q: &a.q, k: &a.k, v: &a.v, key_start: inputs.key_start, out: &a.attn, stats: &a.stats };
-            self.attention.backward(b, &shape, &io, &self.dattn, &self.dq, &self.dk, &self.dv)?;
-            self.rope.record(b, &model.rope, inputs.positions, &self.dq, self.rows, heads, heads * d, true)?;
-            self.rope.record(b, &model.rope, inputs.positions, &self.dk, self.rows, kv_heads, kv_heads * d, true)?;
-            self.linear_backward(b, lora, l, p[0].0, p[0].1, &a.xn1, &self.dq, &self.dxn, false)?;
-            self.linear_backward(b, lora, l, p[1].0, p[1].1, &a.xn1, &self.dk, &self.dxn, true)?;
-            self.linear_backward(b, lora, l, p[2].0, p[2].1, &a.xn1, &self.dv, &self.dxn, true)?;
-            self.norm_backward.backward(b, x_in, &lw.input_norm, &a.rstd1, &self.dxn, &self.dx, None)?;
+            let acts = self.acts(l);
+            let layer = &model.layers[l];
+            for (i, block) in c.decoder().blocks.iter().enumerate().rev() {
+                // `dx` is ∂loss/∂(block output): it flows on to the block's input unchanged
+                // (the residual) and, through the mixer and the norm, adds the mixer's part.
+                let a = &acts.blocks[i];
+                let input = a.input.as_ref().unwrap_or(&self.layer_inputs[l]);
+                match (block.mixer, &a.mixer) {
+                    (Mixer::Attention { q, k, v, o }, MixerActs::Attention { q: qa, k: ka, v: va, attn, stats }) => {
+                        self.linear_backward(b, lora, layer, l, o, attn, &self.dx, &self.dattn, false)?;
+                        let io = AttentionIo { q: qa, k: ka, v: va, key_start: inputs.key_start, out: attn, stats };
+                        self.attention.backward(b, &shape, &io, &self.dattn, &self.dq, &self.dk, &self.dv)?;
+                        self.rope.record(
+                            b,
+                            &model.rope,
+                            inputs.positions,
+                            &self.dq,
+                            self.rows,
+                            heads,
+                            heads * d,
+                            true,
+                        )?;
+                        self.rope.record(
+                            b,
+                            &model.rope,
+                            inputs.positions,
+                            &self.dk,
+                            self.rows,
+                            kv_heads,
+                            kv_heads * d,
+                            true,
+                        )?;
+                        self.linear_backward(b, lora, layer, l, q, &a.xn, &self.dq, &self.dxn, false)?;
+                        self.linear_backward(b, lora, layer, l, k, &a.xn, &self.dk, &self.dxn, true)?;
+                        self.linear_backward(b, lora, layer, l, v, &a.xn, &self.dv, &self.dxn, true)?;
+                    }
+                    (Mixer::GatedMlp { gate, up, down }, MixerActs::GatedMlp { gate: ga, up: ua, h }) => {
+                        self.linear_backward(b, lora, layer, l, down, h, &self.dx, &self.dh, false)?;
+                        let n = self.rows * c.intermediate_size;
+                        self.swiglu.backward(b, n, ga, ua, &self.dh, &self.dgate, &self.dup)?;
+                        self.linear_backward(b, lora, layer, l, gate, &a.xn, &self.dgate, &self.dxn, false)?;
+                        self.linear_backward(b, lora, layer, l, up, &a.xn, &self.dup, &self.dxn, true)?;
+                    }
+                    _ => unreachable!("block activations are allocated from the same description"),
+                }
+                self.norm_backward.backward(b, input, &layer.norms[block.norm], &a.rstd, &self.dxn, &self.dx, None)?;
+            }
         }
         Ok(())
     }

@@ -8,67 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
 
-/// A projection LoRA can target, with PEFT's module name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    QProj,
-    KProj,
-    VProj,
-    OProj,
-    GateProj,
-    UpProj,
-    DownProj,
-}
-
-impl Target {
-    pub const ALL: [Target; 7] = [
-        Target::QProj,
-        Target::KProj,
-        Target::VProj,
-        Target::OProj,
-        Target::GateProj,
-        Target::UpProj,
-        Target::DownProj,
-    ];
-
-    pub fn module_name(self) -> &'static str {
-        match self {
-            Target::QProj => "q_proj",
-            Target::KProj => "k_proj",
-            Target::VProj => "v_proj",
-            Target::OProj => "o_proj",
-            Target::GateProj => "gate_proj",
-            Target::UpProj => "up_proj",
-            Target::DownProj => "down_proj",
-        }
-    }
-
-    pub fn from_module_name(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.module_name() == name)
-    }
-
-    /// `self_attn` or `mlp`: the parent module in HF's layer.
-    pub fn parent(self) -> &'static str {
-        match self {
-            Target::QProj | Target::KProj | Target::VProj | Target::OProj => "self_attn",
-            _ => "mlp",
-        }
-    }
-
-    /// (in, out) features of the projection.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
-        let (h, f, qd, kvd) =
-            (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        match self {
-            Target::QProj => (h, qd),
-            Target::KProj | Target::VProj => (h, kvd),
-            Target::OProj => (qd, h),
-            Target::GateProj | Target::UpProj => (h, f),
-            Target::DownProj => (f, h),
-        }
-    }
-}
+pub use crate::model::decoder::Target;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
@@ -93,6 +33,9 @@ impl LoraConfig {
     pub fn check(&self, model: &ModelConfig) -> Result<(), String> {
         if self.targets.is_empty() {
             return Err("target_modules is empty".into());
+        }
+        if let Some(t) = self.targets.iter().find(|&&t| model.decoder().projection(t).is_none()) {
+            return Err(format!("target_modules: {} is not a projection of {:?}", t.module_name(), model.architecture));
         }
         let (smallest, target) = self
             .targets
@@ -125,6 +68,8 @@ impl LoraConfig {
 pub struct Factor {
     pub layer: usize,
     pub target: Target,
+    /// The projection's module path in a layer (`self_attn.q_proj`), from the model's description.
+    pub module: &'static str,
     /// True for A `[r, in]`, false for B `[out, r]`.
     pub is_a: bool,
     pub offset: usize,
@@ -142,10 +87,9 @@ impl Factor {
     /// PEFT's key in `adapter_model.safetensors`.
     pub fn peft_key(&self) -> String {
         format!(
-            "base_model.model.model.layers.{}.{}.{}.lora_{}.weight",
+            "base_model.model.model.layers.{}.{}.lora_{}.weight",
             self.layer,
-            self.target.parent(),
-            self.target.module_name(),
+            self.module,
             if self.is_a { "A" } else { "B" }
         )
     }
@@ -175,9 +119,10 @@ impl LoraLayout {
         targets.dedup();
         for layer in 0..model.num_layers {
             for &target in &targets {
-                let (inp, out) = target.dims(model);
+                let projection = model.decoder().projection(target).expect("checked: a projection of this model");
+                let (inp, out) = projection.dims(model);
                 for (is_a, shape) in [(true, [config.r, inp]), (false, [out, config.r])] {
-                    factors.push(Factor { layer, target, is_a, offset, shape });
+                    factors.push(Factor { layer, target, module: projection.module, is_a, offset, shape });
                     offset = (offset + shape[0] * shape[1]).next_multiple_of(4);
                 }
             }

@@ -10,7 +10,7 @@
 use super::lora::{LoraLayout, Target};
 use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
-use crate::model::gpu::{GpuModel, LayerWeights, ModelError, ModelResult, Weight};
+use crate::model::gpu::{GpuModel, ModelError, ModelResult};
 use crate::ops::elementwise::Embedding;
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 
@@ -36,18 +36,6 @@ fn spec() -> MatmulSpec {
     MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: true, b_dtype: Dtype::F32 }
 }
 
-fn slot(layer: &mut LayerWeights, target: Target) -> &mut Weight {
-    match target {
-        Target::QProj => &mut layer.q,
-        Target::KProj => &mut layer.k,
-        Target::VProj => &mut layer.v,
-        Target::OProj => &mut layer.o,
-        Target::GateProj => &mut layer.gate,
-        Target::UpProj => &mut layer.up,
-        Target::DownProj => &mut layer.down,
-    }
-}
-
 impl LoraMerge {
     /// Prepares f32 merged copies of every targeted projection (widened from f16/bf16 bases).
     pub async fn new(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
@@ -58,7 +46,7 @@ impl LoraMerge {
         let mut row_ids: std::collections::HashMap<usize, GpuBuffer> = std::collections::HashMap::new();
         for l in 0..base.config.num_layers {
             for &target in &layout.config.targets {
-                let w = slot(&mut model.layers[l], target);
+                let w = model.layers[l].weight_mut(target);
                 let (out, inp) = (w.shape[0], w.shape[1]);
                 if w.shards.len() > 1 {
                     return Err(ModelError::Invalid(format!(
@@ -251,7 +239,10 @@ mod tests {
             let logits = |tensors: Vec<(String, HostTensor)>| {
                 let model = GpuModel::upload(&gpu, config.clone(), tensors, 32).unwrap();
                 let merge = pollster::block_on(LoraMerge::apply(&gpu, &model, &layout, &params)).unwrap();
-                assert!(merge.model.layers.iter().all(|l| l.q.dtype == Dtype::F32), "merged projections are f32");
+                assert!(
+                    merge.model.layers.iter().all(|l| l.weight(Target::QProj).dtype == Dtype::F32),
+                    "merged projections are f32"
+                );
                 pollster::block_on(sequence_logits(&gpu, &merge.model, &ids)).unwrap()
             };
             let err = rel_err(&logits(stored), &logits(widened));

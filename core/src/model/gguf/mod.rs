@@ -9,7 +9,7 @@ pub mod reader;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use names::{hf_name, permute_rows, unpermute_rows};
+pub use names::{permute_rows, unpermute_rows};
 pub use quant::GgmlType;
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 
@@ -140,11 +140,11 @@ pub fn config_from_metadata(
 ) -> Result<ModelConfig, GgufError> {
     let arch_name =
         file.get_str("general.architecture")?.ok_or_else(|| GgufError::MissingKey("general.architecture".into()))?;
-    let architecture = match arch_name {
-        "llama" => Architecture::Llama,
-        "qwen2" => Architecture::Qwen2,
-        other => return Err(GgufError::UnsupportedArchitecture(other.to_string())),
-    };
+    let architecture = crate::model::decoder::ALL
+        .iter()
+        .find(|d| d.gguf_name == arch_name)
+        .ok_or_else(|| GgufError::UnsupportedArchitecture(arch_name.to_string()))?
+        .architecture;
     let key = |k: &str| format!("{arch_name}.{k}");
     let name = |f: Field| key(f.gguf_key());
     let hidden_size = required(file, key("embedding_length"))?;
@@ -254,9 +254,10 @@ fn token_id(file: &GgufFile, text: &str) -> Option<u32> {
 /// 16-bit, quantised matrices as GPU blocks with the same values; see `read_tensor`) and undoes
 /// llama.cpp's q/k row order for `llama`.
 pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String, HostTensor)>, GgufError> {
+    let decoder = config.decoder();
     let mut by_hf_name = std::collections::HashMap::new();
     for t in &file.tensors {
-        if let Some(hf) = hf_name(&t.name) {
+        if let Some(hf) = decoder.hf_name(&t.name) {
             by_hf_name.insert(hf, t);
         }
     }
@@ -285,10 +286,7 @@ pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String
                 message: format!("({name}) element {i} is {v}; weights must be finite"),
             });
         }
-        let permuted = match config.architecture {
-            Architecture::Llama => names::permuted_heads(&name, config.num_heads, config.num_kv_heads),
-            Architecture::Qwen2 => None,
-        };
+        let permuted = if decoder.gguf_permutes_rotary_rows { decoder.rotary_heads(&name, config) } else { None };
         if let Some(n_head) = permuted {
             let row_len = if shape.len() == 2 { shape[1] } else { 1 };
             let bad = |message: String| GgufError::BadTensor { name: name.clone(), message };

@@ -1,48 +1,5 @@
-//! llama.cpp tensor names to Hugging Face names, and the q/k row order llama.cpp uses.
-
-/// The HF name of a llama.cpp tensor, or `None` for tensors convrec has no use for.
-pub fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    // Only plain decimal layer numbers ("07" or "+1" would alias another layer).
-    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) || (layer.len() > 1 && layer.starts_with('0')) {
-        return None;
-    }
-    let (part, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
-}
-
-/// Which projection's rows llama.cpp reorders, with the head count it reorders them by.
-pub fn permuted_heads(hf: &str, num_heads: usize, num_kv_heads: usize) -> Option<usize> {
-    if hf.ends_with(".self_attn.q_proj.weight") || hf.ends_with(".self_attn.q_proj.bias") {
-        Some(num_heads)
-    } else if hf.ends_with(".self_attn.k_proj.weight") || hf.ends_with(".self_attn.k_proj.bias") {
-        Some(num_kv_heads)
-    } else {
-        None
-    }
-}
+//! The q/k row order llama.cpp uses (its tensor names are in each architecture's description,
+//! `model::decoder`).
 
 /// llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel.permute`) stores the rows of q_proj/k_proj
 /// reordered for its interleaved RoPE:

@@ -452,6 +452,7 @@ fn permutation_matches_llama_cpp_and_round_trips() {
 
 #[test]
 fn maps_llama_cpp_names() {
+    let hf_name = |name: &str| crate::model::decoder::LLAMA.hf_name(name);
     assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
     assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
     assert_eq!(hf_name("output_norm.weight").as_deref(), Some("model.norm.weight"));
