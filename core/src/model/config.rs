@@ -442,6 +442,16 @@ mod tests {
     }
 
     #[test]
+    fn options_the_llama_layer_lacks_are_refused() {
+        // transformers' Llama adds an o_proj bias with attention_bias; ignoring it would answer wrong.
+        assert!(refused("attention_bias", "true").contains("attention_bias = true is not implemented for Llama"));
+        assert!(refused("mlp_bias", "true").contains("mlp_bias = true is not implemented"));
+        let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
+        v["attention_bias"] = false.into();
+        assert!(!ModelConfig::from_hf_json(&v.to_string()).unwrap().attention_bias);
+    }
+
+    #[test]
     fn head_sizes_must_fit_the_heads() {
         // No head_dim: hidden_size must split evenly over the heads (64 / 3 would truncate).
         let mut v: serde_json::Value = serde_json::from_str(SMALL).unwrap();
