@@ -14,6 +14,7 @@ mod weights;
 use clap::{Parser, Subcommand};
 use convrec_core::Precision;
 use convrec_core::dtype::WeightFormat;
+use convrec_core::train::adapter_view::AdapterMode;
 
 #[derive(Parser)]
 #[command(name = "convrec-bench", about = "Benchmarks of convrec, with same-run baselines")]
@@ -29,6 +30,9 @@ struct Cli {
     /// are f32, so `stored` and `f32` are the same; `q8`/`q4` quantise the projections.
     #[arg(long, global = true, default_value = "stored", env = "CONVREC_WEIGHTS")]
     weights: WeightFormat,
+    /// How RL sampling applies the adapter (`convrec --adapters`): `merged` or `unmerged`.
+    #[arg(long, global = true, default_value = "merged", env = "CONVREC_ADAPTERS")]
+    adapters: AdapterMode,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         adapter: cli.adapter,
         cooperative_matrix: cli.precision == Precision::Mixed,
         weights: cli.weights,
+        adapters: cli.adapters,
         ..Default::default()
     }))?;
     if cli.precision == Precision::Mixed && gpu.tensor_cores().is_none() {

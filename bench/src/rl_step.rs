@@ -161,7 +161,7 @@ fn sample(
     new: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<Completion>> {
-    let model: &GpuModel = pollster::block_on(trainer.merged(gpu))?;
+    let model: &GpuModel = pollster::block_on(trainer.adapted(gpu))?;
     let req = GenerateRequest {
         prompts: prompts.to_vec(),
         num_samples: g,

@@ -159,10 +159,7 @@ impl WeightFormat {
 impl std::str::FromStr for WeightFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        WeightFormat::ALL
-            .into_iter()
-            .find(|f| f.name() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| format!("`{s}` is not a weight format (stored, f32, q8 or q4)"))
+        crate::choice::parse(s, &WeightFormat::ALL, WeightFormat::name, "a weight format")
     }
 }
 

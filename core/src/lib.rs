@@ -3,6 +3,7 @@
 //! Compiles for `wasm32-unknown-unknown`; takes bytes, not paths.
 
 pub mod bench;
+pub mod choice;
 pub mod dtype;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod fuzz_seeds;

@@ -5,6 +5,7 @@ mod commands;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use convrec_core::Precision;
 use convrec_core::dtype::WeightFormat;
+use convrec_core::train::adapter_view::AdapterMode;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,11 @@ struct Cli {
     /// (everything widened), `q8` or `q4` (the layers' projections quantised on load, QLoRA-style).
     #[arg(long, global = true, default_value = "stored", env = "CONVREC_WEIGHTS")]
     weights: WeightFormat,
+    /// How sampling and evaluation apply a LoRA adapter: `merged` (into f32 copies of the
+    /// targeted projections: fastest) or `unmerged` (two thin products per projection in every
+    /// forward: the base stays as stored, e.g. a Q4 base keeps its size while RL samples).
+    #[arg(long, global = true, default_value = "merged", env = "CONVREC_ADAPTERS")]
+    adapters: AdapterMode,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +110,7 @@ fn run(cli: Cli, command: &str, launch: &convrec::workers::Launch) -> anyhow::Re
         cooperative_matrix: cli.precision == Precision::Mixed,
         worker_on_host: launch.worker_on_host,
         weights: cli.weights,
+        adapters: cli.adapters,
         ..Default::default()
     };
     match &cli.command {

@@ -72,25 +72,30 @@ fn logits_with_an_adapter_match_peft() {
         .iter()
         .map(|x| (*x as u32).to_string())
         .collect();
-    let out_dir = tempfile::tempdir().unwrap();
-    let out_file = out_dir.path().join("logits.safetensors");
-    let out = convrec()
-        .args(["logits", "--model"])
-        .arg(&root)
-        .arg("--adapter")
-        .arg(root.join("lora"))
-        .args(["--ids", &ids.join(","), "--out"])
-        .arg(&out_file)
-        .output()
-        .expect("run convrec");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got = convrec_core::model::safetensors_io::read_numbers(&std::fs::read(&out_file).unwrap(), "out", "logits")
-        .unwrap()
-        .1;
     let want = convrec_core::model::safetensors_io::read_numbers(&exp, "expected", "logits").unwrap().1;
-    let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
     let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
-    assert!(convrec_core::numeric::rel_err(&got, &want) < 1e-4);
+    // Both ways of applying it: merged into f32 copies, and unmerged in every forward.
+    for mode in ["merged", "unmerged"] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out_file = out_dir.path().join("logits.safetensors");
+        let out = convrec()
+            .args(["--adapters", mode, "logits", "--model"])
+            .arg(&root)
+            .arg("--adapter")
+            .arg(root.join("lora"))
+            .args(["--ids", &ids.join(","), "--out"])
+            .arg(&out_file)
+            .output()
+            .expect("run convrec");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got =
+            convrec_core::model::safetensors_io::read_numbers(&std::fs::read(&out_file).unwrap(), "out", "logits")
+                .unwrap()
+                .1;
+        let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+        let err = convrec_core::numeric::rel_err(&got, &want);
+        assert!(err < 1e-4, "--adapters {mode}: {err:e}");
+    }
 }
 
 /// `convrec serve` on a fake page folder, package and model; returns the child and its address.

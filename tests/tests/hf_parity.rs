@@ -11,8 +11,8 @@ use convrec_core::model::gpu::{AttentionMode, ForwardInputs, ForwardPlan, GpuMod
 use convrec_core::model::safetensors_io::read_numbers;
 use convrec_core::numeric::rel_err;
 use convrec_core::ops::decode::SamplingConfig;
+use convrec_core::train::adapter_view::AdapterView;
 use convrec_core::train::grads::lora_loss_and_grads;
-use convrec_core::train::merge::LoraMerge;
 
 const MODELS: [&str; 5] = ["llama_gqa", "llama_tied_mha", "llama_hd32_bf16", "qwen2_gqa", "qwen2_sharded"];
 
@@ -121,7 +121,7 @@ fn lora_logits_loss_and_gradients_match_peft() {
         let k = exp.get("labels_from").1[0] as usize;
 
         // Logits with the adapter merged on the GPU.
-        let merge = pollster::block_on(LoraMerge::new(&gpu, &model, &layout)).unwrap();
+        let merge = pollster::block_on(AdapterView::new(&gpu, &model, &layout)).unwrap();
         let pb = gpu.upload("test", "adapter", &params).unwrap();
         let mut b = gpu.batch("test");
         merge.record(&mut b, &layout, &pb).unwrap();

@@ -20,8 +20,8 @@ use convrec_core::model::tokenizer::from_hf_files;
 use convrec_core::ops::decode::SamplingConfig;
 use convrec_core::rec::evaluation::{EvalOptions, evaluate_rows};
 use convrec_core::rec::{Catalog, conversation_prompt, parse_completion, parse_dataset};
+use convrec_core::train::adapter_view::AdapterView;
 use convrec_core::train::lora::LoraLayout;
-use convrec_core::train::merge::LoraMerge;
 use convrec_core::train::peft::{from_peft, to_peft};
 use convrec_core::{Gpu, GpuOptions};
 use serde_json::json;
@@ -38,7 +38,7 @@ const MAX_POSITIONS: usize = 4096;
 struct State {
     gpu: Gpu,
     base: GpuModel,
-    merged: Option<LoraMerge>,
+    merged: Option<AdapterView>,
     text: ChatText,
     config: ModelConfig,
     model_name: String,
@@ -159,7 +159,7 @@ async fn load(mut files: ModelFiles) -> Result<Session, String> {
     let (merged, lora) = match (files.adapter_config.take(), files.adapter_weights.take()) {
         (Some(cfg), Some(weights)) => {
             let (layout, params) = from_peft(&config, &cfg, &weights).map_err(|e| format!("adapter: {e}"))?;
-            let merge = LoraMerge::apply(&gpu, &base, &layout, &params).await.map_err(|e| format!("adapter: {e}"))?;
+            let merge = AdapterView::apply(&gpu, &base, &layout, &params).await.map_err(|e| format!("adapter: {e}"))?;
             (Some(merge), Some((layout, params)))
         }
         (None, None) => (None, None),
@@ -354,7 +354,7 @@ impl Session {
             let (layout, params) = training.adapter(&s.gpu).await.map_err(train_err)?;
             drop(training);
             s.merged = None;
-            let merge = LoraMerge::apply(&s.gpu, &s.base, &layout, &params).await.map_err(js_err)?;
+            let merge = AdapterView::apply(&s.gpu, &s.base, &layout, &params).await.map_err(js_err)?;
             s.merged = Some(merge);
             s.lora = Some((layout, params));
             Ok(JsValue::from_str(&s.adapter_summary().unwrap_or_default().to_string()))

@@ -31,6 +31,9 @@ pub struct GpuOptions {
     pub worker_on_host: usize,
     /// How models uploaded to this GPU keep their frozen weights (`--weights`; `GpuModel::upload`).
     pub weights: crate::dtype::WeightFormat,
+    /// How inference applies a LoRA adapter: merged into f32 copies, or unmerged (`--adapters`;
+    /// `train::adapter_view`).
+    pub adapters: crate::train::adapter_view::AdapterMode,
 }
 
 /// Access of one storage binding, in binding order after the uniform at binding 0.
@@ -109,6 +112,7 @@ struct Inner {
     cpu_kernels: bool,
     tensor_cores: Option<super::TensorCores>,
     weights: crate::dtype::WeightFormat,
+    adapters: crate::train::adapter_view::AdapterMode,
     /// One u32 the mixed-precision products set when an operand exceeds f16's range.
     f16_overflow: std::sync::OnceLock<GpuBuffer>,
     limits: wgpu::Limits,
@@ -209,6 +213,7 @@ impl Gpu {
                 cpu_kernels: summary.is_cpu() && !options.gpu_kernels,
                 tensor_cores: if options.cooperative_matrix { super::TensorCores::of(&summary) } else { None },
                 weights: options.weights,
+                adapters: options.adapters,
                 f16_overflow: Default::default(),
                 summary,
                 pool: BufferPool::default(),
@@ -260,6 +265,11 @@ impl Gpu {
     /// How models uploaded here keep their frozen weights (`GpuOptions::weights`).
     pub fn weight_format(&self) -> crate::dtype::WeightFormat {
         self.inner.weights
+    }
+
+    /// How inference applies adapters here (`GpuOptions::adapters`).
+    pub fn adapter_mode(&self) -> crate::train::adapter_view::AdapterMode {
+        self.inner.adapters
     }
 
     /// The flag the mixed-precision products raise on an operand beyond f16's range.

@@ -32,10 +32,7 @@ impl std::str::FromStr for Precision {
     type Err = String;
     /// The `--precision` flag of the command lines (`convrec`, `convrec-bench`).
     fn from_str(s: &str) -> Result<Self, String> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| format!("`{s}` is not a precision (f32 or mixed)"))
+        crate::choice::parse(s, &Precision::ALL, Precision::name, "a precision")
     }
 }
 

@@ -14,6 +14,7 @@ use crate::ops::elementwise::{Embedding, SwiGlu};
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::rmsnorm::RmsNorm;
 use crate::ops::rope::{Rope, RopeTables};
+use crate::train::lora::LoraLayout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -137,8 +138,18 @@ impl LayerWeights {
     }
 }
 
+/// A LoRA adapter applied unmerged: every forward adds `s·(x·Aᵀ)·Bᵀ` to each targeted
+/// projection's output (two thin products), so the frozen weights stay in their storage format
+/// (`train::adapter_view`).
+#[derive(Clone)]
+pub struct AttachedAdapter {
+    pub layout: LoraLayout,
+    /// The flat factors, laid out by `layout`.
+    pub params: GpuBuffer,
+}
+
 /// The model's weights on the GPU (cloning shares the buffers: a view can replace some
-/// projections, an adapter merged in, and keep the rest).
+/// projections, an adapter merged in, or attach an adapter, and keep the rest).
 #[derive(Clone)]
 pub struct GpuModel {
     pub config: ModelConfig,
@@ -147,6 +158,9 @@ pub struct GpuModel {
     pub lm_head: Option<Weight>,
     pub layers: Vec<LayerWeights>,
     pub rope: RopeTables,
+    /// An adapter every inference forward applies unmerged (`None` for a plain or merged model;
+    /// the training plans take their adapter explicitly and ignore this).
+    pub adapter: Option<AttachedAdapter>,
 }
 
 impl GpuModel {
@@ -271,7 +285,7 @@ impl GpuModel {
         }
         let rope =
             RopeTables::with_frequencies(gpu, config.head_dim, &config.rope_frequencies(), max_positions.max(1))?;
-        Ok(GpuModel { config, embed, final_norm, lm_head, layers, rope })
+        Ok(GpuModel { config, embed, final_norm, lm_head, layers, rope, adapter: None })
     }
 
     /// Another handle on the same GPU weights (buffers are shared, not copied), so that a view
@@ -346,6 +360,8 @@ pub struct ForwardPlan {
     h: GpuBuffer,
     rstd: GpuBuffer,
     stats: GpuBuffer,
+    /// `x·Aᵀ` of an attached adapter's projection `[batch·t, r]` (reused by each).
+    lora_t: Option<GpuBuffer>,
     /// Final normed hidden states `[batch·t, hidden]` after `record`.
     pub hidden: GpuBuffer,
 }
@@ -372,6 +388,9 @@ impl ForwardPlan {
                 }
             }
         }
+        if let Some(adapter) = &model.adapter {
+            adapter.layout.prepare_delta(gpu, &mut products, rows).await?;
+        }
         let buf = |what: &str, elems: usize| gpu.storage(OP, what, elems as u64 * 4);
         Ok(ForwardPlan {
             batch,
@@ -395,6 +414,10 @@ impl ForwardPlan {
             h: buf("mlp hidden", rows * f)?,
             rstd: buf("rms statistics", rows)?,
             stats: buf("attention statistics", 2 * batch * c.num_heads * t)?,
+            lora_t: match &model.adapter {
+                Some(a) => Some(buf("LoRA A·x", rows * a.layout.config.r)?),
+                None => None,
+            },
             hidden: buf("final hidden", rows * h)?,
         })
     }
@@ -405,16 +428,19 @@ impl ForwardPlan {
         MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate: target == mixer.output(), b_dtype: w.dtype }
     }
 
+    /// y (+)= x·Wᵀ (+ b) (+ an attached adapter's term) for projection `target` of layer `l`.
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         b: &mut Batch,
-        layer: &LayerWeights,
+        model: &GpuModel,
+        l: usize,
         mixer: Mixer,
         target: Target,
         x: &GpuBuffer,
         y: &GpuBuffer,
     ) -> ModelResult<()> {
-        let p = layer.projection(target);
+        let p = model.layers[l].projection(target);
         let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
         let spec = Self::spec(&p.weight, p.bias.is_some(), mixer, target);
         self.products.get(spec, MatmulShape::new(self.rows, out, inp))?.record(
@@ -425,6 +451,9 @@ impl ForwardPlan {
             Operand::dense(y, out),
             1.0,
         )?;
+        if let (Some(adapter), Some(t)) = (&model.adapter, &self.lora_t) {
+            adapter.layout.record_delta(b, &self.products, &adapter.params, l, target, self.rows, x, t, y)?;
+        }
         Ok(())
     }
 
@@ -469,18 +498,18 @@ impl ForwardPlan {
                 match block.mixer {
                     Mixer::Attention { q, k, v, o } => {
                         let mixer = block.mixer;
-                        self.linear(b, layer, mixer, q, &self.xn, &self.q)?;
-                        self.linear(b, layer, mixer, k, &self.xn, &self.k)?;
-                        self.linear(b, layer, mixer, v, &self.xn, &self.v)?;
+                        self.linear(b, model, l, mixer, q, &self.xn, &self.q)?;
+                        self.linear(b, model, l, mixer, k, &self.xn, &self.k)?;
+                        self.linear(b, model, l, mixer, v, &self.xn, &self.v)?;
                         self.attend(b, model, inputs, mode, l, &attention_shape)?;
-                        self.linear(b, layer, mixer, o, &self.attn, &self.x)?;
+                        self.linear(b, model, l, mixer, o, &self.attn, &self.x)?;
                     }
                     Mixer::GatedMlp { gate, up, down } => {
                         let mixer = block.mixer;
-                        self.linear(b, layer, mixer, gate, &self.xn, &self.gate)?;
-                        self.linear(b, layer, mixer, up, &self.xn, &self.up)?;
+                        self.linear(b, model, l, mixer, gate, &self.xn, &self.gate)?;
+                        self.linear(b, model, l, mixer, up, &self.xn, &self.up)?;
                         self.swiglu.forward(b, self.rows * c.intermediate_size, &self.gate, &self.up, &self.h)?;
-                        self.linear(b, layer, mixer, down, &self.h, &self.x)?;
+                        self.linear(b, model, l, mixer, down, &self.h, &self.x)?;
                     }
                 }
             }

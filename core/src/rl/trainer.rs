@@ -25,8 +25,8 @@ use crate::ops::adamw::AdamWConfig;
 use crate::ops::decode::SamplingConfig;
 use crate::rec::{Catalog, InputError, MatchConfig, Row};
 use crate::train::TrainError;
+use crate::train::adapter_view::AdapterView;
 use crate::train::lora::LoraLayout;
-use crate::train::merge::LoraMerge;
 use crate::train::trainer::{LoraTrainer, MicroBatch, Schedule};
 use crate::workers::{Single, Workers, share};
 
@@ -290,7 +290,7 @@ pub struct RlTrainer {
     match_cfg: MatchConfig,
     /// The starting adapter, frozen: the KL reference.
     reference: GpuBuffer,
-    merge: LoraMerge,
+    view: AdapterView,
     objective: Objective,
     /// The run's workers: each samples, scores and trains on its share of every step's prompts
     /// (see `workers`).
@@ -326,7 +326,7 @@ impl RlTrainer {
         let objective_cfg = config.objective();
         Ok(RlTrainer {
             reference: gpu.upload("rl", "reference adapter", start)?,
-            merge: LoraMerge::new(gpu, base, &layout).await?,
+            view: AdapterView::new(gpu, base, &layout).await?,
             objective: Objective::new(gpu).await?,
             match_cfg: MatchConfig { rec_num: objective_cfg.rec_num, ..MatchConfig::default() },
             objective_cfg,
@@ -354,9 +354,10 @@ impl RlTrainer {
         (self.objective_cfg.rec_num, rewards)
     }
 
-    /// The base with the current adapter merged in: what sampling and validation run.
-    pub async fn merged(&self, gpu: &Gpu) -> Result<&GpuModel, TrainError> {
-        Ok(self.merge.refresh(gpu, &self.lora.layout, &self.lora.params).await?)
+    /// The base with the current adapter applied (merged or unmerged, `AdapterView`): what
+    /// sampling and validation run.
+    pub async fn adapted(&self, gpu: &Gpu) -> Result<&GpuModel, TrainError> {
+        Ok(self.view.refresh(gpu, &self.lora.layout, &self.lora.params).await?)
     }
 
     /// Samples G completions for each prompt of this worker's share of the step's `prompts` with
@@ -375,7 +376,7 @@ impl RlTrainer {
         if prompts.is_empty() {
             return Ok(Rollout::default());
         }
-        let model = self.merged(gpu).await?;
+        let model = self.adapted(gpu).await?;
         let req = GenerateRequest {
             prompts: prompts.iter().map(|p| p.ids.clone()).collect(),
             // A completion's draws depend on the run seed, the step and its prompt's place in the

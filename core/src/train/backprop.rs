@@ -179,8 +179,6 @@ impl TrainPlan {
                         products.prepare(gpu, nn(dtype, acc), MatmulShape::new(rows, inp, out)).await?;
                     }
                     if layout.config.targets.contains(&target) {
-                        products.prepare(gpu, nt(Dtype::F32, false, false), MatmulShape::new(rows, r, inp)).await?; // t = x·Aᵀ
-                        products.prepare(gpu, nt(Dtype::F32, true, false), MatmulShape::new(rows, out, r)).await?; // y += s·t·Bᵀ
                         products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
                         products.prepare(gpu, nn(Dtype::F32, false), MatmulShape::new(rows, r, out)).await?; // dt = s·dy·B
                         products.prepare(gpu, tn(true), MatmulShape::new(r, inp, rows)).await?; // dA += dtᵀ·x
@@ -189,6 +187,7 @@ impl TrainPlan {
                 }
             }
         }
+        layout.prepare_delta(gpu, &mut products, rows).await?; // y += s·(x·Aᵀ)·Bᵀ
         let (h, f, qd, kvd) =
             (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let buf = |what: &str, elems: usize| gpu.storage(OP, what, elems as u64 * 4);
@@ -286,28 +285,8 @@ impl TrainPlan {
         let base = self.products.get(nt(w.dtype, accumulate, bias.is_some()), MatmulShape::new(rows, out, inp))?;
         base.record(b, Operand::dense(x, inp), Operand::dense(&w.buf, inp), bias, Operand::dense(y, out), 1.0)?;
         if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
-            let r = lora.layout.config.r;
-            let (fa, fb) =
-                (lora.layout.factor(l, target, true).expect("A"), lora.layout.factor(l, target, false).expect("B"));
             let t_buf = &self.acts(l).lora_t[ti];
-            let a_op = Operand { buf: lora.params, off: fa.offset, ld: inp, batch_stride: 0 };
-            let b_op = Operand { buf: lora.params, off: fb.offset, ld: r, batch_stride: 0 };
-            self.products.get(nt(Dtype::F32, false, false), MatmulShape::new(rows, r, inp))?.record(
-                b,
-                Operand::dense(x, inp),
-                a_op,
-                None,
-                Operand::dense(t_buf, r),
-                1.0,
-            )?;
-            self.products.get(nt(Dtype::F32, true, false), MatmulShape::new(rows, out, r))?.record(
-                b,
-                Operand::dense(t_buf, r),
-                b_op,
-                None,
-                Operand::dense(y, out),
-                lora.layout.config.scale(),
-            )?;
+            lora.layout.record_delta(b, &self.products, lora.params, l, target, rows, x, t_buf, y)?;
         }
         Ok(())
     }

@@ -6,7 +6,10 @@
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::dtype::Dtype;
+use crate::gpu::{Batch, Gpu, GpuBuffer, GpuResult};
 use crate::model::ModelConfig;
+use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 
 pub use crate::model::decoder::Target;
 
@@ -146,5 +149,69 @@ impl LoraLayout {
             }
         }
         params
+    }
+}
+
+/// `y (+)= x·Bᵀ`-style f32 products of the adapter's thin factors.
+fn thin_product(accumulate: bool) -> MatmulSpec {
+    MatmulSpec { trans_a: false, trans_b: true, has_bias: false, accumulate, b_dtype: Dtype::F32 }
+}
+
+impl LoraLayout {
+    /// (in, out) features of the projection `target` adapts (from its factors' shapes).
+    fn features(&self, target: Target) -> Option<(usize, usize)> {
+        let a = self.factors.iter().find(|f| f.target == target && f.is_a)?;
+        let b = self.factors.iter().find(|f| f.target == target && !f.is_a)?;
+        Some((a.shape[1], b.shape[0]))
+    }
+
+    /// Prepares the products of [`record_delta`](Self::record_delta) for batches of `rows` rows.
+    pub async fn prepare_delta(&self, gpu: &Gpu, products: &mut MatmulSet, rows: usize) -> GpuResult<()> {
+        let r = self.config.r;
+        for &target in &self.config.targets {
+            let Some((inp, out)) = self.features(target) else { continue };
+            products.prepare(gpu, thin_product(false), MatmulShape::new(rows, r, inp)).await?; // t = x·Aᵀ
+            products.prepare(gpu, thin_product(true), MatmulShape::new(rows, out, r)).await?; // y += s·t·Bᵀ
+        }
+        Ok(())
+    }
+
+    /// Records the adapter's term of projection `target` in layer `l`, unmerged:
+    /// `t = x·Aᵀ` (`[rows, r]`, kept: the backward needs it) and `y += s·t·Bᵀ`. Does nothing for
+    /// a projection the adapter does not target.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_delta(
+        &self,
+        b: &mut Batch,
+        products: &MatmulSet,
+        params: &GpuBuffer,
+        l: usize,
+        target: Target,
+        rows: usize,
+        x: &GpuBuffer,
+        t: &GpuBuffer,
+        y: &GpuBuffer,
+    ) -> GpuResult<()> {
+        let (Some(fa), Some(fb)) = (self.factor(l, target, true), self.factor(l, target, false)) else {
+            return Ok(());
+        };
+        let (r, inp, out) = (self.config.r, fa.shape[1], fb.shape[0]);
+        products.get(thin_product(false), MatmulShape::new(rows, r, inp))?.record(
+            b,
+            Operand::dense(x, inp),
+            Operand { buf: params, off: fa.offset, ld: inp, batch_stride: 0 },
+            None,
+            Operand::dense(t, r),
+            1.0,
+        )?;
+        products.get(thin_product(true), MatmulShape::new(rows, out, r))?.record(
+            b,
+            Operand::dense(t, r),
+            Operand { buf: params, off: fb.offset, ld: r, batch_stride: 0 },
+            None,
+            Operand::dense(y, out),
+            self.config.scale(),
+        )?;
+        Ok(())
     }
 }

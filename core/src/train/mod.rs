@@ -1,10 +1,10 @@
 //! Training: LoRA adapters, the backward pass through the model, the shared LoRA training loop,
 //! and the SFT trainer (stage 1). The RL trainer (stage 2) lives in `rl`.
 
+pub mod adapter_view;
 pub mod backprop;
 pub mod grads;
 pub mod lora;
-pub mod merge;
 pub mod peft;
 pub mod sft;
 pub mod trainer;

@@ -25,11 +25,11 @@ pub fn with_adapter<'a>(
     gpu: &Gpu,
     base: &'a convrec_core::model::gpu::GpuModel,
     dir: Option<&std::path::Path>,
-    holder: &'a mut Option<convrec_core::train::merge::LoraMerge>,
+    holder: &'a mut Option<convrec_core::train::adapter_view::AdapterView>,
 ) -> anyhow::Result<&'a convrec_core::model::gpu::GpuModel> {
     let Some(dir) = dir else { return Ok(base) };
     let (layout, params) = convrec::adapter_files::load_adapter(dir, &base.config)?;
-    let merge = pollster::block_on(convrec_core::train::merge::LoraMerge::apply(gpu, base, &layout, &params))?;
+    let merge = pollster::block_on(convrec_core::train::adapter_view::AdapterView::apply(gpu, base, &layout, &params))?;
     Ok(&holder.insert(merge).model)
 }
 

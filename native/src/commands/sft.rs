@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use convrec_core::GpuOptions;
 use convrec_core::rec::evaluation::EvalOptions;
+use convrec_core::train::adapter_view::AdapterView;
 use convrec_core::train::lora::{LoraConfig, LoraLayout, Target};
-use convrec_core::train::merge::LoraMerge;
 use convrec_core::train::sft::{SftConfig, SftPosition, SftTrainer, sft_examples};
 use convrec_core::workers::Workers;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
     // Worker 0 alone keeps the run: metrics, held-out scores, checkpoints, the adapter.
     let mut run = if session.writes() { Some(RunDir::open(&args.out, start)?) } else { None };
     let merge = match &validation {
-        Some(_) => Some(pollster::block_on(LoraMerge::new(gpu, &model, &trainer.lora.layout))?),
+        Some(_) => Some(pollster::block_on(AdapterView::new(gpu, &model, &trainer.lora.layout))?),
         None => None,
     };
     let total_steps = trainer.total_steps();

@@ -217,7 +217,7 @@ pub fn run_in(session: &Session, args: &Args) -> anyhow::Result<()> {
         if !v.due(step, total_steps) {
             return Ok(());
         }
-        let model = pollster::block_on(trainer.merged(gpu))?;
+        let model = pollster::block_on(trainer.adapted(gpu))?;
         let params = pollster::block_on(trainer.lora.read_params(gpu))?;
         let layout = &trainer.lora.layout;
         let summary = v.run(gpu, model, tm, step, session.workers.as_ref(), run, layout, &params, base_name)?;

@@ -1,0 +1,375 @@
+//! Inference with an adapter: a view of the model that answers as base + adapter, in one of two
+//! ways ([`AdapterMode`], `--adapters`):
+//!
+//! - **merged** (the default): the targeted projections are f32 copies `W + (alpha/r)·B·A`,
+//!   computed on the GPU (a copy — or, for a 16-bit or quantised base, a widening gather — then
+//!   one accumulating product per projection). Generation then runs the plain forward at full
+//!   speed, and RL refreshes the merge after every optimiser step without a host round trip. The
+//!   delta is never rounded to 16 bits or a block format. Memory: one f32 copy of each targeted
+//!   projection beside the base.
+//! - **unmerged**: the view carries the adapter (`GpuModel::adapter`) and every forward adds
+//!   `s·(x·Aᵀ)·Bᵀ` to the targeted projections' outputs (two thin products each, as training
+//!   does). The frozen weights stay as stored — a Q4 base keeps its 0.75 bytes a weight while
+//!   RL samples — for two extra dispatches per targeted projection per forward.
+
+use super::lora::{LoraLayout, Target};
+use crate::dtype::Dtype;
+use crate::gpu::{Batch, Gpu, GpuBuffer};
+use crate::model::gpu::{AttachedAdapter, GpuModel, ModelError, ModelResult};
+use crate::ops::elementwise::Embedding;
+use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
+
+/// How a view applies its adapter (`--adapters`; `GpuOptions::adapters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdapterMode {
+    /// Into f32 copies of the targeted projections: fastest, one f32 copy of each in memory.
+    #[default]
+    Merged,
+    /// Applied in every forward: the base stays as stored, two thin products per projection.
+    Unmerged,
+}
+
+impl AdapterMode {
+    pub const ALL: [AdapterMode; 2] = [AdapterMode::Merged, AdapterMode::Unmerged];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterMode::Merged => "merged",
+            AdapterMode::Unmerged => "unmerged",
+        }
+    }
+}
+
+impl std::str::FromStr for AdapterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::choice::parse(s, &AdapterMode::ALL, AdapterMode::name, "an adapter mode")
+    }
+}
+
+impl std::fmt::Display for AdapterMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The base model with an adapter applied, merged or unmerged; `model` is what to run.
+pub struct AdapterView {
+    pub model: GpuModel,
+    products: MatmulSet,
+    /// One per targeted projection when merged; none when unmerged.
+    jobs: Vec<MergeJob>,
+}
+
+/// One targeted projection: where its base weights come from and where the merge goes.
+struct MergeJob {
+    layer: usize,
+    target: Target,
+    base: GpuBuffer,
+    merged: GpuBuffer,
+    inp: usize,
+    out: usize,
+    /// For a 16-bit base: the gather that widens it to f32, and the row ids 0..out it gathers.
+    widen: Option<(Embedding, GpuBuffer)>,
+}
+
+fn spec() -> MatmulSpec {
+    MatmulSpec { trans_a: false, trans_b: false, has_bias: false, accumulate: true, b_dtype: Dtype::F32 }
+}
+
+impl AdapterView {
+    /// A view of `base` for `layout`'s adapters, in the GPU's mode (`Gpu::adapter_mode`); fill it
+    /// with [`record`](Self::record) or [`refresh`](Self::refresh).
+    pub async fn new(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
+        match gpu.adapter_mode() {
+            AdapterMode::Merged => Self::merged(gpu, base, layout).await,
+            AdapterMode::Unmerged => Self::unmerged(gpu, base, layout),
+        }
+    }
+
+    /// A view that applies the adapter in every forward; the base's weights are shared as they
+    /// are, the adapter's factors held in a buffer of their own.
+    pub fn unmerged(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
+        let mut model = base.share();
+        let params = gpu.storage("adapter view", "adapter parameters", (layout.len.max(1) * 4) as u64)?;
+        model.adapter = Some(AttachedAdapter { layout: layout.clone(), params });
+        Ok(AdapterView { model, products: MatmulSet::default(), jobs: Vec::new() })
+    }
+
+    /// A view with f32 merged copies of every targeted projection (widened from 16-bit or
+    /// quantised bases).
+    pub async fn merged(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
+        let mut model = base.share();
+        let mut products = MatmulSet::default();
+        let mut jobs = Vec::new();
+        // Row ids 0..out for the widening gathers, one buffer per row count.
+        let mut row_ids: std::collections::HashMap<usize, GpuBuffer> = std::collections::HashMap::new();
+        for l in 0..base.config.num_layers {
+            for &target in &layout.config.targets {
+                let w = model.layers[l].weight_mut(target);
+                let (out, inp) = (w.shape[0], w.shape[1]);
+                if w.shards.len() > 1 {
+                    return Err(ModelError::Invalid(format!(
+                        "layer {l} {} is split across {} buffers; an adapter cannot be merged into it",
+                        target.module_name(),
+                        w.shards.len()
+                    )));
+                }
+                let merged = gpu.storage(
+                    "merge adapter",
+                    &format!("layer {l} {} merged", target.module_name()),
+                    (out * inp * 4) as u64,
+                )?;
+                let widen = match w.dtype {
+                    Dtype::F32 => None,
+                    dtype => {
+                        let ids = match row_ids.get(&out) {
+                            Some(ids) => ids.clone(),
+                            None => {
+                                let ids =
+                                    gpu.upload("merge adapter", "row ids", &(0..out as u32).collect::<Vec<_>>())?;
+                                row_ids.insert(out, ids.clone());
+                                ids
+                            }
+                        };
+                        Some((Embedding::new(gpu, out, inp, dtype).await?, ids))
+                    }
+                };
+                jobs.push(MergeJob { layer: l, target, base: w.buf.clone(), merged: merged.clone(), inp, out, widen });
+                w.shards = vec![(0, merged.clone())];
+                w.buf = merged;
+                w.dtype = Dtype::F32;
+                products.prepare(gpu, spec(), MatmulShape::new(out, inp, layout.config.r)).await?;
+            }
+        }
+        Ok(AdapterView { model, products, jobs })
+    }
+
+    /// Records the view's update from the flat `params`: `W' = W + s·B·A` for every targeted
+    /// projection when merged, a copy of the factors when unmerged.
+    pub fn record(&self, b: &mut Batch, layout: &LoraLayout, params: &GpuBuffer) -> ModelResult<()> {
+        if let Some(adapter) = &self.model.adapter {
+            b.copy(params, &adapter.params, (layout.len * 4) as u64);
+        }
+        let (r, s) = (layout.config.r, layout.config.scale());
+        for job in &self.jobs {
+            let MergeJob { layer, target, base, merged, inp, out, widen } = job;
+            let fa = layout.factor(*layer, *target, true).expect("factor A in layout");
+            let fb = layout.factor(*layer, *target, false).expect("factor B in layout");
+            match widen {
+                None => b.copy(base, merged, (inp * out * 4) as u64),
+                Some((gather, ids)) => gather.record(b, ids, *out, &[(0, base)], merged)?,
+            }
+            self.products.get(spec(), MatmulShape::new(*out, *inp, r))?.record(
+                b,
+                Operand { buf: params, off: fb.offset, ld: r, batch_stride: 0 },
+                Operand { buf: params, off: fa.offset, ld: *inp, batch_stride: 0 },
+                None,
+                Operand::dense(merged, *inp),
+                s,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies the current `params` (a training adapter on the GPU) and returns the model to run.
+    pub async fn refresh(&self, gpu: &Gpu, layout: &LoraLayout, params: &GpuBuffer) -> ModelResult<&GpuModel> {
+        let mut b = gpu.batch("merge adapter");
+        self.record(&mut b, layout, params)?;
+        b.submit().await?;
+        Ok(&self.model)
+    }
+
+    /// The base model with an adapter's parameters applied, once (for inference).
+    pub async fn apply(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout, params: &[f32]) -> ModelResult<Self> {
+        let merge = Self::new(gpu, base, layout).await?;
+        let buf = gpu.upload("merge adapter", "parameters", params)?;
+        merge.refresh(gpu, layout, &buf).await?;
+        Ok(merge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gpu::{AttentionMode, ForwardInputs, ForwardPlan, LogitsOp, left_pad};
+    use crate::model::tests::{random_tensors, tiny_config};
+    use crate::model::{Architecture, HostTensor};
+    use crate::testing::{self, rel_err};
+    use crate::train::backprop::{LoraState, TrainInputs, TrainPlan, TrainShape, head_index};
+    use crate::train::lora::LoraConfig;
+    use rand::Rng;
+
+    #[test]
+    fn merged_and_unmerged_views_give_the_log_probs_of_the_training_path() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("lora merge");
+        let config = tiny_config(Architecture::Qwen2, false);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 32).unwrap();
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 16.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let pb = gpu.upload("t", "params", &params).unwrap();
+        let ids: Vec<u32> = (0..7).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        let (pad, pos, ks, t) = left_pad(std::slice::from_ref(&ids));
+        let up = |v: &[u32]| gpu.upload("t", "t", v).unwrap();
+        let (idb, posb, ksb) = (up(&pad), up(&pos), up(&ks));
+
+        let view_logits = |view: AdapterView| {
+            let plan = pollster::block_on(ForwardPlan::new(&gpu, &view.model, 1, t)).unwrap();
+            let logits = pollster::block_on(LogitsOp::new(&gpu, &view.model, t)).unwrap();
+            let mut b = gpu.batch("t");
+            view.record(&mut b, &layout, &pb).unwrap();
+            plan.record(
+                &mut b,
+                &view.model,
+                &ForwardInputs { ids: &idb, positions: &posb, key_start: &ksb },
+                &AttentionMode::SelfOnly,
+            )
+            .unwrap();
+            logits.record(&mut b, &view.model, &plan.hidden, 0, 1).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            pollster::block_on(gpu.read::<f32>("t", &logits.logits)).unwrap()
+        };
+        let merged = view_logits(pollster::block_on(AdapterView::merged(&gpu, &model, &layout)).unwrap());
+        let unmerged = view_logits(AdapterView::unmerged(&gpu, &model, &layout).unwrap());
+        // The same sums in another order: x·(W + sBA)ᵀ against x·Wᵀ + s(x·Aᵀ)·Bᵀ.
+        let err = rel_err(&unmerged, &merged);
+        assert!(err < 1e-5, "unmerged vs merged logits: {err:e}");
+
+        // The training path (unmerged adapter) computes the log-prob of each next token.
+        // Every row through the head: the index is the identity.
+        let index = head_index(&(0..t as u32).collect::<Vec<_>>(), t);
+        let train = pollster::block_on(TrainPlan::new(
+            &gpu,
+            &model,
+            &layout,
+            TrainShape { batch: 1, t, head_rows: index.len() },
+            64,
+            false,
+        ))
+        .unwrap();
+        let targets: Vec<u32> = index.iter().map(|&p| ids.get(p as usize + 1).copied().unwrap_or(0)).collect();
+        let grads = gpu.upload("t", "grads", &vec![0f32; layout.len]).unwrap();
+        let lora = LoraState { layout: &layout, params: &pb, grads: &grads };
+        let mut b = gpu.batch("t");
+        train
+            .forward(
+                &mut b,
+                &model,
+                &lora,
+                &TrainInputs {
+                    ids: &idb,
+                    positions: &posb,
+                    key_start: &ksb,
+                    head_index: &up(&index),
+                    targets: &up(&targets),
+                },
+                1.0,
+            )
+            .unwrap();
+        pollster::block_on(b.submit()).unwrap();
+        let stats = pollster::block_on(gpu.read::<f32>("t", &train.head.row_stats)).unwrap();
+        let v = config.vocab_size;
+        for (mode, view) in [("merged", &merged), ("unmerged", &unmerged)] {
+            let mut got = Vec::new();
+            let mut want = Vec::new();
+            for p in 0..t - 1 {
+                let row = &view[p * v..(p + 1) * v];
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let lse = m + row.iter().map(|z| (z - m).exp()).sum::<f32>().ln();
+                got.push(row[targets[p] as usize] - lse);
+                want.push(stats[p * 4 + 2]);
+            }
+            assert!(rel_err(&got, &want) < 1e-4, "{mode} {got:?} vs adapter {want:?}");
+        }
+    }
+
+    /// A Hub checkpoint as published (bf16 or f16 projections) or a quantised one (Q8/Q4 blocks)
+    /// takes an adapter: the merge widens the base to f32 on the GPU, so the merged model equals
+    /// the merge into an f32 copy of the same values (was: "merging an adapter needs f32 base
+    /// weights"); unmerged, the base stays as stored and the model answers the same.
+    #[test]
+    fn sixteen_bit_and_quantised_bases_merge_like_their_f32_values() {
+        use crate::model::gpu::sequence_logits;
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("lora merge 16-bit base");
+        let config = tiny_config(Architecture::Llama, false);
+        let tensors = random_tensors(&config, &mut rng);
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets: Target::ALL.to_vec() });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let ids: Vec<u32> = (0..9).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::Q8, Dtype::Q4] {
+            // The projections stored as `dtype` (Q4 leaves the 48-wide down projection f32: its
+            // rows are not whole blocks), and the same values in f32.
+            let (mut stored, mut widened) = (Vec::new(), Vec::new());
+            for (n, t) in &tensors {
+                let a = if n.ends_with("proj.weight") { t.clone().converted(dtype) } else { t.clone() };
+                widened.push((n.clone(), HostTensor::f32(a.shape.clone(), a.to_f32())));
+                stored.push((n.clone(), a));
+            }
+            assert!(stored.iter().any(|(_, t)| t.dtype() == dtype), "{dtype}: some projection converted");
+            let logits = |tensors: Vec<(String, HostTensor)>, mode: AdapterMode| {
+                let model = GpuModel::upload(&gpu, config.clone(), tensors, 32).unwrap();
+                let view = match mode {
+                    AdapterMode::Merged => pollster::block_on(AdapterView::merged(&gpu, &model, &layout)).unwrap(),
+                    AdapterMode::Unmerged => AdapterView::unmerged(&gpu, &model, &layout).unwrap(),
+                };
+                let mut b = gpu.batch("t");
+                view.record(&mut b, &layout, &gpu.upload("t", "params", &params).unwrap()).unwrap();
+                pollster::block_on(b.submit()).unwrap();
+                let q_dtype = view.model.layers[0].weight(Target::QProj).dtype;
+                match mode {
+                    AdapterMode::Merged => assert_eq!(q_dtype, Dtype::F32, "merged projections are f32"),
+                    AdapterMode::Unmerged => {
+                        assert_eq!(
+                            q_dtype,
+                            model.layers[0].weight(Target::QProj).dtype,
+                            "unmerged: the base as stored"
+                        );
+                        assert_eq!(view.model.weight_bytes(), model.weight_bytes());
+                    }
+                }
+                pollster::block_on(sequence_logits(&gpu, &view.model, &ids)).unwrap()
+            };
+            let reference = logits(widened, AdapterMode::Merged);
+            let err = rel_err(&logits(stored.clone(), AdapterMode::Merged), &reference);
+            assert!(err <= 1e-6, "{dtype} base, merged: {err:e}");
+            let err = rel_err(&logits(stored, AdapterMode::Unmerged), &reference);
+            assert!(err <= 1e-5, "{dtype} base, unmerged: {err:e}");
+        }
+    }
+
+    /// Decoding (prefill, cache broadcast, one-token steps over the KV cache) applies an
+    /// unmerged adapter as the merged weights do: the same greedy tokens.
+    #[test]
+    fn unmerged_views_generate_what_merged_views_generate() {
+        use crate::model::generate::{GenerateRequest, generate};
+        use crate::ops::decode::SamplingConfig;
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("unmerged generation");
+        let config = tiny_config(Architecture::Llama, true);
+        let model = GpuModel::upload(&gpu, config.clone(), random_tensors(&config, &mut rng), 64).unwrap();
+        let targets = vec![Target::QProj, Target::VProj, Target::OProj, Target::DownProj];
+        let layout = LoraLayout::new(&config, LoraConfig { r: 4, alpha: 8.0, targets });
+        let params: Vec<f32> = (0..layout.len).map(|_| rng.random_range(-0.5..0.5)).collect();
+        let pb = gpu.upload("t", "params", &params).unwrap();
+        let mut prompt = |n: usize| (0..n).map(|_| rng.random_range(0..config.vocab_size as u32)).collect::<Vec<_>>();
+        let req = GenerateRequest {
+            prompts: vec![prompt(5), prompt(9)],
+            num_samples: 2,
+            first_sequence: 0,
+            max_new_tokens: 12,
+            sampling: SamplingConfig::greedy(),
+            stop_ids: vec![],
+        };
+        let tokens = |view: AdapterView| {
+            pollster::block_on(view.refresh(&gpu, &layout, &pb)).unwrap();
+            let out = pollster::block_on(generate(&gpu, &view.model, &req, |_, _| {})).unwrap();
+            out.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
+        };
+        let plain = pollster::block_on(generate(&gpu, &model, &req, |_, _| {})).unwrap();
+        let merged = tokens(pollster::block_on(AdapterView::merged(&gpu, &model, &layout)).unwrap());
+        assert_ne!(merged, plain.into_iter().map(|c| c.tokens).collect::<Vec<_>>(), "the adapter changes the answers");
+        assert_eq!(tokens(AdapterView::unmerged(&gpu, &model, &layout).unwrap()), merged);
+    }
+}
