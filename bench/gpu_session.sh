@@ -106,7 +106,7 @@ tiny() {
         rl-step) echo --layers 1 --prompts 1 --group 2 --prompt-len 8 --new 4 --micro-batch 2 --torch-device cpu ;;
         model) echo --layers 1 --prompt 4 --new 2 --train-batch 1 --train-seq 8 --torch-device cpu ;;
         kernels) echo --filter rmsnorm --budget-ms 5 --torch-device cpu ;;
-        weights) echo --layers 1 --prompt 4 --new 2 --train-batch 1 --train-seq 8 ;;
+        weights) echo --shape smollm2-135m --layers 1 --prompt 4 --new 2 --train-batch 1 --train-seq 8 ;;
     esac
 }
 
@@ -166,6 +166,11 @@ if [ "${QUICK:-0}" != 1 ]; then
     step kernels 180 kernels "${shapes[@]}" --budget-ms 200 "${cuda[@]}" --out "$out/kernels.jsonl"
     # 6. Weight memory and speed per storage format (f32, Q8, Q4 blocks; issue 17).
     step weights 120 weights --new 32 --train-seq 256
+    # 7. The paper's model sizes (issue 17, item 5): the same at Qwen2.5-0.5B's, Llama-3.2-1B's
+    #    and Llama-3.2-3B's shapes (random weights: memory and speed do not depend on them).
+    for shape in qwen2.5-0.5b llama-3.2-1b llama-3.2-3b; do
+        step "weights-$shape" 200 weights --shape "$shape" --new 32 --train-seq 256
+    done
 fi
 note "total $(( $(date +%s) - start ))s; outputs in $out, all of them in $archive"
 tar -czf "$archive" -C "$(dirname "$out")" "$(basename "$out")"

@@ -8,7 +8,7 @@ mod model;
 mod profile;
 mod python;
 mod rl_step;
-mod smollm2;
+mod bench_model;
 mod weights;
 
 use clap::{Parser, Subcommand};

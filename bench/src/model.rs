@@ -11,7 +11,7 @@ use convrec_core::ops::decode::SamplingConfig;
 use serde_json::json;
 
 use crate::python::{Baseline, Row, TorchArgs, print_comparison};
-use crate::smollm2::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
+use crate::bench_model::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,9 +34,9 @@ const ON_CUDA: [&str; 2] = ["fp32", "bf16"];
 pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let (prompt, new) = (args.generation.prompt as usize, args.generation.new as usize);
     let (train_batch, train_seq) = (args.train.train_batch as usize, args.train.train_seq as usize);
-    let (c, model) = smollm2::upload(gpu, &args.shape, (prompt + new).max(train_seq) + 8)?;
-    println!("{}", smollm2::header(gpu, &c, &model));
-    let shape = smollm2::baseline_config(
+    let (c, model) = bench_model::upload(gpu, &args.shape, (prompt + new).max(train_seq) + 8)?;
+    println!("{}", bench_model::header(gpu, &args.shape, &c, &model));
+    let shape = bench_model::baseline_config(
         &c,
         json!({"prompt": prompt, "new": new, "batches": [1, 8], "batch": train_batch, "seq": train_seq}),
     );
@@ -57,19 +57,19 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         print_versions(&torch, &args.torch.torch_device);
     }
     if args.parts.iter().any(|p| p == "train") {
-        let mut trainer = smollm2::lora_trainer(gpu, &c, args.train.recompute)?;
-        let mb = smollm2::train_batch(train_batch, train_seq);
+        let mut trainer = bench_model::lora_trainer(gpu, &c, args.train.recompute)?;
+        let mb = bench_model::train_batch(train_batch, train_seq);
         gpu.pool().reset_peak();
         let mut best = f64::MAX;
         for _ in 0..3 {
-            best = best.min(smollm2::lora_step(gpu, &mut trainer, &model, &mb)?);
+            best = best.min(bench_model::lora_step(gpu, &mut trainer, &model, &mb)?);
         }
         let (_, peak) = gpu.pool().device_bytes();
         let tokens = (train_batch * train_seq) as f64;
         let torch = args.torch.run("train", &shape, &ON_CUDA);
         println!(
             "\nLoRA r={} (all 7 projections) training step, {train_batch}×{train_seq} tokens: {best:.3} s",
-            smollm2::LORA_R
+            bench_model::LORA_R
         );
         let theirs = |key: &str| torch.iter().map(|b| b.number(&[key])).collect();
         let rows = [
@@ -92,7 +92,7 @@ pub fn generation_rates(
     prompt: usize,
     new: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let seqs = smollm2::prompts(prompts, prompt);
+    let seqs = bench_model::prompts(prompts, prompt);
     let (ids, positions, key_start, t) = left_pad(&seqs);
     let plan = pollster::block_on(ForwardPlan::new(gpu, model, prompts, t))?;
     let up = |v: &[u32]| gpu.upload("bench", "t", v);

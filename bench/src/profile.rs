@@ -16,7 +16,7 @@ use convrec_core::model::gpu::GpuModel;
 use convrec_core::ops::decode::SamplingConfig;
 use serde::Serialize;
 
-use crate::smollm2::{self, ShapeArgs, TrainArgs};
+use crate::bench_model::{self, ShapeArgs, TrainArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -206,11 +206,11 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         bail!("--group {} must divide --batch {}", args.group, args.batch);
     }
     let positions = ((args.prompt + args.new).max(args.train.train_seq) + 8) as usize;
-    let (c, model) = smollm2::upload(gpu, &args.shape, positions)?;
+    let (c, model) = bench_model::upload(gpu, &args.shape, positions)?;
     let summary = gpu.summary();
     let part = |p: &str| args.parts.iter().any(|q| q == p);
     let report = Report {
-        header: smollm2::header(gpu, &c, &model),
+        header: bench_model::header(gpu, &args.shape, &c, &model),
         timestamps: summary.timestamp_queries,
         decode: if part("decode") { Some(StepReport::new(decode(gpu, &model, &args)?, args.variants)?) } else { None },
         train: if part("train") { Some(StepReport::new(train(gpu, &c, &model, &args)?, args.variants)?) } else { None },
@@ -261,7 +261,7 @@ fn measure<T>(gpu: &Gpu, mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow:
 fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measured<'a>> {
     let (batch, group) = (args.batch as usize, args.group as usize);
     let req = GenerateRequest {
-        prompts: smollm2::prompts(batch / group, args.prompt as usize),
+        prompts: bench_model::prompts(batch / group, args.prompt as usize),
         num_samples: group,
         first_sequence: 0,
         max_new_tokens: args.new as usize,
@@ -296,14 +296,14 @@ fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measur
 /// One LoRA step (forward, backward, AdamW) after a warm-up step (kernels, the plan's buffers).
 fn train<'a>(gpu: &Gpu, c: &ModelConfig, model: &GpuModel, args: &Args) -> anyhow::Result<Measured<'a>> {
     let (batch, seq) = (args.train.train_batch as usize, args.train.train_seq as usize);
-    let mut trainer = smollm2::lora_trainer(gpu, c, args.train.recompute)?;
-    let mb = smollm2::train_batch(batch, seq);
-    smollm2::lora_step(gpu, &mut trainer, model, &mb)?;
-    let runs = measure(gpu, || smollm2::lora_step(gpu, &mut trainer, model, &mb))?;
+    let mut trainer = bench_model::lora_trainer(gpu, c, args.train.recompute)?;
+    let mb = bench_model::train_batch(batch, seq);
+    bench_model::lora_step(gpu, &mut trainer, model, &mb)?;
+    let runs = measure(gpu, || bench_model::lora_step(gpu, &mut trainer, model, &mb))?;
     Ok(Measured {
         case: format!(
             "LoRA r={} on all 7 projections, {batch}×{seq} tokens{}, forward + backward + AdamW",
-            smollm2::LORA_R,
+            bench_model::LORA_R,
             if args.train.recompute { ", recompute" } else { "" }
         ),
         ops: &["train"],

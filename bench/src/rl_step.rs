@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::python::{Row, TorchArgs, print_comparison};
-use crate::smollm2::{self, ShapeArgs, mib};
+use crate::bench_model::{self, ShapeArgs, mib};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -68,9 +68,9 @@ struct StepTimes {
 
 pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
     let (p, g, len, new) = (args.prompts as usize, args.group as usize, args.prompt_len as usize, args.new as usize);
-    let (c, model) = smollm2::upload(gpu, &args.shape, len + new + 16)?;
-    println!("{}", smollm2::header(gpu, &c, &model));
-    let layout = smollm2::lora_layout(&c);
+    let (c, model) = bench_model::upload(gpu, &args.shape, len + new + 16)?;
+    println!("{}", bench_model::header(gpu, &args.shape, &c, &model));
+    let layout = bench_model::lora_layout(&c);
     let init = layout.init(0);
     let config = RlConfig {
         beta: Some(1e-3),
@@ -82,7 +82,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         ..RlConfig::new(Algo::RankGrpo)
     };
     let mut trainer = pollster::block_on(RlTrainer::new(gpu, &model, layout, &init, config))?;
-    let prompts = smollm2::prompts(p, len);
+    let prompts = bench_model::prompts(p, len);
 
     // Warm-up at the step's batch with two new tokens, and an update on one micro-batch of it:
     // kernel compilation stays out of the timed step.
@@ -120,7 +120,7 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
 
     let case =
         json!({"prompts": p, "group": g, "prompt": len, "new": new, "micro_batch": args.micro_batch, "beta": 1e-3});
-    let torch = args.torch.run("rl", &smollm2::baseline_config(&c, case.clone()), &ON_CUDA);
+    let torch = args.torch.run("rl", &bench_model::baseline_config(&c, case.clone()), &ON_CUDA);
     println!(
         "\nRL step: {p} prompts × {g} completions = {} sequences of {len} + {new} tokens, micro-batch {}{}",
         p * g,

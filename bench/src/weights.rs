@@ -7,7 +7,7 @@ use convrec_core::Gpu;
 use convrec_core::dtype::WeightFormat;
 
 use crate::model::generation_rates;
-use crate::smollm2::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
+use crate::bench_model::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,21 +42,17 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
         // The pool keeps freed buffers for reuse: release the last format's, so that each
         // format's peak holds only its own model.
         gpu.pool().trim();
-        let (c, model) = smollm2::upload_as(gpu, &args.shape, positions, format)?;
+        let (c, model) = bench_model::upload_as(gpu, &args.shape, positions, format)?;
         if all.is_empty() {
-            let s = gpu.summary();
-            println!(
-                "adapter: {} ({}, {}); SmolLM2-135M shape ({} layers)",
-                s.name, s.backend, s.driver_info, c.num_layers
-            );
+            println!("{}", bench_model::adapter_and_shape(gpu, &args.shape, &c));
         }
         let (prefill, decode_1) = generation_rates(gpu, &model, 1, 1, prompt, new)?;
         let (_, decode_8) = generation_rates(gpu, &model, 8, 1, prompt, new)?;
-        let mut trainer = smollm2::lora_trainer(gpu, &c, args.train.recompute)?;
-        let mb = smollm2::train_batch(batch, seq);
+        let mut trainer = bench_model::lora_trainer(gpu, &c, args.train.recompute)?;
+        let mb = bench_model::train_batch(batch, seq);
         gpu.pool().reset_peak();
         let best = (0..2)
-            .map(|_| smollm2::lora_step(gpu, &mut trainer, &model, &mb))
+            .map(|_| bench_model::lora_step(gpu, &mut trainer, &model, &mb))
             .try_fold(f64::MAX, |b, t| t.map(|t| b.min(t)))?;
         let (_, peak) = gpu.pool().device_bytes();
         let figures = Figures {

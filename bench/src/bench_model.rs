@@ -1,9 +1,11 @@
-//! The model every end-to-end benchmark runs: SmolLM2-135M's shape with random weights (speed does
-//! not depend on their values), and the inputs the benchmarks feed it.
+//! The model every end-to-end benchmark runs: a real checkpoint's shape (SmolLM2-135M by default;
+//! `--shape`) with random weights — speed and memory do not depend on their values — and the
+//! inputs the benchmarks feed it.
 
 use std::time::Instant;
 
 use convrec_core::Gpu;
+use convrec_core::dtype::WeightFormat;
 use convrec_core::model::gpu::GpuModel;
 use convrec_core::model::{Architecture, HostTensor, ModelConfig};
 use convrec_core::ops::adamw::AdamWConfig;
@@ -14,9 +16,51 @@ use serde_json::json;
 /// The shape options every model benchmark takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ShapeArgs {
-    /// Decoder layers (SmolLM2-135M has 30; fewer make a quick smoke run).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
-    pub layers: u32,
+    /// The checkpoint whose shape the model has (its config.json's sizes, random weights).
+    #[arg(long, value_enum, default_value = "smollm2-135m")]
+    pub shape: ModelShape,
+    /// Decoder layers (default: the checkpoint's; fewer make a quick smoke run).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub layers: Option<u32>,
+}
+
+/// The shapes of the models the paper trains and their small relatives, from their
+/// `config.json` files on the Hub.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelShape {
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen25_0_5b,
+    #[value(name = "qwen2.5-1.5b")]
+    Qwen25_1_5b,
+    #[value(name = "llama-3.2-1b")]
+    Llama32_1b,
+    #[value(name = "llama-3.2-3b")]
+    Llama32_3b,
+}
+
+impl ModelShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelShape::Smollm2_135m => "SmolLM2-135M",
+            ModelShape::Qwen25_0_5b => "Qwen2.5-0.5B",
+            ModelShape::Qwen25_1_5b => "Qwen2.5-1.5B",
+            ModelShape::Llama32_1b => "Llama-3.2-1B",
+            ModelShape::Llama32_3b => "Llama-3.2-3B",
+        }
+    }
+
+    /// (vocab, hidden, intermediate, layers, heads, kv heads, head size).
+    fn sizes(self) -> (usize, usize, usize, usize, usize, usize, usize) {
+        match self {
+            ModelShape::Smollm2_135m => (49152, 576, 1536, 30, 9, 3, 64),
+            ModelShape::Qwen25_0_5b => (151936, 896, 4864, 24, 14, 2, 64),
+            ModelShape::Qwen25_1_5b => (151936, 1536, 8960, 28, 12, 2, 128),
+            ModelShape::Llama32_1b => (128256, 2048, 8192, 16, 32, 8, 64),
+            ModelShape::Llama32_3b => (128256, 3072, 8192, 28, 24, 8, 128),
+        }
+    }
 }
 
 /// The generation figures' options, shared by `model` and `weights`.
@@ -47,21 +91,37 @@ pub struct TrainArgs {
 pub const LORA_R: usize = 16;
 
 pub fn config(shape: &ShapeArgs) -> ModelConfig {
+    let (vocab_size, hidden_size, intermediate_size, layers, num_heads, num_kv_heads, head_dim) = shape.shape.sizes();
+    let qwen = matches!(shape.shape, ModelShape::Qwen25_0_5b | ModelShape::Qwen25_1_5b);
+    let llama3 = matches!(shape.shape, ModelShape::Llama32_1b | ModelShape::Llama32_3b);
     ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: shape.layers as usize,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rope_theta: 100000.0,
-        rope_scaling: convrec_core::model::RopeScaling::None,
-        rms_norm_eps: 1e-5,
+        architecture: if qwen { Architecture::Qwen2 } else { Architecture::Llama },
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers: shape.layers.map_or(layers, |l| l as usize),
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rope_theta: match shape.shape {
+            ModelShape::Smollm2_135m => 100000.0,
+            _ if qwen => 1000000.0,
+            _ => 500000.0,
+        },
+        rope_scaling: if llama3 {
+            convrec_core::model::RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }
+        } else {
+            convrec_core::model::RopeScaling::None
+        },
+        rms_norm_eps: if qwen { 1e-6 } else { 1e-5 },
         tie_word_embeddings: true,
-        attention_bias: false,
-        max_position_embeddings: 8192,
+        attention_bias: qwen,
+        max_position_embeddings: if qwen { 32768 } else { 8192 },
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
     }
@@ -77,7 +137,9 @@ pub fn baseline_config(c: &ModelConfig, case: serde_json::Value) -> serde_json::
     out
 }
 
-fn random_weights(c: &ModelConfig) -> Vec<(String, HostTensor)> {
+/// Random weights, each converted as `weights` keeps it as soon as it is drawn: a 3B model's f32
+/// weights (13 GB) are never all on the host at once.
+fn random_weights(c: &ModelConfig, weights: WeightFormat) -> Vec<(String, HostTensor)> {
     let mut state = 0x12345678u32;
     let mut next = move || {
         state ^= state << 13;
@@ -90,7 +152,8 @@ fn random_weights(c: &ModelConfig) -> Vec<(String, HostTensor)> {
         .map(|(n, shape)| {
             let len: usize = shape.iter().product();
             let v = if n.ends_with("norm.weight") { vec![1.0; len] } else { (0..len).map(|_| next()).collect() };
-            (n, HostTensor::f32(shape, v))
+            let dtype = weights.dtype_for(&n, &shape, convrec_core::dtype::Dtype::F32);
+            (n, HostTensor::f32(shape, v).converted(dtype))
         })
         .collect()
 }
@@ -106,24 +169,33 @@ pub fn upload_as(
     gpu: &Gpu,
     shape: &ShapeArgs,
     positions: usize,
-    weights: convrec_core::dtype::WeightFormat,
+    weights: WeightFormat,
 ) -> anyhow::Result<(ModelConfig, GpuModel)> {
     let c = config(shape);
-    let model = GpuModel::upload_as(gpu, c.clone(), random_weights(&c), positions, weights)?;
+    let model = GpuModel::upload_as(gpu, c.clone(), random_weights(&c, weights), positions, weights)?;
     Ok((c, model))
 }
 
 /// The line every model benchmark starts with: the adapter, the model and how its weights are kept.
-pub fn header(gpu: &Gpu, c: &ModelConfig, model: &GpuModel) -> String {
+pub fn header(gpu: &Gpu, shape: &ShapeArgs, c: &ModelConfig, model: &GpuModel) -> String {
+    format!(
+        "{}, weights {} ({:.1} MiB on the GPU)",
+        adapter_and_shape(gpu, shape, c),
+        gpu.weight_format(),
+        mib(model.weight_bytes())
+    )
+}
+
+/// "adapter: NAME (backend, driver); SHAPE shape (N layers)".
+pub fn adapter_and_shape(gpu: &Gpu, shape: &ShapeArgs, c: &ModelConfig) -> String {
     let s = gpu.summary();
     format!(
-        "adapter: {} ({}, {}); SmolLM2-135M shape ({} layers), weights {} ({:.1} MiB on the GPU)",
+        "adapter: {} ({}, {}); {} shape ({} layers)",
         s.name,
         s.backend,
         s.driver_info,
-        c.num_layers,
-        gpu.weight_format(),
-        mib(model.weight_bytes())
+        shape.shape.name(),
+        c.num_layers
     )
 }
 
@@ -168,4 +240,25 @@ pub fn lora_step(gpu: &Gpu, trainer: &mut LoraTrainer, model: &GpuModel, mb: &Mi
     pollster::block_on(trainer.run(gpu, model, mb, true, 1.0))?;
     pollster::block_on(trainer.optimizer_step(gpu, 1e-4, 1.0))?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each shape is its checkpoint: the parameter count its model card states.
+    #[test]
+    fn shapes_have_their_checkpoints_parameter_counts() {
+        for (shape, published) in [
+            (ModelShape::Smollm2_135m, 134_515_008),
+            (ModelShape::Qwen25_0_5b, 494_032_768),
+            (ModelShape::Qwen25_1_5b, 1_543_714_304),
+            (ModelShape::Llama32_1b, 1_235_814_400),
+            (ModelShape::Llama32_3b, 3_212_749_824),
+        ] {
+            let c = config(&ShapeArgs { shape, layers: None });
+            c.validate().unwrap();
+            assert_eq!(c.parameter_count(), published, "{shape:?}");
+        }
+    }
 }
