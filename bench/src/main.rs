@@ -3,12 +3,12 @@
 //! asserted.
 
 mod baseline;
+mod bench_model;
 mod kernels;
 mod model;
 mod profile;
 mod python;
 mod rl_step;
-mod bench_model;
 mod weights;
 
 use clap::{Parser, Subcommand};

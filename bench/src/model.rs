@@ -10,8 +10,8 @@ use convrec_core::model::gpu::{AttentionMode, ForwardInputs, ForwardPlan, GpuMod
 use convrec_core::ops::decode::SamplingConfig;
 use serde_json::json;
 
-use crate::python::{Baseline, Row, TorchArgs, print_comparison};
 use crate::bench_model::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
+use crate::python::{Baseline, Row, TorchArgs, print_comparison};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -16,8 +16,8 @@ use convrec_core::rl::trainer::{Algo, RlConfig, RlTrainer, Rollout};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::python::{Row, TorchArgs, print_comparison};
 use crate::bench_model::{self, ShapeArgs, mib};
+use crate::python::{Row, TorchArgs, print_comparison};
 
 #[derive(clap::Args)]
 pub struct Args {

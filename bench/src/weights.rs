@@ -6,8 +6,8 @@
 use convrec_core::Gpu;
 use convrec_core::dtype::WeightFormat;
 
-use crate::model::generation_rates;
 use crate::bench_model::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
+use crate::model::generation_rates;
 
 #[derive(clap::Args)]
 pub struct Args {

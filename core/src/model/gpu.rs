@@ -275,6 +275,15 @@ impl GpuModel {
             }
             layers.push(LayerWeights { norms, projections });
         }
+        let mut unexpected: Vec<&String> = by_name.keys().filter(|n| decoder.names_layer_module(n)).collect();
+        unexpected.sort();
+        if let Some(name) = unexpected.first() {
+            return Err(ModelError::Invalid(format!(
+                "weights: tensor {name} is not part of this {:?} model as configured (attention_bias = {}); \
+                 convrec would answer without it",
+                config.architecture, config.attention_bias
+            )));
+        }
         if let Some(limit) = config.rope_scaling.max_positions(config.max_position_embeddings) {
             if max_positions > limit {
                 return Err(ModelError::Invalid(format!(

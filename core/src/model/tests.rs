@@ -282,3 +282,23 @@ fn mixed_precision_logits_stay_close_to_f32() {
 /// Relative logit error of mixed precision on the tiny random models (measured 2.3e-3–2.6e-3 on
 /// lavapipe's 8×8 tiles, see docs/PRECISION.md).
 const MIXED_LOGITS_BOUND: f64 = 1e-2;
+
+/// A checkpoint tensor the configuration has no place for (here an o_proj bias, which
+/// transformers' Llama has with attention_bias) is refused by name, not silently dropped; tensors
+/// of no layer module (an old checkpoint's rotary inv_freq) are ignored as transformers does.
+#[test]
+fn tensors_the_layer_has_no_place_for_are_refused() {
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("unexpected tensors");
+    let config = tiny_config(Architecture::Llama, true);
+    let mut tensors = random_tensors(&config, &mut rng);
+    tensors.push((
+        "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+        crate::model::HostTensor::f32(vec![8], vec![1.0; 8]),
+    ));
+    assert!(GpuModel::upload(&gpu, config.clone(), tensors.clone(), 16).is_ok());
+    tensors
+        .push(("model.layers.1.self_attn.o_proj.bias".into(), crate::model::HostTensor::f32(vec![32], vec![0.5; 32])));
+    let err = GpuModel::upload(&gpu, config, tensors, 16).err().expect("refused").to_string();
+    assert!(err.contains("model.layers.1.self_attn.o_proj.bias") && err.contains("attention_bias = false"), "{err}");
+}

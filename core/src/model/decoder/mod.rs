@@ -267,6 +267,19 @@ impl Decoder {
         Some(format!("model.layers.{layer}.{module}.{kind}"))
     }
 
+    /// Whether `name` is a tensor of a module this architecture's layers have
+    /// (`model.layers.N.<module>.weight|bias`). A checkpoint's tensor of that form that the
+    /// configuration does not expect (a bias with `attention_bias` off) must be refused, not
+    /// dropped: the model would answer without it.
+    pub fn names_layer_module(&self, name: &str) -> bool {
+        let Some((_, rest)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
+            return false;
+        };
+        let Some((module, kind)) = rest.rsplit_once('.') else { return false };
+        (kind == "weight" || kind == "bias")
+            && (self.projections.iter().any(|p| p.module == module) || self.norms.iter().any(|n| n.module == module))
+    }
+
     /// For a projection RoPE rotates (an attention mixer's q or k), the heads its rows split into:
     /// what llama.cpp's row interleaving works per. `None` for every other tensor.
     pub fn rotary_heads(&self, hf_name: &str, c: &ModelConfig) -> Option<usize> {
@@ -333,6 +346,10 @@ mod tests {
         assert_eq!(d.rotary_heads(&layer_tensor(0, "self_attn.k_proj", "bias"), &c), Some(c.num_kv_heads));
         assert_eq!(d.rotary_heads(&layer_tensor(0, "self_attn.v_proj", "weight"), &c), None);
         assert_eq!(d.rotary_heads("model.norm.weight", &c), None);
+        assert!(d.names_layer_module("model.layers.3.self_attn.o_proj.bias"));
+        assert!(d.names_layer_module("model.layers.0.post_attention_layernorm.weight"));
+        assert!(!d.names_layer_module("model.layers.0.self_attn.rotary_emb.inv_freq"));
+        assert!(!d.names_layer_module("model.norm.weight"));
         // The parameter count agrees with the tensor list.
         for arch in [Architecture::Llama, Architecture::Qwen2] {
             let c = crate::testing::tiny_config(arch, false);

@@ -654,6 +654,12 @@ fn refuses_models_it_cannot_run_by_name() {
     let e = err(&w);
     assert!(e.contains("shape mismatch for model.layers.0.mlp.up_proj.weight") && e.contains("[32, 32]"), "{e}");
 
+    // A tensor the layer has no place for would be ignored: the file is refused instead.
+    let mut w = tiny_model(Architecture::Llama, true);
+    w.tensor("blk.0.attn_output.bias", &[HIDDEN as u64], GgmlType::F32, f32_bytes(&[0.5; HIDDEN]));
+    let e = err(&w);
+    assert!(e.contains("blk.0.attn_output.bias") && e.contains("no such tensor"), "{e}");
+
     let mut w = tiny_model(Architecture::Llama, true);
     w.kv("general.architecture", MetaValue::Str("gemma".into()));
     assert!(err(&w).contains("architecture \"gemma\" is not supported"), "{}", err(&w));
