@@ -297,12 +297,6 @@ impl GpuModel {
         Ok(GpuModel { config, embed, final_norm, lm_head, layers, rope, adapter: None })
     }
 
-    /// Another handle on the same GPU weights (buffers are shared, not copied), so that a view
-    /// can replace some projections (an adapter merged in) and keep the rest.
-    pub fn share(&self) -> GpuModel {
-        self.clone()
-    }
-
     /// The output projection (the embedding when tied).
     pub fn head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)

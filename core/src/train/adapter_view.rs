@@ -90,7 +90,7 @@ impl AdapterView {
     /// A view that applies the adapter in every forward; the base's weights are shared as they
     /// are, the adapter's factors held in a buffer of their own.
     pub fn unmerged(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
-        let mut model = base.share();
+        let mut model = base.clone(); // shares the buffers
         let params = gpu.storage("adapter view", "adapter parameters", (layout.len.max(1) * 4) as u64)?;
         model.adapter = Some(AttachedAdapter { layout: layout.clone(), params });
         Ok(AdapterView { model, products: MatmulSet::default(), jobs: Vec::new() })
@@ -99,7 +99,7 @@ impl AdapterView {
     /// A view with f32 merged copies of every targeted projection (widened from 16-bit or
     /// quantised bases).
     pub async fn merged(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
-        let mut model = base.share();
+        let mut model = base.clone(); // shares the buffers
         let mut products = MatmulSet::default();
         let mut jobs = Vec::new();
         // Row ids 0..out for the widening gathers, one buffer per row count.
