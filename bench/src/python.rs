@@ -164,7 +164,7 @@ pub fn print_comparison(first: &str, baselines: &[Baseline], rows: &[Row]) {
 }
 
 /// Three significant figures at most, no exponent.
-fn number(v: f64) -> String {
+pub fn number(v: f64) -> String {
     match v.abs() {
         a if a >= 100.0 => format!("{v:.0}"),
         a if a >= 10.0 => format!("{v:.1}"),

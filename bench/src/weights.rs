@@ -8,6 +8,7 @@ use convrec_core::dtype::WeightFormat;
 
 use crate::bench_model::{self, GenerationArgs, ShapeArgs, TrainArgs, mib};
 use crate::model::generation_rates;
+use crate::python::number;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,14 +66,14 @@ pub fn run(gpu: &Gpu, args: Args) -> anyhow::Result<()> {
             train_peak_mib: mib(peak),
         };
         println!(
-            "{:>6}: weights {:.1} MiB, prefill {:.0} tok/s, decode {:.1} tok/s (batch 1) {:.1} tok/s (batch 8), \
-             LoRA step {:.0} tok/s, peak {:.0} MiB",
+            "{:>6}: weights {:.1} MiB, prefill {} tok/s, decode {} tok/s (batch 1) {} tok/s (batch 8), \
+             LoRA step {} tok/s, peak {:.0} MiB",
             format.name(),
             figures.weight_mib,
-            figures.prefill,
-            figures.decode_1,
-            figures.decode_8,
-            figures.train_tok_s,
+            number(figures.prefill),
+            number(figures.decode_1),
+            number(figures.decode_8),
+            number(figures.train_tok_s),
             figures.train_peak_mib
         );
         drop((trainer, model));
