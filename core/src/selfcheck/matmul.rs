@@ -51,7 +51,7 @@ pub(super) async fn check(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     lora(gpu, c, &mut rng).await
 }
 
-/// The products of one LoRA projection (`train::backprop`, `train::merge`): factors at offsets
+/// The products of one LoRA projection (`train::backprop`, `train::adapter_view`): factors at offsets
 /// inside the flat parameter buffer, the `alpha / r` scale, accumulation into outputs.
 async fn lora(gpu: &Gpu, c: &mut Checker, rng: &mut rand::rngs::StdRng) -> GpuResult<()> {
     let (rows, inp, out, r) = (5usize, 96usize, 132usize, 8usize);
