@@ -56,10 +56,11 @@ fn load_tokenizer(path: &Path) -> anyhow::Result<(LoadedTokenizer, Architecture)
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = GgufFile::parse(&bytes).with_context(|| format!("{}", path.display()))?;
     let tok = from_gguf(&file).with_context(|| format!("{}", path.display()))?;
-    let arch = match file.get_str("general.architecture")? {
-        Some("qwen2") => Architecture::Qwen2,
-        _ => Architecture::Llama,
-    };
+    let name = file.get_str("general.architecture")?;
+    let arch = convrec_core::model::decoder::ALL
+        .iter()
+        .find(|d| Some(d.gguf_name) == name)
+        .map_or(Architecture::Llama, |d| d.architecture);
     Ok((tok, arch))
 }
 
