@@ -192,7 +192,8 @@ impl ModelConfig {
         let decoder =
             super::decoder::ALL.iter().find(|d| d.hf_names.contains(&arch_name.as_str())).ok_or_else(|| {
                 ConfigError::Unsupported(format!(
-                    "architecture {arch_name} is not supported (LlamaForCausalLM and Qwen2ForCausalLM are)"
+                    "architecture {arch_name} is not supported ({} are)",
+                    super::decoder::supported_hf_names()
                 ))
             })?;
         let architecture = decoder.architecture;

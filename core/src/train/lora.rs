@@ -37,18 +37,15 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err("target_modules is empty".into());
         }
-        if let Some(t) = self.targets.iter().find(|&&t| model.decoder().projection(t).is_none()) {
-            return Err(format!("target_modules: {} is not a projection of {:?}", t.module_name(), model.architecture));
+        let mut smallest_dim = Vec::with_capacity(self.targets.len());
+        for &t in &self.targets {
+            let projection = model.decoder().projection(t).ok_or_else(|| {
+                format!("target_modules: {} is not a projection of {:?}", t.module_name(), model.architecture)
+            })?;
+            let (inp, out) = projection.dims(model);
+            smallest_dim.push((inp.min(out), t));
         }
-        let (smallest, target) = self
-            .targets
-            .iter()
-            .map(|&t| {
-                let (inp, out) = t.dims(model);
-                (inp.min(out), t)
-            })
-            .min()
-            .expect("non-empty");
+        let (smallest, target) = smallest_dim.into_iter().min().expect("non-empty");
         if self.r == 0 || self.r > smallest {
             return Err(format!(
                 "r = {} must be from 1 to {smallest} (the smallest dimension of the targeted {})",

@@ -57,11 +57,6 @@ impl Target {
     pub fn from_module_name(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.module_name() == name)
     }
-
-    /// (in, out) features of this projection in `c`'s architecture.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
-        c.decoder().projection(self).map_or((0, 0), |p| p.dims(c))
-    }
 }
 
 /// A width of the model, as a projection's input or output.
@@ -192,6 +187,17 @@ pub fn layer_tensor(layer: usize, module: &str, kind: &str) -> String {
     format!("model.layers.{layer}.{module}.{kind}")
 }
 
+/// (module, kind) of a name [`layer_tensor`] writes: `model.layers.3.self_attn.q_proj.bias` →
+/// (`self_attn.q_proj`, `bias`).
+fn split_layer_tensor(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("model.layers.")?.split_once('.')?.1.rsplit_once('.')
+}
+
+/// The Hugging Face `architectures` names convrec runs, for messages.
+pub fn supported_hf_names() -> String {
+    ALL.iter().map(|d| d.hf_names[0]).collect::<Vec<_>>().join(", ")
+}
+
 impl Decoder {
     pub fn of(architecture: Architecture) -> &'static Decoder {
         ALL.iter().copied().find(|d| d.architecture == architecture).expect("every architecture has a description")
@@ -272,18 +278,17 @@ impl Decoder {
     /// configuration does not expect (a bias with `attention_bias` off) must be refused, not
     /// dropped: the model would answer without it.
     pub fn names_layer_module(&self, name: &str) -> bool {
-        let Some((_, rest)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
-            return false;
-        };
-        let Some((module, kind)) = rest.rsplit_once('.') else { return false };
-        (kind == "weight" || kind == "bias")
-            && (self.projections.iter().any(|p| p.module == module) || self.norms.iter().any(|n| n.module == module))
+        split_layer_tensor(name).is_some_and(|(module, kind)| {
+            (kind == "weight" || kind == "bias")
+                && (self.projections.iter().any(|p| p.module == module)
+                    || self.norms.iter().any(|n| n.module == module))
+        })
     }
 
     /// For a projection RoPE rotates (an attention mixer's q or k), the heads its rows split into:
     /// what llama.cpp's row interleaving works per. `None` for every other tensor.
     pub fn rotary_heads(&self, hf_name: &str, c: &ModelConfig) -> Option<usize> {
-        let module = hf_name.strip_prefix("model.layers.")?.split_once('.')?.1.rsplit_once('.')?.0;
+        let (module, _) = split_layer_tensor(hf_name)?;
         let target = self.projections.iter().find(|p| p.module == module)?.target;
         self.blocks.iter().find_map(|b| match b.mixer {
             Mixer::Attention { q, .. } if q == target => Some(c.num_heads),

@@ -274,13 +274,13 @@ pub fn load_tensors(file: &GgufFile, config: &ModelConfig) -> Result<Vec<(String
     let expected = config.expected_tensors();
     // A layer tensor the configuration has no place for (a llama file's attn_output.bias) would
     // be ignored: refuse the file instead.
-    let mut unexpected: Vec<&&TensorInfo> = by_hf_name
+    let wanted: std::collections::HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
+    let unexpected = by_hf_name
         .iter()
-        .filter(|(hf, _)| decoder.names_layer_module(hf) && !expected.iter().any(|(e, _)| e == *hf))
+        .filter(|(hf, _)| decoder.names_layer_module(hf) && !wanted.contains(hf.as_str()))
         .map(|(_, t)| t)
-        .collect();
-    unexpected.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(t) = unexpected.first() {
+        .min_by(|a, b| a.name.cmp(&b.name));
+    if let Some(t) = unexpected {
         return Err(GgufError::BadTensor {
             name: t.name.clone(),
             message: format!("convrec's {} layer has no such tensor; it would answer without it", decoder.gguf_name),
