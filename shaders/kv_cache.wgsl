@@ -1,6 +1,6 @@
-// Writes token-major keys or values [batch·t, kv_heads·head_dim] into a head-major cache
-// [batch, kv_heads, capacity, head_dim] at cache positions pos0 … pos0 + t − 1, and copies one
-// sequence's cache to other rows (G samples sharing a prompt's prefill).
+// Copies one sequence's head-major cache [batch, kv_heads, capacity, head_dim] to other rows (G
+// samples sharing a prompt's prefill). A step's keys and values are written into the cache by
+// shaders/attention_input.wgsl.
 // Specialisation: WG.
 
 struct Params {
@@ -9,29 +9,14 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     capacity: u32,
-    pos0: u32,    // kv_write: first cache position; kv_broadcast: first destination row
+    pos0: u32,    // first destination row
     stride_y: u32,
-    src_row: u32, // kv_broadcast: the sequence whose cache is copied
+    src_row: u32, // the sequence whose cache is copied
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cache: array<f32>;
-
-@compute @workgroup_size(WG)
-fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let idx = gid.x + gid.y * p.stride_y;
-    let row_len = p.kv_heads * p.head_dim;
-    if (idx >= p.batch * p.t * row_len) {
-        return;
-    }
-    let d = idx % p.head_dim;
-    let g = (idx / p.head_dim) % p.kv_heads;
-    let token = idx / row_len; // b·t + i
-    let i = token % p.t;
-    let b = token / p.t;
-    cache[((b * p.kv_heads + g) * p.capacity + p.pos0 + i) * p.head_dim + d] = src[idx];
-}
 
 // Copies positions [0, t) of row src_row of `src` (a cache) into rows pos0 … pos0 + batch − 1
 // of `cache`.

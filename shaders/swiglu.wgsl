@@ -1,12 +1,14 @@
 // SwiGLU of the Llama/Qwen2 MLP: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 // Backward: dgate = dh ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = dh ⊙ silu(g).
+// `swiglu_forward_packed` reads gate and up from packed rows gate | up (`width` each, as one
+// product over the stacked gate/up weights writes them) in the `gate` binding.
 // Specialisation: WG.
 
 struct Params {
     n: u32,
     stride_y: u32,
-    _pad0: u32,
-    _pad1: u32,
+    width: u32, // swiglu_forward_packed: the intermediate size; the others ignore it
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,6 +30,17 @@ fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let g = gate[i];
     out0[i] = g * sigmoid(g) * up[i];
+}
+
+@compute @workgroup_size(WG)
+fn swiglu_forward_packed(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.stride_y;
+    if (i >= p.n) {
+        return;
+    }
+    let at = (i / p.width) * 2u * p.width + i % p.width;
+    let g = gate[at];
+    out0[i] = g * sigmoid(g) * gate[at + p.width];
 }
 
 @compute @workgroup_size(WG)

@@ -256,8 +256,10 @@ fn measure<T>(gpu: &Gpu, mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow:
     Ok(Runs { plain, host, timed, gpu })
 }
 
-/// `generate` of the batch; every decode step after the first is one profiled step (the first
-/// carries the prefill's submission and kernel compilation).
+/// `generate` of the batch. A step's wall time is the difference between generating `--new`
+/// tokens and one token (the prefill and the first step), over the steps between: `generate`
+/// reads sampled ids back only every few steps, so the time between its callbacks is not a
+/// step's.
 fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measured<'a>> {
     let (batch, group) = (args.batch as usize, args.group as usize);
     let req = GenerateRequest {
@@ -268,12 +270,30 @@ fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measur
         sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
         stop_ids: vec![],
     };
-    let step_times = || -> anyhow::Result<Vec<f64>> {
-        let mut marks = Vec::with_capacity(req.max_new_tokens);
-        pollster::block_on(generate(gpu, model, &req, |_, _| marks.push(Instant::now())))?;
-        Ok(marks.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect())
+    if req.max_new_tokens < 2 {
+        anyhow::bail!("--new {}: a decode step is timed between generating one token and more", args.new);
+    }
+    let generate_s = |new: usize| -> anyhow::Result<f64> {
+        let req = GenerateRequest { max_new_tokens: new, ..req.clone() };
+        let start = Instant::now();
+        pollster::block_on(generate(gpu, model, &req, |_, _| {}))?;
+        Ok(start.elapsed().as_secs_f64())
     };
-    let runs = measure(gpu, step_times)?;
+    let profiled = |timing: Timing, new: usize| -> anyhow::Result<(f64, Profile)> {
+        gpu.profile_start(timing);
+        let seconds = generate_s(new);
+        let profile = gpu.profile_take();
+        Ok((seconds?, profile))
+    };
+    let (new, steps_between) = (req.max_new_tokens, (req.max_new_tokens - 1) as f64);
+    generate_s(1)?; // compiles the kernels
+    let wall_s = (generate_s(new)? - generate_s(1)?) / steps_between;
+    // The profiles cover the `--new` steps of one run; the one-token run under the same
+    // profiling only times what the steps' wall excludes.
+    let (_, host) = profiled(Timing::Host, new)?;
+    let (all, timed) = profiled(Timing::Gpu, new)?;
+    let (first, _) = profiled(Timing::Gpu, 1)?;
+    let runs = Runs { plain: wall_s, host, timed: (all - first) / steps_between, gpu: timed };
     Ok(Measured {
         case: format!(
             "batch {batch} = {} prompts × {group} samples, {}-token prompts, {} new tokens at temperature 1",
@@ -286,8 +306,8 @@ fn decode<'a>(gpu: &Gpu, model: &GpuModel, args: &Args) -> anyhow::Result<Measur
         // One `decode step` batch per new token.
         steps: runs.gpu.op("decode step").map_or(0, |o| o.submits),
         tokens_per_step: batch,
-        wall_s: median(runs.plain),
-        profiled_wall_s: median(runs.timed),
+        wall_s: runs.plain,
+        profiled_wall_s: runs.timed,
         profile: runs.gpu,
         host_profile: runs.host,
     })
@@ -314,9 +334,4 @@ fn train<'a>(gpu: &Gpu, c: &ModelConfig, model: &GpuModel, args: &Args) -> anyho
         profile: runs.gpu,
         host_profile: runs.host,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

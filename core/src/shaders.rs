@@ -32,6 +32,7 @@ macro_rules! shader {
 shader!(ADAMW, "adamw");
 shader!(ATTENTION, "attention");
 shader!(ATTENTION_BACKWARD, "attention_backward");
+shader!(ATTENTION_INPUT, "attention_input");
 shader!(ATTENTION_FLASH, "attention_flash");
 shader!(EMBEDDING, "embedding");
 shader!(GRPO_LOSS, "grpo_loss");
@@ -53,6 +54,7 @@ pub static ALL: &[&Shader] = &[
     &ADAMW,
     &ATTENTION,
     &ATTENTION_BACKWARD,
+    &ATTENTION_INPUT,
     &ATTENTION_FLASH,
     &EMBEDDING,
     &GRPO_LOSS,

@@ -9,11 +9,12 @@ use super::tensor::HostTensor;
 use crate::dtype::{Dtype, WeightFormat};
 use crate::gpu::{Batch, Gpu, GpuBuffer, GpuError};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
-use crate::ops::decode::{CacheShape, KvOps};
+use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv};
+use crate::ops::decode::CacheShape;
 use crate::ops::elementwise::{Embedding, SwiGlu};
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::rmsnorm::RmsNorm;
-use crate::ops::rope::{Rope, RopeTables};
+use crate::ops::rope::RopeTables;
 use crate::train::lora::LoraLayout;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub type ModelResult<T> = Result<T, ModelError>;
 pub struct Weight {
     /// The whole matrix, or its first row shard when it is split.
     pub buf: GpuBuffer,
+    /// Element offset of the matrix in `buf`: a member of [`StackedProjections`] is a view into
+    /// the stack's buffer; 0 otherwise.
+    pub off: usize,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     /// (first row, buffer) of each row shard: matrices larger than one storage binding (a
@@ -44,6 +48,28 @@ pub struct Weight {
 }
 
 impl Weight {
+    /// The matrix as a product's operand (row-major, `shape[1]` columns; not for sharded ones).
+    pub fn operand(&self) -> Operand<'_> {
+        Operand { buf: &self.buf, off: self.off, ld: self.shape[1], batch_stride: 0 }
+    }
+
+    /// A whole f32 matrix of its own.
+    pub fn f32_matrix(buf: GpuBuffer, shape: Vec<usize>) -> Weight {
+        Weight { shards: vec![(0, buf.clone())], buf, off: 0, dtype: Dtype::F32, shape }
+    }
+
+    /// A view of rows `row0 … row0 + rows` of an unsharded matrix.
+    pub fn rows(&self, row0: usize, rows: usize) -> Weight {
+        let cols = self.shape[1];
+        Weight {
+            buf: self.buf.clone(),
+            off: self.off + row0 * cols,
+            dtype: self.dtype,
+            shape: vec![rows, cols],
+            shards: vec![(0, self.buf.clone())],
+        }
+    }
+
     pub fn row_shards(&self) -> Vec<(usize, &GpuBuffer)> {
         self.shards.iter().map(|(r, b)| (*r, b)).collect()
     }
@@ -77,7 +103,7 @@ impl Weight {
         let words = t.gpu_words();
         if whole <= limit || !shardable {
             let buf = gpu.upload("load model", name, &words)?;
-            return Ok(Weight { shards: vec![(0, buf.clone())], buf, dtype, shape: t.shape });
+            return Ok(Weight { shards: vec![(0, buf.clone())], buf, off: 0, dtype, shape: t.shape });
         }
         if !cols.is_multiple_of(dtype.unit().0) {
             return Err(ModelError::Invalid(format!("{name}: an odd row length cannot be split between 16-bit pairs")));
@@ -98,7 +124,7 @@ impl Weight {
             ));
             r0 = r1;
         }
-        Ok(Weight { buf: shards[0].1.clone(), dtype, shape: t.shape, shards })
+        Ok(Weight { buf: shards[0].1.clone(), off: 0, dtype, shape: t.shape, shards })
     }
 }
 
@@ -110,6 +136,19 @@ pub struct LayerProjection {
     pub bias: Option<GpuBuffer>,
 }
 
+/// Projections that read the same input (a mixer's [`Mixer::inputs`]: q | k | v, gate | up)
+/// stored as one matrix, their rows stacked in that order, so that inference runs them as one
+/// product writing their outputs side by side. Each member's [`LayerProjection::weight`] is a
+/// view into `weight`; training and LoRA see the members as usual.
+#[derive(Clone)]
+pub struct StackedProjections {
+    pub targets: Vec<Target>,
+    /// `[Σ member outputs, input]`.
+    pub weight: Weight,
+    /// The members' biases one after another, when they have them.
+    pub bias: Option<GpuBuffer>,
+}
+
 /// One layer's weights, laid out as the model's [`Decoder`] describes them.
 #[derive(Clone)]
 pub struct LayerWeights {
@@ -117,9 +156,27 @@ pub struct LayerWeights {
     pub norms: Vec<GpuBuffer>,
     /// In the description's `projections` order.
     pub projections: Vec<LayerProjection>,
+    /// Stacks of mixer inputs whose members' weights could share a buffer (the same storage
+    /// type, within one binding); a mixer without one runs its inputs as separate products.
+    pub stacks: Vec<StackedProjections>,
 }
 
 impl LayerWeights {
+    /// The stack of exactly `targets`, if its members are still views into it (an adapter merged
+    /// into some of them alone gives them buffers of their own).
+    pub fn stack(&self, targets: &[Target]) -> Option<&StackedProjections> {
+        let stack = self.stacks.iter().find(|s| s.targets == targets)?;
+        let mut row0 = 0;
+        for &target in targets {
+            let w = self.weight(target);
+            if w.buf.id() != stack.weight.buf.id() || w.off != stack.weight.off + row0 * stack.weight.shape[1] {
+                return None;
+            }
+            row0 += w.shape[0];
+        }
+        Some(stack)
+    }
+
     /// The projection `target`: one the model's description lists (each block's mixer only
     /// names those, and LoRA configs are checked against them).
     pub fn projection(&self, target: Target) -> &LayerProjection {
@@ -166,19 +223,28 @@ pub struct GpuModel {
 impl GpuModel {
     /// Bytes the weights take on the GPU (every matrix in its storage type, norms and biases).
     pub fn weight_bytes(&self) -> u64 {
-        let matrix = |w: &Weight| w.shards.iter().map(|(_, b)| b.len_bytes()).sum::<u64>();
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.projections
-                    .iter()
-                    .map(|p| matrix(&p.weight) + p.bias.as_ref().map_or(0, |b| b.len_bytes()))
-                    .sum::<u64>()
-                    + l.norms.iter().map(|b| b.len_bytes()).sum::<u64>()
-            })
-            .sum();
-        matrix(&self.embed) + self.lm_head.as_ref().map_or(0, matrix) + self.final_norm.len_bytes() + layers
+        // Stacked members share their stack's buffer: each buffer counts once.
+        let mut buffers: HashMap<u64, u64> = HashMap::new();
+        let mut add = |b: &GpuBuffer| {
+            buffers.insert(b.id(), b.len_bytes());
+        };
+        let matrix = |w: &Weight, add: &mut dyn FnMut(&GpuBuffer)| w.shards.iter().for_each(|(_, b)| add(b));
+        matrix(&self.embed, &mut add);
+        if let Some(head) = &self.lm_head {
+            matrix(head, &mut add);
+        }
+        add(&self.final_norm);
+        for l in &self.layers {
+            for p in &l.projections {
+                matrix(&p.weight, &mut add);
+                p.bias.iter().for_each(&mut add);
+            }
+            for s in &l.stacks {
+                s.bias.iter().for_each(&mut add);
+            }
+            l.norms.iter().for_each(&mut add);
+        }
+        buffers.values().sum()
     }
 
     /// Uploads HF-named tensors, checking each against the config. `max_positions` sizes the
@@ -237,7 +303,6 @@ impl GpuModel {
             let dtype = weights.dtype_for(name, &t.shape, t.dtype());
             Ok(t.converted(dtype))
         };
-        let matrix = |name: &str, t: HostTensor| -> ModelResult<Weight> { Weight::upload(gpu, name, t, false, None) };
         let vector =
             |name: &str, t: HostTensor| -> ModelResult<GpuBuffer> { Ok(gpu.upload("load model", name, &t.to_f32())?) };
         let embed = Weight::upload(
@@ -261,19 +326,19 @@ impl GpuModel {
                 let name = layer_tensor(l, norm.module, "weight");
                 norms.push(vector(&name, take(&name)?)?);
             }
-            let mut projections = Vec::with_capacity(decoder.projections.len());
+            let mut host = Vec::with_capacity(decoder.projections.len());
             for p in decoder.projections {
                 let name = layer_tensor(l, p.module, "weight");
-                let weight = matrix(&name, take(&name)?)?;
+                let weight = take(&name)?;
                 let bias = if p.has_bias(&config) {
                     let name = layer_tensor(l, p.module, "bias");
-                    Some(vector(&name, take(&name)?)?)
+                    Some(take(&name)?)
                 } else {
                     None
                 };
-                projections.push(LayerProjection { target: p.target, weight, bias });
+                host.push((p.target, name, weight, bias));
             }
-            layers.push(LayerWeights { norms, projections });
+            layers.push(upload_layer(gpu, decoder, l, norms, host)?);
         }
         let mut unexpected: Vec<&String> = by_name.keys().filter(|n| decoder.names_layer_module(n)).collect();
         unexpected.sort();
@@ -301,6 +366,79 @@ impl GpuModel {
     pub fn head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+}
+
+/// Uploads one layer's projections (HF name, weight, bias), stacking each mixer's inputs into one
+/// buffer where they can share it: the same storage type, whole storage units per member, and
+/// the stack within one binding (a browser's 128 MiB can refuse a large model's gate | up).
+fn upload_layer(
+    gpu: &Gpu,
+    decoder: &Decoder,
+    l: usize,
+    norms: Vec<GpuBuffer>,
+    mut host: Vec<(Target, String, HostTensor, Option<HostTensor>)>,
+) -> ModelResult<LayerWeights> {
+    let limit = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
+    let mut stacked: Vec<(Target, Weight)> = Vec::new();
+    let mut stacks = Vec::new();
+    for block in decoder.blocks {
+        let targets = block.mixer.inputs();
+        let members: Vec<&(Target, String, HostTensor, Option<HostTensor>)> =
+            targets.iter().map(|&t| host.iter().find(|h| h.0 == t).expect("a projection of the description")).collect();
+        let dtype = members[0].2.dtype();
+        let whole_units = |t: &HostTensor| t.len().is_multiple_of(t.dtype().unit().0);
+        let same_bias = members.iter().all(|m| m.3.is_some() == members[0].3.is_some());
+        let rows: usize = members.iter().map(|m| m.2.shape[0]).sum();
+        let cols = members[0].2.shape[1];
+        let fits = dtype.storage_bytes(rows * cols) <= limit;
+        if !(members.iter().all(|m| m.2.dtype() == dtype && m.2.shape[1] == cols && whole_units(&m.2))
+            && same_bias
+            && fits)
+        {
+            continue;
+        }
+        let names: Vec<&str> = members.iter().map(|m| m.1.as_str()).collect();
+        let label = format!(
+            "layer {l} {} stacked",
+            names.iter().map(|n| n.rsplit('.').nth(1).unwrap_or(n)).collect::<Vec<_>>().join("|")
+        );
+        if dtype.is_quantized() && !cols.is_multiple_of(dtype.block_elems()) {
+            return Err(ModelError::Invalid(format!(
+                "{}: rows of {cols} elements are not whole {dtype} blocks of {}",
+                names[0],
+                dtype.block_elems()
+            )));
+        }
+        let words: Vec<u32> = members.iter().flat_map(|m| m.2.gpu_words()).collect();
+        let buf = gpu.upload("load model", &label, &words)?;
+        let weight = Weight { shards: vec![(0, buf.clone())], buf, off: 0, dtype, shape: vec![rows, cols] };
+        let bias = match members[0].3 {
+            Some(_) => {
+                let all: Vec<f32> = members.iter().flat_map(|m| m.3.as_ref().expect("checked").to_f32()).collect();
+                Some(gpu.upload("load model", &format!("{label} bias"), &all)?)
+            }
+            None => None,
+        };
+        let mut row0 = 0;
+        for m in &members {
+            stacked.push((m.0, weight.rows(row0, m.2.shape[0])));
+            row0 += m.2.shape[0];
+        }
+        stacks.push(StackedProjections { targets, weight, bias });
+    }
+    let mut projections = Vec::with_capacity(host.len());
+    for (target, name, weight, bias) in host.drain(..) {
+        let weight = match stacked.iter().position(|s| s.0 == target) {
+            Some(i) => stacked.swap_remove(i).1,
+            None => Weight::upload(gpu, &name, weight, false, None)?,
+        };
+        let bias = match bias {
+            Some(b) => Some(gpu.upload("load model", &name.replace(".weight", ".bias"), &b.to_f32())?),
+            None => None,
+        };
+        projections.push(LayerProjection { target, weight, bias });
+    }
+    Ok(LayerWeights { norms, projections, stacks })
 }
 
 /// Per-layer KV caches `[batch, kv_heads, capacity, head_dim]`.
@@ -347,19 +485,19 @@ pub struct ForwardPlan {
     rows: usize,
     embedding: Embedding,
     norm: RmsNorm,
-    rope: Rope,
+    attention_input: AttentionInput,
     attention: Attention,
     swiglu: SwiGlu,
-    kv: KvOps,
     products: MatmulSet,
     x: GpuBuffer,
     xn: GpuBuffer,
+    /// The current mixer's inputs side by side `[batch·t, Σ widths]` (q | k | v, gate | up).
+    packed: GpuBuffer,
     q: GpuBuffer,
+    /// Keys and values token-major, when attending over the batch's own tokens.
     k: GpuBuffer,
     v: GpuBuffer,
     attn: GpuBuffer,
-    gate: GpuBuffer,
-    up: GpuBuffer,
     h: GpuBuffer,
     rstd: GpuBuffer,
     stats: GpuBuffer,
@@ -383,14 +521,30 @@ impl ForwardPlan {
         let mut products = MatmulSet::default();
         for layer in &model.layers {
             for block in c.decoder().blocks {
+                let inputs = block.mixer.inputs();
+                if let Some(stack) = layer.stack(&inputs) {
+                    let w = &stack.weight;
+                    let spec = Self::spec(w, stack.bias.is_some(), false);
+                    products.prepare(gpu, spec, MatmulShape::new(rows, w.shape[0], w.shape[1])).await?;
+                }
                 for target in block.mixer.projections() {
+                    if inputs.contains(&target) && layer.stack(&inputs).is_some() {
+                        continue;
+                    }
                     let (w, bias) = (layer.weight(target), layer.projection(target).bias.is_some());
                     let (inp, out) = (w.shape[1], w.shape[0]);
-                    let spec = Self::spec(w, bias, block.mixer, target);
+                    let spec = Self::spec(w, bias, target == block.mixer.output());
                     products.prepare(gpu, spec, MatmulShape::new(rows, out, inp)).await?;
                 }
             }
         }
+        let packed_width = c
+            .decoder()
+            .blocks
+            .iter()
+            .map(|b| Self::packed_columns(model, b.mixer).last().map_or(0, |&(_, end)| end))
+            .max()
+            .unwrap_or(0);
         if let Some(adapter) = &model.adapter {
             adapter.layout.prepare_delta(gpu, &mut products, rows).await?;
         }
@@ -401,19 +555,17 @@ impl ForwardPlan {
             rows,
             embedding: Embedding::new(gpu, c.vocab_size, h, model.embed.dtype).await?,
             norm: RmsNorm::new(gpu, rows, h, c.rms_norm_eps, false).await?,
-            rope: Rope::new(gpu).await?,
+            attention_input: AttentionInput::new(gpu).await?,
             attention: Attention::new(gpu, c.head_dim, false, false).await?,
             swiglu: SwiGlu::new(gpu).await?,
-            kv: KvOps::new(gpu).await?,
             products,
             x: buf("residual stream", rows * h)?,
             xn: buf("normed hidden", rows * h)?,
+            packed: buf("mixer inputs", rows * packed_width)?,
             q: buf("queries", rows * qd)?,
             k: buf("keys", rows * kvd)?,
             v: buf("values", rows * kvd)?,
             attn: buf("attention output", rows * qd)?,
-            gate: buf("gate", rows * f)?,
-            up: buf("up", rows * f)?,
             h: buf("mlp hidden", rows * f)?,
             rstd: buf("rms statistics", rows)?,
             stats: buf("attention statistics", 2 * batch * c.num_heads * t)?,
@@ -425,36 +577,102 @@ impl ForwardPlan {
         })
     }
 
-    /// y (+)= x·Wᵀ (+ b) for projection `target` of a block whose mixer is `mixer`: its output
-    /// projection adds into the residual stream, the others overwrite their activation.
-    fn spec(w: &Weight, has_bias: bool, mixer: Mixer, target: Target) -> MatmulSpec {
-        MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate: target == mixer.output(), b_dtype: w.dtype }
+    /// y (+)= x·Wᵀ (+ b): a mixer's output projection adds into the residual stream
+    /// (`accumulate`), its inputs overwrite their columns of `packed`.
+    fn spec(w: &Weight, has_bias: bool, accumulate: bool) -> MatmulSpec {
+        MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype: w.dtype }
     }
 
-    /// y (+)= x·Wᵀ (+ b) (+ an attached adapter's term) for projection `target` of layer `l`.
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
+    /// The columns `(start, end)` of each of `mixer`'s inputs in `packed`, in [`Mixer::inputs`]
+    /// order (q | k | v, gate | up).
+    fn packed_columns(model: &GpuModel, mixer: Mixer) -> Vec<(usize, usize)> {
+        let decoder = model.config.decoder();
+        let mut col = 0;
+        mixer
+            .inputs()
+            .into_iter()
+            .map(|t| {
+                let (_, out) = decoder.projection(t).expect("a projection of the description").dims(&model.config);
+                col += out;
+                (col - out, col)
+            })
+            .collect()
+    }
+
+    /// `packed = x·[W₁; W₂; …]ᵀ (+ b)` for `mixer`'s inputs in layer `l`: one product over their
+    /// stack, or one per input into its columns; then an attached adapter's term of each.
+    fn project_inputs(
         &self,
         b: &mut Batch,
         model: &GpuModel,
         l: usize,
         mixer: Mixer,
-        target: Target,
         x: &GpuBuffer,
-        y: &GpuBuffer,
     ) -> ModelResult<()> {
+        let layer = &model.layers[l];
+        let (inputs, columns) = (mixer.inputs(), Self::packed_columns(model, mixer));
+        let width = columns.last().map_or(0, |c| c.1);
+        let inp = model.config.hidden_size;
+        match layer.stack(&inputs) {
+            Some(stack) => {
+                let w = &stack.weight;
+                let spec = Self::spec(w, stack.bias.is_some(), false);
+                self.products.get(spec, MatmulShape::new(self.rows, width, inp))?.record(
+                    b,
+                    Operand::dense(x, inp),
+                    w.operand(),
+                    stack.bias.as_ref(),
+                    Operand::dense(&self.packed, width),
+                    1.0,
+                )?;
+            }
+            None => {
+                for (&target, &(start, end)) in inputs.iter().zip(&columns) {
+                    let p = layer.projection(target);
+                    let spec = Self::spec(&p.weight, p.bias.is_some(), false);
+                    self.products.get(spec, MatmulShape::new(self.rows, end - start, inp))?.record(
+                        b,
+                        Operand::dense(x, inp),
+                        p.weight.operand(),
+                        p.bias.as_ref(),
+                        Operand { buf: &self.packed, off: start, ld: width, batch_stride: 0 },
+                        1.0,
+                    )?;
+                }
+            }
+        }
+        if let (Some(adapter), Some(t)) = (&model.adapter, &self.lora_t) {
+            for (&target, &(start, _)) in inputs.iter().zip(&columns) {
+                let y = Operand { buf: &self.packed, off: start, ld: width, batch_stride: 0 };
+                adapter.layout.record_delta(b, &self.products, &adapter.params, l, target, self.rows, x, t, y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `y += x·Wᵀ (+ b)` (+ an attached adapter's term) for `mixer`'s output projection.
+    fn project_output(
+        &self,
+        b: &mut Batch,
+        model: &GpuModel,
+        l: usize,
+        mixer: Mixer,
+        x: &GpuBuffer,
+    ) -> ModelResult<()> {
+        let target = mixer.output();
         let p = model.layers[l].projection(target);
         let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
-        let spec = Self::spec(&p.weight, p.bias.is_some(), mixer, target);
+        let spec = Self::spec(&p.weight, p.bias.is_some(), true);
         self.products.get(spec, MatmulShape::new(self.rows, out, inp))?.record(
             b,
             Operand::dense(x, inp),
-            Operand::dense(&p.weight.buf, inp),
+            p.weight.operand(),
             p.bias.as_ref(),
-            Operand::dense(y, out),
+            Operand::dense(&self.x, out),
             1.0,
         )?;
         if let (Some(adapter), Some(t)) = (&model.adapter, &self.lora_t) {
+            let y = Operand::dense(&self.x, out);
             adapter.layout.record_delta(b, &self.products, &adapter.params, l, target, self.rows, x, t, y)?;
         }
         Ok(())
@@ -494,35 +712,32 @@ impl ForwardPlan {
                 )
             }
         };
-        for (l, layer) in model.layers.iter().enumerate() {
+        for l in 0..model.layers.len() {
             for block in decoder.blocks {
                 // x += mixer(norm(x)): the mixer's output projection accumulates into x.
-                self.norm.forward(b, &self.x, &layer.norms[block.norm], &self.xn, &self.rstd)?;
+                self.norm.forward(b, &self.x, &model.layers[l].norms[block.norm], &self.xn, &self.rstd)?;
+                self.project_inputs(b, model, l, block.mixer, &self.xn)?;
                 match block.mixer {
-                    Mixer::Attention { q, k, v, o } => {
-                        let mixer = block.mixer;
-                        self.linear(b, model, l, mixer, q, &self.xn, &self.q)?;
-                        self.linear(b, model, l, mixer, k, &self.xn, &self.k)?;
-                        self.linear(b, model, l, mixer, v, &self.xn, &self.v)?;
-                        self.attend(b, model, inputs, mode, l, &attention_shape)?;
-                        self.linear(b, model, l, mixer, o, &self.attn, &self.x)?;
-                    }
-                    Mixer::GatedMlp { gate, up, down } => {
-                        let mixer = block.mixer;
-                        self.linear(b, model, l, mixer, gate, &self.xn, &self.gate)?;
-                        self.linear(b, model, l, mixer, up, &self.xn, &self.up)?;
-                        self.swiglu.forward(b, self.rows * c.intermediate_size, &self.gate, &self.up, &self.h)?;
-                        self.linear(b, model, l, mixer, down, &self.h, &self.x)?;
+                    Mixer::Attention { .. } => self.attend(b, model, inputs, mode, l, &attention_shape)?,
+                    Mixer::GatedMlp { .. } => {
+                        let f = c.intermediate_size;
+                        self.swiglu.forward_packed(b, self.rows, f, &self.packed, &self.h)?;
                     }
                 }
+                let mixed = match block.mixer {
+                    Mixer::Attention { .. } => &self.attn,
+                    Mixer::GatedMlp { .. } => &self.h,
+                };
+                self.project_output(b, model, l, block.mixer, mixed)?;
             }
         }
         self.norm.forward(b, &self.x, &model.final_norm, &self.hidden, &self.rstd)?;
         Ok(())
     }
 
-    /// RoPE on this layer's queries and keys, then attention over the batch's own keys or the
-    /// cache (after writing this step's keys and values into it) into `self.attn`.
+    /// From the packed q | k | v: RoPE on queries and keys, keys and values token-major or into
+    /// the cache (one dispatch), then attention over the batch's own keys or the cache into
+    /// `self.attn`.
     fn attend(
         &self,
         b: &mut Batch,
@@ -533,17 +748,23 @@ impl ForwardPlan {
         shape: &AttentionShape,
     ) -> ModelResult<()> {
         let c = &model.config;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        self.rope.record(b, &model.rope, inputs.positions, &self.q, self.rows, heads, heads * d, false)?;
-        self.rope.record(b, &model.rope, inputs.positions, &self.k, self.rows, kv_heads, kv_heads * d, false)?;
-        let (k_src, v_src) = match mode {
-            AttentionMode::SelfOnly => (&self.k, &self.v),
-            AttentionMode::Cache { cache, pos0 } => {
-                self.kv.write(b, cache.shape, self.t, *pos0, &self.k, &cache.k[l])?;
-                self.kv.write(b, cache.shape, self.t, *pos0, &self.v, &cache.v[l])?;
-                (&cache.k[l], &cache.v[l])
-            }
+        let packed = PackedQkv {
+            batch: self.batch,
+            t: self.t,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            stride: (c.num_heads + 2 * c.num_kv_heads) * c.head_dim,
         };
+        let (kv_out, k_src, v_src) = match mode {
+            AttentionMode::SelfOnly => (KeyValueOut::TokenMajor { k: &self.k, v: &self.v }, &self.k, &self.v),
+            AttentionMode::Cache { cache, pos0 } => (
+                KeyValueOut::Cache { shape: cache.shape, pos0: *pos0, k: &cache.k[l], v: &cache.v[l] },
+                &cache.k[l],
+                &cache.v[l],
+            ),
+        };
+        self.attention_input.record(b, &model.rope, inputs.positions, packed, &self.packed, &self.q, &kv_out)?;
         let io = AttentionIo {
             q: &self.q,
             k: k_src,

@@ -302,3 +302,56 @@ fn tensors_the_layer_has_no_place_for_are_refused() {
     let err = GpuModel::upload(&gpu, config, tensors, 16).err().expect("refused").to_string();
     assert!(err.contains("model.layers.1.self_attn.o_proj.bias") && err.contains("attention_bias = false"), "{err}");
 }
+
+/// Each mixer's inputs (q | k | v, gate | up) are uploaded as one stacked matrix that inference
+/// runs as one product; the members are views into it, so memory is as before, and the model
+/// answers as it does with the same inputs run as separate products into their columns.
+#[test]
+fn stacked_mixer_inputs_answer_as_separate_products() {
+    use crate::dtype::WeightFormat;
+    use crate::model::Target;
+    let Some(gpu) = testing::gpu() else { return };
+    let mut rng = testing::rng("model stacked inputs");
+    for (config, weights) in [
+        (tiny_config(Architecture::Llama, false), WeightFormat::Stored),
+        (tiny_config(Architecture::Qwen2, true), WeightFormat::Stored), // q/k/v biases stacked too
+        (tiny_config(Architecture::Qwen2, true), WeightFormat::Q4),
+    ] {
+        let arch = config.architecture;
+        let tensors = random_tensors(&config, &mut rng);
+        let stacked = GpuModel::upload_as(&gpu, config.clone(), tensors.clone(), 64, weights).unwrap();
+        for layer in &stacked.layers {
+            let targets: Vec<_> = layer.stacks.iter().map(|s| s.targets.clone()).collect();
+            let attention = vec![Target::QProj, Target::KProj, Target::VProj];
+            assert_eq!(targets, vec![attention.clone(), vec![Target::GateProj, Target::UpProj]], "{arch:?}");
+            assert!(layer.stack(&attention).is_some());
+            assert_eq!(layer.stacks[0].bias.is_some(), config.attention_bias);
+        }
+        if weights == WeightFormat::Stored && !config.attention_bias {
+            // f32 throughout: every tensor counted once, the stacks' members not again.
+            let elems: usize = tensors.iter().map(|(_, t)| t.len()).sum();
+            assert_eq!(stacked.weight_bytes(), elems as u64 * 4, "{arch:?}");
+        }
+        let mut separate = stacked.clone();
+        separate.layers.iter_mut().for_each(|l| l.stacks.clear());
+        let ids: Vec<u32> = (0..23).map(|i| (i * 31 % config.vocab_size) as u32).collect();
+        let got = pollster::block_on(sequence_logits(&gpu, &stacked, &ids)).unwrap();
+        let want = pollster::block_on(sequence_logits(&gpu, &separate, &ids)).unwrap();
+        let err = testing::rel_err(&got, &want);
+        assert!(err <= 1e-6, "{arch:?} {weights}: {err:e}");
+        // Decoding over the KV cache: the same greedy tokens.
+        let req = GenerateRequest {
+            prompts: vec![vec![5, 17, 3, 88], vec![9, 1]],
+            num_samples: 2,
+            first_sequence: 0,
+            max_new_tokens: 6,
+            sampling: SamplingConfig::greedy(),
+            stop_ids: vec![],
+        };
+        let tokens = |m: &GpuModel| {
+            let out = pollster::block_on(generate(&gpu, m, &req, |_, _| {})).unwrap();
+            out.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
+        };
+        assert_eq!(tokens(&stacked), tokens(&separate), "{arch:?} {weights}");
+    }
+}

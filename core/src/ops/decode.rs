@@ -1,5 +1,5 @@
-//! Decode-time ops: writing keys/values into the KV cache, broadcasting one prompt's cache to G
-//! rows, and sampling the next token on the GPU. WGSL: `shaders/kv_cache.wgsl`,
+//! Decode-time ops: broadcasting one prompt's KV cache to G rows, and sampling the next token on
+//! the GPU (a step's keys and values are written by `ops::attention_input`). WGSL: `shaders/kv_cache.wgsl`,
 //! `shaders/sampling.wgsl`.
 
 use std::sync::Arc;
@@ -37,7 +37,7 @@ fn sample_variant() -> Variant {
 }
 
 pub fn specializations() -> Vec<Variant> {
-    vec![kv_variant("kv_write"), kv_variant("kv_broadcast"), sample_variant()]
+    vec![kv_variant("kv_broadcast"), sample_variant()]
 }
 
 /// Head-major cache geometry `[batch, kv_heads, capacity, head_dim]`.
@@ -55,8 +55,8 @@ impl CacheShape {
     }
 }
 
+/// Cache copies (writing a step's keys and values is `ops::attention_input`'s).
 pub struct KvOps {
-    write: Arc<Kernel>,
     broadcast: Arc<Kernel>,
 }
 
@@ -65,44 +65,7 @@ const KV: &str = "kv cache";
 impl KvOps {
     pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
         let b = [Access::Read, Access::ReadWrite];
-        Ok(KvOps {
-            write: gpu.kernel(&kv_variant("kv_write"), &b).await?,
-            broadcast: gpu.kernel(&kv_variant("kv_broadcast"), &b).await?,
-        })
-    }
-
-    /// Writes token-major `src [batch·t, kv_heads·head_dim]` at cache positions pos0 … pos0+t−1.
-    pub fn write(
-        &self,
-        b: &mut Batch,
-        s: CacheShape,
-        t: usize,
-        pos0: usize,
-        src: &GpuBuffer,
-        cache: &GpuBuffer,
-    ) -> GpuResult<()> {
-        if pos0 + t > s.capacity {
-            return Err(GpuError::shape(
-                KV,
-                format!("positions {pos0}..{} exceed the cache capacity {}", pos0 + t, s.capacity),
-            ));
-        }
-        let n = s.batch * t * s.kv_heads * s.head_dim;
-        need(KV, "source", src, n)?;
-        need(KV, "cache", cache, s.elems())?;
-        let (groups, stride_y) = grid_1d(b.gpu(), KV, n, WG_1D)?;
-        let p = KvParams {
-            batch: s.batch as u32,
-            t: t as u32,
-            kv_heads: s.kv_heads as u32,
-            head_dim: s.head_dim as u32,
-            capacity: s.capacity as u32,
-            pos0: pos0 as u32,
-            stride_y,
-            src_row: 0,
-        };
-        b.dispatch(&self.write, &p, &[src, cache], groups);
-        Ok(())
+        Ok(KvOps { broadcast: gpu.kernel(&kv_variant("kv_broadcast"), &b).await? })
     }
 
     /// Copies the first `t` positions of row `src_row` of `src` (shape `src_shape`) to rows
@@ -283,44 +246,37 @@ mod tests {
     use rand::Rng;
 
     #[test]
-    fn kv_write_and_broadcast_place_rows_where_attention_reads_them() {
+    fn broadcast_copies_one_sequences_prefix_to_other_rows() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("kv cache");
         let ops = pollster::block_on(KvOps::new(&gpu)).unwrap();
         let s = CacheShape { batch: 2, kv_heads: 3, capacity: 7, head_dim: 4 };
-        let (t, pos0) = (3, 2);
-        let src = testing::normal(&mut rng, s.batch * t * s.kv_heads * s.head_dim);
-        let srcb = gpu.upload("t", "src", &src).unwrap();
-        let cache = gpu.upload("t", "cache", &vec![0f32; s.elems()]).unwrap();
-        let dst_shape = CacheShape { batch: 3, ..s };
+        let t = 5;
+        let src = testing::normal(&mut rng, s.elems());
+        let cache = gpu.upload("t", "cache", &src).unwrap();
+        let dst_shape = CacheShape { batch: 4, ..s };
         let dst = gpu.upload("t", "dst", &vec![f32::NAN; dst_shape.elems()]).unwrap();
         let mut b = gpu.batch("t");
-        ops.write(&mut b, s, t, pos0, &srcb, &cache).unwrap();
-        ops.broadcast(&mut b, s, 1, dst_shape, 0..3, pos0 + t, &cache, &dst).unwrap();
+        ops.broadcast(&mut b, s, 1, dst_shape, 1..4, t, &cache, &dst).unwrap();
         pollster::block_on(b.submit()).unwrap();
-        let got = pollster::block_on(gpu.read::<f32>("t", &cache)).unwrap();
         let at = |b: usize, g: usize, pos: usize, d: usize| ((b * s.kv_heads + g) * s.capacity + pos) * s.head_dim + d;
-        for bb in 0..s.batch {
-            for i in 0..t {
-                for g in 0..s.kv_heads {
-                    for d in 0..s.head_dim {
-                        let want = src[((bb * t + i) * s.kv_heads + g) * s.head_dim + d];
-                        assert_eq!(got[at(bb, g, pos0 + i, d)], want);
-                    }
-                }
-            }
-        }
-        let got_dst = pollster::block_on(gpu.read::<f32>("t", &dst)).unwrap();
-        for bb in 0..3 {
+        let got = pollster::block_on(gpu.read::<f32>("t", &dst)).unwrap();
+        for row in 0..4 {
             for g in 0..s.kv_heads {
-                for pos in 0..pos0 + t {
+                for pos in 0..s.capacity {
                     for d in 0..s.head_dim {
-                        assert_eq!(got_dst[at(bb, g, pos, d)], got[at(1, g, pos, d)]);
+                        let got = got[at(row, g, pos, d)];
+                        if row >= 1 && pos < t {
+                            assert_eq!(got, src[at(1, g, pos, d)], "row {row} head {g} position {pos}");
+                        } else {
+                            assert!(got.is_nan(), "row {row} position {pos} is not written");
+                        }
                     }
                 }
             }
         }
-        assert!(ops.write(&mut gpu.batch("t"), s, 6, 2, &srcb, &cache).is_err(), "past capacity must be refused");
+        let err = ops.broadcast(&mut gpu.batch("t"), s, 2, dst_shape, 0..1, t, &cache, &dst).unwrap_err();
+        assert!(err.to_string().contains("cannot broadcast row 2"), "{err}");
     }
 
     fn draw(gpu: &Gpu, sampler: &Sampler, logits: &[f32], vocab: usize, cfg: &SamplingConfig, step: u32) -> Vec<u32> {

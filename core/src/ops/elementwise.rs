@@ -11,10 +11,12 @@ use crate::shaders::{Def, Variant};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CountParams {
+struct SwiGluParams {
     n: u32,
     stride_y: u32,
-    _pad: [u32; 2],
+    /// The packed forward's intermediate size (the others ignore it).
+    width: u32,
+    _pad: u32,
 }
 
 fn swiglu_variant(entry: &'static str) -> Variant {
@@ -33,6 +35,7 @@ fn residual_variant() -> Variant {
 pub fn specializations() -> Vec<Variant> {
     let mut v = vec![
         swiglu_variant("swiglu_forward"),
+        swiglu_variant("swiglu_forward_packed"),
         swiglu_variant("swiglu_backward"),
         residual_variant(),
         scatter_variant(),
@@ -44,6 +47,7 @@ pub fn specializations() -> Vec<Variant> {
 /// `h = silu(gate) ⊙ up` and its backward.
 pub struct SwiGlu {
     forward: Arc<Kernel>,
+    forward_packed: Arc<Kernel>,
     backward: Arc<Kernel>,
     /// Bound to the forward's unused second output (a writable binding must not alias another).
     unused: GpuBuffer,
@@ -56,6 +60,7 @@ impl SwiGlu {
     pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
         Ok(SwiGlu {
             forward: gpu.kernel(&swiglu_variant("swiglu_forward"), &SWIGLU_BINDINGS).await?,
+            forward_packed: gpu.kernel(&swiglu_variant("swiglu_forward_packed"), &SWIGLU_BINDINGS).await?,
             backward: gpu.kernel(&swiglu_variant("swiglu_backward"), &SWIGLU_BINDINGS).await?,
             unused: gpu.storage(SWIGLU, "unused output", 4)?,
         })
@@ -69,7 +74,34 @@ impl SwiGlu {
         }
         let (groups, stride_y) = grid_1d(b.gpu(), SWIGLU, n, WG_1D)?;
         let kernel = if forward { &self.forward } else { &self.backward };
-        b.dispatch(kernel, &CountParams { n: n as u32, stride_y, _pad: [0; 2] }, &bufs.map(|(_, buf)| buf), groups);
+        b.dispatch(
+            kernel,
+            &SwiGluParams { n: n as u32, stride_y, width: 0, _pad: 0 },
+            &bufs.map(|(_, buf)| buf),
+            groups,
+        );
+        Ok(())
+    }
+
+    /// h[rows, width] = silu(gate) ⊙ up from packed rows `gate_up[rows, 2·width]` (each row's gate
+    /// then its up, as one product over the stacked gate/up weights writes them).
+    pub fn forward_packed(
+        &self,
+        b: &mut Batch,
+        rows: usize,
+        width: usize,
+        gate_up: &GpuBuffer,
+        h: &GpuBuffer,
+    ) -> GpuResult<()> {
+        if h.id() == gate_up.id() {
+            return Err(GpuError::shape(SWIGLU, "h must not alias gate_up"));
+        }
+        let n = rows * width;
+        need(SWIGLU, "gate_up", gate_up, 2 * n)?;
+        need(SWIGLU, "h", h, n)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), SWIGLU, n, WG_1D)?;
+        let params = SwiGluParams { n: n as u32, stride_y, width: width as u32, _pad: 0 };
+        b.dispatch(&self.forward_packed, &params, &[gate_up, gate_up, gate_up, h, &self.unused], groups);
         Ok(())
     }
 
@@ -347,6 +379,29 @@ mod tests {
             assert!(rel_err(&h, &f32s(&swiglu_ref(&f64s(&g), &f64s(&u)))) <= BOUND);
             assert!(rel_err(&dgate, &f32s(&dg)) <= BOUND);
             assert!(rel_err(&dup, &f32s(&du)) <= BOUND);
+        }
+    }
+
+    #[test]
+    fn packed_swiglu_is_the_swiglu_of_each_rows_gate_and_up() {
+        let Some(gpu) = testing::gpu() else { return };
+        let mut rng = testing::rng("swiglu packed");
+        let op = pollster::block_on(SwiGlu::new(&gpu)).unwrap();
+        for (rows, width) in [(1, 1), (3, 17), (9, 64), (2, 1000)] {
+            let gate_up = testing::normal(&mut rng, rows * 2 * width);
+            let (mut gate, mut up) = (Vec::new(), Vec::new());
+            for row in gate_up.chunks(2 * width) {
+                gate.extend(f64s(&row[..width]));
+                up.extend(f64s(&row[width..]));
+            }
+            let packed = gpu.upload("t", "gate_up", &gate_up).unwrap();
+            let h = gpu.storage("t", "h", (rows * width * 4) as u64).unwrap();
+            let mut b = gpu.batch("t");
+            op.forward_packed(&mut b, rows, width, &packed, &h).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let got = pollster::block_on(gpu.read::<f32>("t", &h)).unwrap();
+            // The unpacked kernel's arithmetic: the same bound.
+            assert!(rel_err(&got, &f32s(&swiglu_ref(&gate, &up))) <= 4e-6, "rows {rows} width {width}");
         }
     }
 

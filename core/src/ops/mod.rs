@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_input;
 pub mod decode;
 pub mod elementwise;
 pub mod launch;
@@ -19,6 +20,7 @@ pub fn all_specializations() -> Vec<Variant> {
     let mut all = Vec::new();
     all.extend(adamw::specializations());
     all.extend(attention::specializations());
+    all.extend(attention_input::specializations());
     all.extend(output_head::specializations());
     all.extend(matmul::specializations());
     all.extend(rmsnorm::specializations());

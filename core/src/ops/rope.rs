@@ -74,8 +74,8 @@ pub fn frequency_tables(freqs: &RopeFrequencies, max_pos: usize) -> (Vec<f32>, V
 pub struct RopeTables {
     pub head_dim: usize,
     pub max_pos: usize,
-    cos: GpuBuffer,
-    sin: GpuBuffer,
+    pub(crate) cos: GpuBuffer,
+    pub(crate) sin: GpuBuffer,
 }
 
 impl RopeTables {

@@ -1,11 +1,14 @@
-//! The per-layer families: attention, RMSNorm, RoPE, SwiGLU and the embedding gather with its
-//! reverse (the row scatter), each forward and backward where it has one.
+//! The per-layer families: attention (with the KV cache's broadcast), RMSNorm, RoPE (with the
+//! attention input from packed q | k | v), SwiGLU (also from packed gate | up) and the embedding
+//! gather with its reverse (the row scatter), each forward and backward where it has one.
 
 use super::{Checker, rng};
 use crate::dtype::{self, Dtype};
 use crate::gpu::{Gpu, GpuResult};
 use crate::numeric::{f32s, f64s, normal};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape, attention_backward_ref, attention_ref};
+use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv, attention_input_ref};
+use crate::ops::decode::{CacheShape, KvOps};
 use crate::ops::elementwise::{
     Embedding, RowScatter, SwiGlu, embedding_once, embedding_ref, row_scatter_once, row_scatter_ref,
     swiglu_backward_ref, swiglu_once, swiglu_ref,
@@ -71,6 +74,37 @@ pub(super) async fn attention(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
             c.close("attention dv", name, gpu.read::<f32>(OP, &dvb).await?, &f32s(&dv), ATTENTION_BOUND);
         }
     }
+    kv_broadcast(gpu, c).await
+}
+
+/// One prompt's KV cache copied to the rows of its G samples: the first positions of a row,
+/// bit for bit, and nothing else.
+async fn kv_broadcast(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
+    const OP: &str = "self-check kv broadcast";
+    let mut rng = rng("kv broadcast");
+    let src = CacheShape { batch: 2, kv_heads: 3, capacity: 9, head_dim: 64 };
+    let dst = CacheShape { batch: 5, ..src };
+    let (t, rows) = (7, 1..4);
+    let cache = normal(&mut rng, src.elems());
+    let (src_buf, dst_buf) = (gpu.upload(OP, "cache", &cache)?, gpu.upload(OP, "samples", &vec![0f32; dst.elems()])?);
+    let ops = KvOps::new(gpu).await?;
+    let mut b = gpu.batch(OP);
+    ops.broadcast(&mut b, src, 1, dst, rows.clone(), t, &src_buf, &dst_buf)?;
+    b.submit().await?;
+    let mut want = vec![0f32; dst.elems()];
+    let at = |row: usize, g: usize, pos: usize| ((row * src.kv_heads + g) * src.capacity + pos) * src.head_dim;
+    for row in rows {
+        for g in 0..src.kv_heads {
+            for pos in 0..t {
+                want[at(row, g, pos)..][..src.head_dim].copy_from_slice(&cache[at(1, g, pos)..][..src.head_dim]);
+            }
+        }
+    }
+    let shape = format!(
+        "row 1 of {} x {} heads x {} positions to rows 1..4, {t} positions",
+        src.batch, src.kv_heads, src.capacity
+    );
+    c.exact("kv cache broadcast", shape, gpu.read::<f32>(OP, &dst_buf).await?, &want);
     Ok(())
 }
 
@@ -116,6 +150,57 @@ pub(super) async fn rope(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
         rope_ref(&mut want, &positions, &cos, &sin, heads, d, stride, inverse);
         c.close(what, format!("{rows} rows x {heads} heads x {d}, stride {stride}"), got, &f32s(&want), ROPE_BOUND);
     }
+    attention_input(gpu, c, &gpu_tables, &cos, &sin).await
+}
+
+/// The attention mixer's input from packed q | k | v rows (GQA, two sequences of three tokens):
+/// q and k rotated as RoPE does, v copied; k and v token-major, then into a KV cache at
+/// positions 2…4 of each sequence, every other cache entry left as it was.
+async fn attention_input(gpu: &Gpu, c: &mut Checker, tables: &RopeTables, cos: &[f32], sin: &[f32]) -> GpuResult<()> {
+    const OP: &str = "self-check attention input";
+    let mut rng = rng("attention input");
+    let s = PackedQkv { batch: 2, t: 3, heads: 6, kv_heads: 2, head_dim: tables.head_dim, stride: 10 * 64 + 5 };
+    let (rows, kvd) = (s.rows(), s.kv_heads * s.head_dim);
+    let qkv = normal(&mut rng, rows * s.stride);
+    let positions = [0u32, 1, 2, 7, 8, 4095];
+    let (q_want, k_want, v_want) = attention_input_ref(s, &qkv, &positions, cos, sin);
+    let op = AttentionInput::new(gpu).await?;
+    let (qkv_buf, pos_buf) = (gpu.upload(OP, "qkv", &qkv)?, gpu.upload(OP, "positions", &positions)?);
+    let nan = |what: &str, n: usize| gpu.upload(OP, what, &vec![f32::NAN; n]);
+    let (q, k, v) = (nan("q", rows * s.heads * s.head_dim)?, nan("k", rows * kvd)?, nan("v", rows * kvd)?);
+    let cache = CacheShape { batch: s.batch, kv_heads: s.kv_heads, capacity: 6, head_dim: s.head_dim };
+    let (kc, vc) = (
+        gpu.upload(OP, "key cache", &vec![0f32; cache.elems()])?,
+        gpu.upload(OP, "value cache", &vec![0f32; cache.elems()])?,
+    );
+    let mut b = gpu.batch(OP);
+    op.record(&mut b, tables, &pos_buf, s, &qkv_buf, &q, &KeyValueOut::TokenMajor { k: &k, v: &v })?;
+    op.record(
+        &mut b,
+        tables,
+        &pos_buf,
+        s,
+        &qkv_buf,
+        &q,
+        &KeyValueOut::Cache { shape: cache, pos0: 2, k: &kc, v: &vc },
+    )?;
+    b.submit().await?;
+    let shape = format!("{rows} rows x {}/{} heads x {}, stride {}", s.heads, s.kv_heads, s.head_dim, s.stride);
+    c.close("attention input q", shape.clone(), gpu.read::<f32>(OP, &q).await?, &f32s(&q_want), ROPE_BOUND);
+    c.close("attention input k", shape.clone(), gpu.read::<f32>(OP, &k).await?, &f32s(&k_want), ROPE_BOUND);
+    c.exact("attention input v", shape.clone(), gpu.read::<f32>(OP, &v).await?, &f32s(&v_want));
+    let (mut kc_want, mut vc_want) = (vec![0f32; cache.elems()], vec![0f32; cache.elems()]);
+    for row in 0..rows {
+        for e in 0..kvd {
+            let (g, d) = (e / s.head_dim, e % s.head_dim);
+            let at = (((row / s.t) * s.kv_heads + g) * cache.capacity + 2 + row % s.t) * s.head_dim + d;
+            kc_want[at] = k_want[row * kvd + e] as f32;
+            vc_want[at] = v_want[row * kvd + e] as f32;
+        }
+    }
+    let cached = format!("{shape}, into a cache of {} positions at 2", cache.capacity);
+    c.close("attention input key cache", cached.clone(), gpu.read::<f32>(OP, &kc).await?, &kc_want, ROPE_BOUND);
+    c.exact("attention input value cache", cached, gpu.read::<f32>(OP, &vc).await?, &vc_want);
     Ok(())
 }
 
@@ -130,6 +215,28 @@ pub(super) async fn swiglu(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     c.close("swiglu h", format!("n={n}"), h, &f32s(&swiglu_ref(&gd, &ud)), SWIGLU_BOUND);
     c.close("swiglu dgate", format!("n={n}"), dgate, &f32s(&dg_want), SWIGLU_BOUND);
     c.close("swiglu dup", format!("n={n}"), dup, &f32s(&du_want), SWIGLU_BOUND);
+    // Packed rows gate | up, as one product over the stacked weights writes them.
+    const OP: &str = "self-check swiglu";
+    let (rows, width) = (7usize, 37usize);
+    let gate_up = normal(&mut rng, rows * 2 * width);
+    let (mut gate, mut up) = (Vec::new(), Vec::new());
+    for row in gate_up.chunks(2 * width) {
+        gate.extend(f64s(&row[..width]));
+        up.extend(f64s(&row[width..]));
+    }
+    let packed = gpu.upload(OP, "gate_up", &gate_up)?;
+    let h = gpu.upload(OP, "h", &vec![f32::NAN; rows * width])?;
+    let mut b = gpu.batch(OP);
+    op.forward_packed(&mut b, rows, width, &packed, &h)?;
+    b.submit().await?;
+    let got = gpu.read::<f32>(OP, &h).await?;
+    c.close(
+        "swiglu h (packed gate | up)",
+        format!("{rows}x{width}"),
+        got,
+        &f32s(&swiglu_ref(&gate, &up)),
+        SWIGLU_BOUND,
+    );
     Ok(())
 }
 

@@ -15,7 +15,9 @@
 use super::lora::{LoraLayout, Target};
 use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
-use crate::model::gpu::{AttachedAdapter, GpuModel, ModelError, ModelResult};
+use std::collections::HashMap;
+
+use crate::model::gpu::{AttachedAdapter, GpuModel, ModelError, ModelResult, Weight};
 use crate::ops::elementwise::Embedding;
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 
@@ -57,20 +59,32 @@ impl std::fmt::Display for AdapterMode {
 pub struct AdapterView {
     pub model: GpuModel,
     products: MatmulSet,
-    /// One per targeted projection when merged; none when unmerged.
-    jobs: Vec<MergeJob>,
+    /// When merged: the f32 buffers the view starts from the base's weights…
+    copies: Vec<MergeCopy>,
+    /// …and the delta of each targeted projection added into them. None when unmerged.
+    deltas: Vec<MergeDelta>,
 }
 
-/// One targeted projection: where its base weights come from and where the merge goes.
-struct MergeJob {
+/// One f32 buffer of a merged view, filled from the base: a stack of mixer inputs that are all
+/// targeted (q | k | v, gate | up: the view keeps them one product), or one projection.
+struct MergeCopy {
+    /// The base matrix (a view into its buffer).
+    base: Weight,
+    merged: GpuBuffer,
+    /// For a 16-bit or quantised base: the gather that widens it, and the ids of its rows in
+    /// their buffer.
+    widen: Option<(Embedding, GpuBuffer)>,
+}
+
+/// `W' += s·B·A` of one targeted projection, on its rows of a merged buffer.
+struct MergeDelta {
     layer: usize,
     target: Target,
-    base: GpuBuffer,
     merged: GpuBuffer,
+    /// Element offset of the projection's rows in `merged`.
+    off: usize,
     inp: usize,
     out: usize,
-    /// For a 16-bit base: the gather that widens it to f32, and the row ids 0..out it gathers.
-    widen: Option<(Embedding, GpuBuffer)>,
 }
 
 fn spec() -> MatmulSpec {
@@ -93,21 +107,50 @@ impl AdapterView {
         let mut model = base.clone(); // shares the buffers
         let params = gpu.storage("adapter view", "adapter parameters", (layout.len.max(1) * 4) as u64)?;
         model.adapter = Some(AttachedAdapter { layout: layout.clone(), params });
-        Ok(AdapterView { model, products: MatmulSet::default(), jobs: Vec::new() })
+        Ok(AdapterView { model, products: MatmulSet::default(), copies: Vec::new(), deltas: Vec::new() })
     }
 
     /// A view with f32 merged copies of every targeted projection (widened from 16-bit or
-    /// quantised bases).
+    /// quantised bases). A stack of mixer inputs whose members are all targeted is merged as one
+    /// buffer, so the view still runs them as one product; a stack only partly targeted is run
+    /// as separate products.
     pub async fn merged(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout) -> ModelResult<Self> {
         let mut model = base.clone(); // shares the buffers
         let mut products = MatmulSet::default();
-        let mut jobs = Vec::new();
-        // Row ids 0..out for the widening gathers, one buffer per row count.
-        let mut row_ids: std::collections::HashMap<usize, GpuBuffer> = std::collections::HashMap::new();
+        let (mut copies, mut deltas) = (Vec::new(), Vec::new());
+        // Row ids for the widening gathers, one buffer per (first row, rows).
+        let mut row_ids: HashMap<(usize, usize), GpuBuffer> = HashMap::new();
+        let targeted = |t: &Target| layout.config.targets.contains(t);
         for l in 0..base.config.num_layers {
-            for &target in &layout.config.targets {
-                let w = model.layers[l].weight_mut(target);
-                let (out, inp) = (w.shape[0], w.shape[1]);
+            let layer = &mut model.layers[l];
+            let mut merged_in_stacks = Vec::new();
+            for i in 0..layer.stacks.len() {
+                let targets = layer.stacks[i].targets.clone();
+                if !targets.iter().all(targeted) || layer.stack(&targets).is_none() {
+                    continue;
+                }
+                let copy = MergeCopy::new(gpu, layer.stacks[i].weight.clone(), &mut row_ids).await?;
+                let merged = Weight::f32_matrix(copy.merged.clone(), copy.base.shape.clone());
+                let mut row0 = 0;
+                for &target in &targets {
+                    let out = layer.weight(target).shape[0];
+                    *layer.weight_mut(target) = merged.rows(row0, out);
+                    deltas.push(MergeDelta {
+                        layer: l,
+                        target,
+                        merged: copy.merged.clone(),
+                        off: row0 * merged.shape[1],
+                        inp: merged.shape[1],
+                        out,
+                    });
+                    row0 += out;
+                }
+                layer.stacks[i].weight = merged;
+                merged_in_stacks.extend(targets);
+                copies.push(copy);
+            }
+            for &target in layout.config.targets.iter().filter(|t| !merged_in_stacks.contains(t)) {
+                let w = layer.weight(target).clone();
                 if w.shards.len() > 1 {
                     return Err(ModelError::Invalid(format!(
                         "layer {l} {} is split across {} buffers; an adapter cannot be merged into it",
@@ -115,34 +158,21 @@ impl AdapterView {
                         w.shards.len()
                     )));
                 }
-                let merged = gpu.storage(
-                    "merge adapter",
-                    &format!("layer {l} {} merged", target.module_name()),
-                    (out * inp * 4) as u64,
-                )?;
-                let widen = match w.dtype {
-                    Dtype::F32 => None,
-                    dtype => {
-                        let ids = match row_ids.get(&out) {
-                            Some(ids) => ids.clone(),
-                            None => {
-                                let ids =
-                                    gpu.upload("merge adapter", "row ids", &(0..out as u32).collect::<Vec<_>>())?;
-                                row_ids.insert(out, ids.clone());
-                                ids
-                            }
-                        };
-                        Some((Embedding::new(gpu, out, inp, dtype).await?, ids))
-                    }
-                };
-                jobs.push(MergeJob { layer: l, target, base: w.buf.clone(), merged: merged.clone(), inp, out, widen });
-                w.shards = vec![(0, merged.clone())];
-                w.buf = merged;
-                w.dtype = Dtype::F32;
-                products.prepare(gpu, spec(), MatmulShape::new(out, inp, layout.config.r)).await?;
+                let copy = MergeCopy::new(gpu, w, &mut row_ids).await?;
+                let (out, inp) = (copy.base.shape[0], copy.base.shape[1]);
+                *layer.weight_mut(target) = Weight::f32_matrix(copy.merged.clone(), vec![out, inp]);
+                deltas.push(MergeDelta { layer: l, target, merged: copy.merged.clone(), off: 0, inp, out });
+                copies.push(copy);
             }
+            // A stack one of whose members now has a buffer of its own runs as separate products.
+            let intact: Vec<bool> = layer.stacks.iter().map(|s| layer.stack(&s.targets).is_some()).collect();
+            let mut keep = intact.into_iter();
+            layer.stacks.retain(|_| keep.next().unwrap_or(false));
         }
-        Ok(AdapterView { model, products, jobs })
+        for d in &deltas {
+            products.prepare(gpu, spec(), MatmulShape::new(d.out, d.inp, layout.config.r)).await?;
+        }
+        Ok(AdapterView { model, products, copies, deltas })
     }
 
     /// Records the view's update from the flat `params`: `W' = W + s·B·A` for every targeted
@@ -151,21 +181,19 @@ impl AdapterView {
         if let Some(adapter) = &self.model.adapter {
             b.copy(params, &adapter.params, (layout.len * 4) as u64);
         }
+        for copy in &self.copies {
+            copy.record(b)?;
+        }
         let (r, s) = (layout.config.r, layout.config.scale());
-        for job in &self.jobs {
-            let MergeJob { layer, target, base, merged, inp, out, widen } = job;
-            let fa = layout.factor(*layer, *target, true).expect("factor A in layout");
-            let fb = layout.factor(*layer, *target, false).expect("factor B in layout");
-            match widen {
-                None => b.copy(base, merged, (inp * out * 4) as u64),
-                Some((gather, ids)) => gather.record(b, ids, *out, &[(0, base)], merged)?,
-            }
-            self.products.get(spec(), MatmulShape::new(*out, *inp, r))?.record(
+        for d in &self.deltas {
+            let fa = layout.factor(d.layer, d.target, true).expect("factor A in layout");
+            let fb = layout.factor(d.layer, d.target, false).expect("factor B in layout");
+            self.products.get(spec(), MatmulShape::new(d.out, d.inp, r))?.record(
                 b,
                 Operand { buf: params, off: fb.offset, ld: r, batch_stride: 0 },
-                Operand { buf: params, off: fa.offset, ld: *inp, batch_stride: 0 },
+                Operand { buf: params, off: fa.offset, ld: d.inp, batch_stride: 0 },
                 None,
-                Operand::dense(merged, *inp),
+                Operand { buf: &d.merged, off: d.off, ld: d.inp, batch_stride: 0 },
                 s,
             )?;
         }
@@ -186,6 +214,41 @@ impl AdapterView {
         let buf = gpu.upload("merge adapter", "parameters", params)?;
         merge.refresh(gpu, layout, &buf).await?;
         Ok(merge)
+    }
+}
+
+impl MergeCopy {
+    /// An f32 buffer for `base`, and the gather that widens a 16-bit or quantised one.
+    async fn new(gpu: &Gpu, base: Weight, row_ids: &mut HashMap<(usize, usize), GpuBuffer>) -> ModelResult<Self> {
+        let (rows, cols) = (base.shape[0], base.shape[1]);
+        let merged = gpu.storage("merge adapter", "merged projections", (rows * cols * 4) as u64)?;
+        let widen = match base.dtype {
+            Dtype::F32 => None,
+            dtype => {
+                // A view's rows are rows row0… of its buffer, which the gather reads as a table.
+                let row0 = base.off / cols;
+                let ids = match row_ids.get(&(row0, rows)) {
+                    Some(ids) => ids.clone(),
+                    None => {
+                        let ids: Vec<u32> = (row0 as u32..(row0 + rows) as u32).collect();
+                        let ids = gpu.upload("merge adapter", "row ids", &ids)?;
+                        row_ids.insert((row0, rows), ids.clone());
+                        ids
+                    }
+                };
+                Some((Embedding::new(gpu, row0 + rows, cols, dtype).await?, ids))
+            }
+        };
+        Ok(MergeCopy { base, merged, widen })
+    }
+
+    fn record(&self, b: &mut Batch) -> ModelResult<()> {
+        let (rows, cols) = (self.base.shape[0], self.base.shape[1]);
+        match &self.widen {
+            None => b.copy_range(&self.base.buf, self.base.off as u64 * 4, &self.merged, 0, (rows * cols * 4) as u64),
+            Some((gather, ids)) => gather.record(b, ids, rows, &[(0, &self.base.buf)], &self.merged)?,
+        }
+        Ok(())
     }
 }
 
@@ -368,7 +431,12 @@ mod tests {
             out.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
         };
         let plain = pollster::block_on(generate(&gpu, &model, &req, |_, _| {})).unwrap();
-        let merged = tokens(pollster::block_on(AdapterView::merged(&gpu, &model, &layout)).unwrap());
+        // q and v merged alone: their stack with k runs as three products; gate | up untouched.
+        let merged_view = pollster::block_on(AdapterView::merged(&gpu, &model, &layout)).unwrap();
+        let stacks = |m: &GpuModel| m.layers[0].stacks.iter().map(|s| s.targets.clone()).collect::<Vec<_>>();
+        assert_eq!(stacks(&model).len(), 2, "q | k | v and gate | up stacked on upload");
+        assert_eq!(stacks(&merged_view.model), vec![vec![Target::GateProj, Target::UpProj]]);
+        let merged = tokens(merged_view);
         assert_ne!(merged, plain.into_iter().map(|c| c.tokens).collect::<Vec<_>>(), "the adapter changes the answers");
         assert_eq!(tokens(AdapterView::unmerged(&gpu, &model, &layout).unwrap()), merged);
     }

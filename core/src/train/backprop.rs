@@ -283,10 +283,20 @@ impl TrainPlan {
         let (w, bias) = (&p.weight, p.bias.as_ref());
         let (inp, out) = (w.shape[1], w.shape[0]);
         let base = self.products.get(nt(w.dtype, accumulate, bias.is_some()), MatmulShape::new(rows, out, inp))?;
-        base.record(b, Operand::dense(x, inp), Operand::dense(&w.buf, inp), bias, Operand::dense(y, out), 1.0)?;
+        base.record(b, Operand::dense(x, inp), w.operand(), bias, Operand::dense(y, out), 1.0)?;
         if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
             let t_buf = &self.acts(l).lora_t[ti];
-            lora.layout.record_delta(b, &self.products, lora.params, l, target, rows, x, t_buf, y)?;
+            lora.layout.record_delta(
+                b,
+                &self.products,
+                lora.params,
+                l,
+                target,
+                rows,
+                x,
+                t_buf,
+                Operand::dense(y, out),
+            )?;
         }
         Ok(())
     }
@@ -311,7 +321,7 @@ impl TrainPlan {
         self.products.get(nn(w.dtype, accumulate), MatmulShape::new(rows, inp, out))?.record(
             b,
             Operand::dense(dy, out),
-            Operand::dense(&w.buf, inp),
+            w.operand(),
             None,
             Operand::dense(dx, inp),
             1.0,

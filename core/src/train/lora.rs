@@ -174,7 +174,8 @@ impl LoraLayout {
     }
 
     /// Records the adapter's term of projection `target` in layer `l`, unmerged:
-    /// `t = x·Aᵀ` (`[rows, r]`, kept: the backward needs it) and `y += s·t·Bᵀ`. Does nothing for
+    /// `t = x·Aᵀ` (`[rows, r]`, kept: the backward needs it) and `y += s·t·Bᵀ` (`y`: `[rows, out]`
+    /// at its offset and leading dimension: a projection's columns of packed outputs). Does nothing for
     /// a projection the adapter does not target.
     #[allow(clippy::too_many_arguments)]
     pub fn record_delta(
@@ -187,7 +188,7 @@ impl LoraLayout {
         rows: usize,
         x: &GpuBuffer,
         t: &GpuBuffer,
-        y: &GpuBuffer,
+        y: Operand,
     ) -> GpuResult<()> {
         let (Some(fa), Some(fb)) = (self.factor(l, target, true), self.factor(l, target, false)) else {
             return Ok(());
@@ -206,7 +207,7 @@ impl LoraLayout {
             Operand::dense(t, r),
             Operand { buf: params, off: fb.offset, ld: r, batch_stride: 0 },
             None,
-            Operand::dense(y, out),
+            y,
             self.config.scale(),
         )?;
         Ok(())

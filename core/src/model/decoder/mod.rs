@@ -140,6 +140,16 @@ impl Mixer {
         }
     }
 
+    /// The projections that read the block's normed input, in the order their outputs are packed
+    /// side by side (q | k | v, gate | up): inference stores their weights stacked and runs them
+    /// as one product (`model::gpu::StackedProjections`).
+    pub fn inputs(self) -> Vec<Target> {
+        match self {
+            Mixer::Attention { q, k, v, .. } => vec![q, k, v],
+            Mixer::GatedMlp { gate, up, .. } => vec![gate, up],
+        }
+    }
+
     /// The projection whose output is added to the residual stream.
     pub fn output(self) -> Target {
         match self {

@@ -1,0 +1,80 @@
+// The attention mixer's inputs from its packed projections: each row of `qkv` holds one token's
+// q | k | v (heads·head_dim, then kv_heads·head_dim twice; rows `stride` apart), as one product
+// over the stacked q/k/v weights writes them. One invocation per (token, head slot, i < half):
+// q and k heads are rotated as shaders/rope.wgsl does (same tables, same arithmetic), v heads
+// copied; q lands token-major `[rows, heads·head_dim]`, k and v either token-major
+// `[rows, kv_heads·head_dim]` (`cache` = 0) or into head-major caches
+// `[batch, kv_heads, capacity, head_dim]` at positions pos0 … pos0 + t − 1 (`cache` = 1).
+// One dispatch where RoPE on q, RoPE on k and two cache writes took four.
+// Specialisation: WG.
+
+struct Params {
+    rows: u32,     // batch·t tokens
+    t: u32,        // tokens per sequence
+    heads: u32,
+    kv_heads: u32,
+    half: u32,     // head_dim / 2
+    stride: u32,   // row stride of qkv, in elements (≥ (heads + 2·kv_heads)·head_dim)
+    max_pos: u32,  // rows of the cos/sin tables
+    cache: u32,    // 1: k and v go into caches; 0: token-major
+    capacity: u32, // cache positions per (sequence, kv head)
+    pos0: u32,     // cache position of each sequence's first token
+    stride_y: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> positions: array<u32>;
+@group(0) @binding(2) var<storage, read> cos_table: array<f32>;
+@group(0) @binding(3) var<storage, read> sin_table: array<f32>;
+@group(0) @binding(4) var<storage, read> qkv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> q: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k: array<f32>;
+@group(0) @binding(7) var<storage, read_write> v: array<f32>;
+
+// Where key/value head `g` of token `row` starts in the k and v outputs.
+fn kv_start(row: u32, g: u32, head_dim: u32) -> u32 {
+    if (p.cache == 1u) {
+        let b = row / p.t;
+        let i = row % p.t;
+        return ((b * p.kv_heads + g) * p.capacity + p.pos0 + i) * head_dim;
+    }
+    return (row * p.kv_heads + g) * head_dim;
+}
+
+@compute @workgroup_size(WG)
+fn attention_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    let slots = p.heads + 2u * p.kv_heads;
+    if (idx >= p.rows * slots * p.half) {
+        return;
+    }
+    let i = idx % p.half;
+    let slot = (idx / p.half) % slots;
+    let row = idx / (p.half * slots);
+    let head_dim = 2u * p.half;
+    let src = row * p.stride + slot * head_dim;
+    let x1 = qkv[src + i];
+    let x2 = qkv[src + i + p.half];
+    if (slot >= p.heads + p.kv_heads) {
+        // A value head: copied as it is.
+        let at = kv_start(row, slot - p.heads - p.kv_heads, head_dim);
+        v[at + i] = x1;
+        v[at + i + p.half] = x2;
+        return;
+    }
+    let pos = min(positions[row], p.max_pos - 1u);
+    let c = cos_table[pos * p.half + i];
+    let s = sin_table[pos * p.half + i];
+    let y1 = x1 * c - x2 * s;
+    let y2 = x2 * c + x1 * s;
+    if (slot < p.heads) {
+        let at = (row * p.heads + slot) * head_dim;
+        q[at + i] = y1;
+        q[at + i + p.half] = y2;
+    } else {
+        let at = kv_start(row, slot - p.heads, head_dim);
+        k[at + i] = y1;
+        k[at + i + p.half] = y2;
+    }
+}
