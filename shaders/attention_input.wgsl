@@ -6,6 +6,10 @@
 // `[rows, kv_heads·head_dim]` (`cache` = 0) or into head-major caches
 // `[batch, kv_heads, capacity, head_dim]` at positions pos0 … pos0 + t − 1 (`cache` = 1).
 // One dispatch where RoPE on q, RoPE on k and two cache writes took four.
+// `attention_input_backward` is its transpose for training (token-major only): it packs dq, dk
+// (rotated back: RoPE's inverse) and dv into rows of `qkv`, as one product over the stacked
+// weights reads them. Bindings 4–7 are read_write because the two entry points read and write
+// them in opposite directions.
 // Specialisation: WG.
 
 struct Params {
@@ -27,7 +31,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
 @group(0) @binding(2) var<storage, read> cos_table: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_table: array<f32>;
-@group(0) @binding(4) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;
 @group(0) @binding(6) var<storage, read_write> k: array<f32>;
 @group(0) @binding(7) var<storage, read_write> v: array<f32>;
@@ -77,4 +81,41 @@ fn attention_input(@builtin(global_invocation_id) gid: vec3<u32>) {
         k[at + i] = y1;
         k[at + i + p.half] = y2;
     }
+}
+
+@compute @workgroup_size(WG)
+fn attention_input_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * p.stride_y;
+    let slots = p.heads + 2u * p.kv_heads;
+    if (idx >= p.rows * slots * p.half) {
+        return;
+    }
+    let i = idx % p.half;
+    let slot = (idx / p.half) % slots;
+    let row = idx / (p.half * slots);
+    let head_dim = 2u * p.half;
+    let dst = row * p.stride + slot * head_dim;
+    if (slot >= p.heads + p.kv_heads) {
+        let at = (row * p.kv_heads + slot - p.heads - p.kv_heads) * head_dim;
+        qkv[dst + i] = v[at + i];
+        qkv[dst + i + p.half] = v[at + i + p.half];
+        return;
+    }
+    var x1: f32;
+    var x2: f32;
+    if (slot < p.heads) {
+        let at = (row * p.heads + slot) * head_dim;
+        x1 = q[at + i];
+        x2 = q[at + i + p.half];
+    } else {
+        let at = (row * p.kv_heads + slot - p.heads) * head_dim;
+        x1 = k[at + i];
+        x2 = k[at + i + p.half];
+    }
+    // The inverse rotation (RoPE's backward): rope.wgsl with sign −1.
+    let pos = min(positions[row], p.max_pos - 1u);
+    let c = cos_table[pos * p.half + i];
+    let s = -sin_table[pos * p.half + i];
+    qkv[dst + i] = x1 * c - x2 * s;
+    qkv[dst + i + p.half] = x2 * c + x1 * s;
 }

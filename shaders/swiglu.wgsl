@@ -1,7 +1,8 @@
 // SwiGLU of the Llama/Qwen2 MLP: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 // Backward: dgate = dh ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = dh ⊙ silu(g).
 // `swiglu_forward_packed` reads gate and up from packed rows gate | up (`width` each, as one
-// product over the stacked gate/up weights writes them) in the `gate` binding.
+// product over the stacked gate/up weights writes them) in the `gate` binding;
+// `swiglu_backward_packed` writes dgate | dup packed the same way into `out0`.
 // Specialisation: WG.
 
 struct Params {
@@ -54,4 +55,19 @@ fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = dh[i];
     out0[i] = d * up[i] * s * (1.0 + g * (1.0 - s));
     out1[i] = d * g * s;
+}
+
+@compute @workgroup_size(WG)
+fn swiglu_backward_packed(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.stride_y;
+    if (i >= p.n) {
+        return;
+    }
+    let at = (i / p.width) * 2u * p.width + i % p.width;
+    let g = gate[at];
+    let u = gate[at + p.width];
+    let s = sigmoid(g);
+    let d = dh[i];
+    out0[at] = d * u * s * (1.0 + g * (1.0 - s));
+    out0[at + p.width] = d * g * s;
 }

@@ -542,7 +542,7 @@ impl ForwardPlan {
             .decoder()
             .blocks
             .iter()
-            .map(|b| Self::packed_columns(model, b.mixer).last().map_or(0, |&(_, end)| end))
+            .map(|b| c.decoder().packed_inputs(b.mixer, c).last().map_or(0, |&(_, _, end)| end))
             .max()
             .unwrap_or(0);
         if let Some(adapter) = &model.adapter {
@@ -583,22 +583,6 @@ impl ForwardPlan {
         MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype: w.dtype }
     }
 
-    /// The columns `(start, end)` of each of `mixer`'s inputs in `packed`, in [`Mixer::inputs`]
-    /// order (q | k | v, gate | up).
-    fn packed_columns(model: &GpuModel, mixer: Mixer) -> Vec<(usize, usize)> {
-        let decoder = model.config.decoder();
-        let mut col = 0;
-        mixer
-            .inputs()
-            .into_iter()
-            .map(|t| {
-                let (_, out) = decoder.projection(t).expect("a projection of the description").dims(&model.config);
-                col += out;
-                (col - out, col)
-            })
-            .collect()
-    }
-
     /// `packed = x·[W₁; W₂; …]ᵀ (+ b)` for `mixer`'s inputs in layer `l`: one product over their
     /// stack, or one per input into its columns; then an attached adapter's term of each.
     fn project_inputs(
@@ -610,8 +594,9 @@ impl ForwardPlan {
         x: &GpuBuffer,
     ) -> ModelResult<()> {
         let layer = &model.layers[l];
-        let (inputs, columns) = (mixer.inputs(), Self::packed_columns(model, mixer));
-        let width = columns.last().map_or(0, |c| c.1);
+        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
+        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
+        let width = columns.last().map_or(0, |c| c.2);
         let inp = model.config.hidden_size;
         match layer.stack(&inputs) {
             Some(stack) => {
@@ -627,7 +612,7 @@ impl ForwardPlan {
                 )?;
             }
             None => {
-                for (&target, &(start, end)) in inputs.iter().zip(&columns) {
+                for &(target, start, end) in &columns {
                     let p = layer.projection(target);
                     let spec = Self::spec(&p.weight, p.bias.is_some(), false);
                     self.products.get(spec, MatmulShape::new(self.rows, end - start, inp))?.record(
@@ -642,7 +627,7 @@ impl ForwardPlan {
             }
         }
         if let (Some(adapter), Some(t)) = (&model.adapter, &self.lora_t) {
-            for (&target, &(start, _)) in inputs.iter().zip(&columns) {
+            for &(target, start, _) in &columns {
                 let y = Operand { buf: &self.packed, off: start, ld: width, batch_stride: 0 };
                 adapter.layout.record_delta(b, &self.products, &adapter.params, l, target, self.rows, x, t, y)?;
             }

@@ -29,12 +29,15 @@ struct Params {
     _pad: u32,
 }
 
-fn variant() -> Variant {
-    variant_1d("attention_input", "attention_input", vec![])
+const FORWARD: &str = "attention_input";
+const BACKWARD: &str = "attention_input_backward";
+
+fn variant(entry: &'static str) -> Variant {
+    variant_1d("attention_input", entry, vec![])
 }
 
 pub fn specializations() -> Vec<Variant> {
-    vec![variant()]
+    vec![variant(FORWARD), variant(BACKWARD)]
 }
 
 /// Packed rows `[batch·t, stride]`, each q | k | v of one token.
@@ -69,14 +72,71 @@ pub enum KeyValueOut<'a> {
 }
 
 pub struct AttentionInput {
-    kernel: Arc<Kernel>,
+    forward: Arc<Kernel>,
+    backward: Arc<Kernel>,
 }
 
 impl AttentionInput {
     pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
         use Access::*;
-        let bindings = [Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite];
-        Ok(AttentionInput { kernel: gpu.kernel(&variant(), &bindings).await? })
+        // The packed rows are read by the forward and written by the backward (see the shader).
+        let bindings = [Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite];
+        Ok(AttentionInput {
+            forward: gpu.kernel(&variant(FORWARD), &bindings).await?,
+            backward: gpu.kernel(&variant(BACKWARD), &bindings).await?,
+        })
+    }
+
+    fn check(
+        tables: &RopeTables,
+        positions: &GpuBuffer,
+        s: PackedQkv,
+        qkv: &GpuBuffer,
+        q: &GpuBuffer,
+    ) -> GpuResult<()> {
+        if s.head_dim != tables.head_dim || s.rows() == 0 || s.kv_heads == 0 || s.stride < s.width() {
+            return Err(GpuError::shape(
+                OP,
+                format!("{s:?} does not fit RoPE tables of head_dim {} (rows ≥ 1, stride ≥ width)", tables.head_dim),
+            ));
+        }
+        need(OP, "positions", positions, s.rows())?;
+        need(OP, "qkv", qkv, (s.rows() - 1) * s.stride + s.width())?;
+        need(OP, "q", q, s.rows() * s.heads * s.head_dim)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        b: &mut Batch,
+        kernel: &Arc<Kernel>,
+        tables: &RopeTables,
+        positions: &GpuBuffer,
+        s: PackedQkv,
+        buffers: [&GpuBuffer; 4],
+        cache: Option<(usize, usize)>,
+    ) -> GpuResult<()> {
+        let half = s.head_dim / 2;
+        let (groups, stride_y) = grid_1d(b.gpu(), OP, s.rows() * (s.heads + 2 * s.kv_heads) * half, WG_1D)?;
+        let u = |x: usize| x as u32;
+        let (capacity, pos0) = cache.unwrap_or((0, 0));
+        let params = Params {
+            rows: u(s.rows()),
+            t: u(s.t),
+            heads: u(s.heads),
+            kv_heads: u(s.kv_heads),
+            half: u(half),
+            stride: u(s.stride),
+            max_pos: u(tables.max_pos),
+            cache: u(cache.is_some() as usize),
+            capacity: u(capacity),
+            pos0: u(pos0),
+            stride_y,
+            _pad: 0,
+        };
+        let [qkv, q, k, v] = buffers;
+        b.dispatch(kernel, &params, &[positions, &tables.cos, &tables.sin, qkv, q, k, v], groups);
+        Ok(())
     }
 
     /// Rotates q and k of `qkv` by the angles of `positions[rows]` (u32) and writes q `[rows,
@@ -92,22 +152,13 @@ impl AttentionInput {
         q: &GpuBuffer,
         kv: &KeyValueOut,
     ) -> GpuResult<()> {
-        let rows = s.rows();
-        if s.head_dim != tables.head_dim || rows == 0 || s.kv_heads == 0 || s.stride < s.width() {
-            return Err(GpuError::shape(
-                OP,
-                format!("{s:?} does not fit RoPE tables of head_dim {} (rows ≥ 1, stride ≥ width)", tables.head_dim),
-            ));
-        }
-        need(OP, "positions", positions, rows)?;
-        need(OP, "qkv", qkv, (rows - 1) * s.stride + s.width())?;
-        need(OP, "q", q, rows * s.heads * s.head_dim)?;
-        let kv_row = s.kv_heads * s.head_dim;
-        let (k, v, cache, capacity, pos0) = match *kv {
+        Self::check(tables, positions, s, qkv, q)?;
+        let kv_elems = s.rows() * s.kv_heads * s.head_dim;
+        let (k, v, cache) = match *kv {
             KeyValueOut::TokenMajor { k, v } => {
-                need(OP, "k", k, rows * kv_row)?;
-                need(OP, "v", v, rows * kv_row)?;
-                (k, v, 0, 0, 0)
+                need(OP, "k", k, kv_elems)?;
+                need(OP, "v", v, kv_elems)?;
+                (k, v, None)
             }
             KeyValueOut::Cache { shape, pos0, k, v } => {
                 if shape.batch != s.batch || shape.kv_heads != s.kv_heads || shape.head_dim != s.head_dim {
@@ -121,28 +172,31 @@ impl AttentionInput {
                 }
                 need(OP, "key cache", k, shape.elems())?;
                 need(OP, "value cache", v, shape.elems())?;
-                (k, v, 1, shape.capacity, pos0)
+                (k, v, Some((shape.capacity, pos0)))
             }
         };
-        let half = s.head_dim / 2;
-        let (groups, stride_y) = grid_1d(b.gpu(), OP, rows * (s.heads + 2 * s.kv_heads) * half, WG_1D)?;
-        let u = |x: usize| x as u32;
-        let params = Params {
-            rows: u(rows),
-            t: u(s.t),
-            heads: u(s.heads),
-            kv_heads: u(s.kv_heads),
-            half: u(half),
-            stride: u(s.stride),
-            max_pos: u(tables.max_pos),
-            cache,
-            capacity: u(capacity),
-            pos0: u(pos0),
-            stride_y,
-            _pad: 0,
-        };
-        b.dispatch(&self.kernel, &params, &[positions, &tables.cos, &tables.sin, qkv, q, k, v], groups);
-        Ok(())
+        self.dispatch(b, &self.forward, tables, positions, s, [qkv, q, k, v], cache)
+    }
+
+    /// The transpose, for training: `dqkv` packed from token-major `dq`, `dk` (rotated back) and
+    /// `dv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        b: &mut Batch,
+        tables: &RopeTables,
+        positions: &GpuBuffer,
+        s: PackedQkv,
+        dq: &GpuBuffer,
+        dk: &GpuBuffer,
+        dv: &GpuBuffer,
+        dqkv: &GpuBuffer,
+    ) -> GpuResult<()> {
+        Self::check(tables, positions, s, dqkv, dq)?;
+        let kv = s.rows() * s.kv_heads * s.head_dim;
+        need(OP, "dk", dk, kv)?;
+        need(OP, "dv", dv, kv)?;
+        self.dispatch(b, &self.backward, tables, positions, s, [dqkv, dq, dk, dv], None)
     }
 }
 
@@ -168,11 +222,37 @@ pub fn attention_input_ref(
     (q, k, v)
 }
 
+/// CPU reference of the backward: packed `dqkv` rows from token-major dq, dk (rotated back) and
+/// dv.
+pub fn attention_input_backward_ref(
+    s: PackedQkv,
+    dq: &[f64],
+    dk: &[f64],
+    dv: &[f64],
+    positions: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+) -> Vec<f64> {
+    let d = s.head_dim;
+    let (qd, kvd) = (s.heads * d, s.kv_heads * d);
+    let (mut dq, mut dk) = (dq.to_vec(), dk.to_vec());
+    super::rope::rope_ref(&mut dq, positions, cos, sin, s.heads, d, qd, true);
+    super::rope::rope_ref(&mut dk, positions, cos, sin, s.kv_heads, d, kvd, true);
+    let mut out = vec![0.0; s.rows() * s.stride];
+    for row in 0..s.rows() {
+        let at = row * s.stride;
+        out[at..at + qd].copy_from_slice(&dq[row * qd..][..qd]);
+        out[at + qd..at + qd + kvd].copy_from_slice(&dk[row * kvd..][..kvd]);
+        out[at + qd + kvd..at + qd + 2 * kvd].copy_from_slice(&dv[row * kvd..][..kvd]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::rope::tables;
-    use crate::testing::{self, f32s, rel_err};
+    use crate::testing::{self, f32s, f64s, rel_err};
     use rand::Rng;
 
     #[test]
@@ -231,6 +311,45 @@ mod tests {
             }
             assert!(rel_err(&got_k, &want_kc) <= 1e-6, "key cache, {case}");
             assert_eq!(got_v, want_vc, "value cache, {case}");
+        }
+    }
+
+    /// The backward is the forward's transpose: ⟨forward(x), y⟩ = ⟨x, backward(y)⟩ for the
+    /// references (RoPE is a rotation, the rest copies), and the GPU computes the reference.
+    #[test]
+    fn backward_is_the_transpose_and_the_gpu_matches_it() {
+        let mut rng = testing::rng("attention input backward");
+        for &(batch, t, heads, kv_heads, d, extra) in &[(2, 3, 6, 2, 12, 4), (1, 5, 9, 3, 64, 0), (3, 1, 2, 2, 2, 1)] {
+            let max_pos = 40;
+            let s = PackedQkv { batch, t, heads, kv_heads, head_dim: d, stride: (heads + 2 * kv_heads) * d + extra };
+            let (cos, sin) = tables(d, 10_000.0, max_pos);
+            let positions: Vec<u32> = (0..s.rows()).map(|_| rng.random_range(0..max_pos as u32)).collect();
+            let (rows, qd, kvd) = (s.rows(), heads * d, kv_heads * d);
+            let x = testing::normal(&mut rng, rows * s.stride);
+            let (dq, dk, dv) = (
+                testing::normal(&mut rng, rows * qd),
+                testing::normal(&mut rng, rows * kvd),
+                testing::normal(&mut rng, rows * kvd),
+            );
+            let (q, k, v) = attention_input_ref(s, &x, &positions, &cos, &sin);
+            let back = attention_input_backward_ref(s, &f64s(&dq), &f64s(&dk), &f64s(&dv), &positions, &cos, &sin);
+            let dot = |a: &[f64], b: &[f32]| a.iter().zip(b).map(|(a, &b)| a * b as f64).sum::<f64>();
+            let lhs = dot(&q, &dq) + dot(&k, &dk) + dot(&v, &dv);
+            // Padding columns of a row are no input's: the backward leaves them 0.
+            let rhs = dot(&back, &x);
+            assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
+
+            let Some(gpu) = testing::gpu() else { continue };
+            let op = pollster::block_on(AttentionInput::new(&gpu)).unwrap();
+            let gpu_tables = RopeTables::new(&gpu, d, 10_000.0, max_pos).unwrap();
+            let up = |what: &str, x: &[f32]| gpu.upload(OP, what, x).unwrap();
+            let dqkv = up("dqkv", &vec![0.0; rows * s.stride]);
+            let mut b = gpu.batch(OP);
+            let pos = gpu.upload(OP, "positions", &positions).unwrap();
+            op.backward(&mut b, &gpu_tables, &pos, s, &up("dq", &dq), &up("dk", &dk), &up("dv", &dv), &dqkv).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let got = pollster::block_on(gpu.read::<f32>(OP, &dqkv)).unwrap();
+            assert!(rel_err(&got, &f32s(&back)) <= 1e-6, "batch {batch} t {t} heads {heads}/{kv_heads} d {d}");
         }
     }
 

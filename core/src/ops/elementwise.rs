@@ -37,6 +37,7 @@ pub fn specializations() -> Vec<Variant> {
         swiglu_variant("swiglu_forward"),
         swiglu_variant("swiglu_forward_packed"),
         swiglu_variant("swiglu_backward"),
+        swiglu_variant("swiglu_backward_packed"),
         residual_variant(),
         scatter_variant(),
     ];
@@ -49,6 +50,7 @@ pub struct SwiGlu {
     forward: Arc<Kernel>,
     forward_packed: Arc<Kernel>,
     backward: Arc<Kernel>,
+    backward_packed: Arc<Kernel>,
     /// Bound to the forward's unused second output (a writable binding must not alias another).
     unused: GpuBuffer,
 }
@@ -62,6 +64,7 @@ impl SwiGlu {
             forward: gpu.kernel(&swiglu_variant("swiglu_forward"), &SWIGLU_BINDINGS).await?,
             forward_packed: gpu.kernel(&swiglu_variant("swiglu_forward_packed"), &SWIGLU_BINDINGS).await?,
             backward: gpu.kernel(&swiglu_variant("swiglu_backward"), &SWIGLU_BINDINGS).await?,
+            backward_packed: gpu.kernel(&swiglu_variant("swiglu_backward_packed"), &SWIGLU_BINDINGS).await?,
             unused: gpu.storage(SWIGLU, "unused output", 4)?,
         })
     }
@@ -102,6 +105,30 @@ impl SwiGlu {
         let (groups, stride_y) = grid_1d(b.gpu(), SWIGLU, n, WG_1D)?;
         let params = SwiGluParams { n: n as u32, stride_y, width: width as u32, _pad: 0 };
         b.dispatch(&self.forward_packed, &params, &[gate_up, gate_up, gate_up, h, &self.unused], groups);
+        Ok(())
+    }
+
+    /// The packed forward's backward: `dgate_up[rows, 2·width]` (each row's dgate then its dup)
+    /// from `gate_up` and `dh[rows, width]`.
+    pub fn backward_packed(
+        &self,
+        b: &mut Batch,
+        rows: usize,
+        width: usize,
+        gate_up: &GpuBuffer,
+        dh: &GpuBuffer,
+        dgate_up: &GpuBuffer,
+    ) -> GpuResult<()> {
+        if dgate_up.id() == gate_up.id() || dgate_up.id() == dh.id() {
+            return Err(GpuError::shape(SWIGLU, "dgate_up must not alias gate_up or dh"));
+        }
+        let n = rows * width;
+        need(SWIGLU, "gate_up", gate_up, 2 * n)?;
+        need(SWIGLU, "dh", dh, n)?;
+        need(SWIGLU, "dgate_up", dgate_up, 2 * n)?;
+        let (groups, stride_y) = grid_1d(b.gpu(), SWIGLU, n, WG_1D)?;
+        let params = SwiGluParams { n: n as u32, stride_y, width: width as u32, _pad: 0 };
+        b.dispatch(&self.backward_packed, &params, &[gate_up, gate_up, dh, dgate_up, &self.unused], groups);
         Ok(())
     }
 
@@ -383,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn packed_swiglu_is_the_swiglu_of_each_rows_gate_and_up() {
+    fn packed_swiglu_and_its_backward_work_on_each_rows_gate_and_up() {
         let Some(gpu) = testing::gpu() else { return };
         let mut rng = testing::rng("swiglu packed");
         let op = pollster::block_on(SwiGlu::new(&gpu)).unwrap();
@@ -402,6 +429,20 @@ mod tests {
             let got = pollster::block_on(gpu.read::<f32>("t", &h)).unwrap();
             // The unpacked kernel's arithmetic: the same bound.
             assert!(rel_err(&got, &f32s(&swiglu_ref(&gate, &up))) <= 4e-6, "rows {rows} width {width}");
+            // Backward, packed the same way.
+            let dh = testing::normal(&mut rng, rows * width);
+            let dgate_up = gpu.storage("t", "dgate_up", (rows * 2 * width * 4) as u64).unwrap();
+            let mut b = gpu.batch("t");
+            op.backward_packed(&mut b, rows, width, &packed, &gpu.upload("t", "dh", &dh).unwrap(), &dgate_up).unwrap();
+            pollster::block_on(b.submit()).unwrap();
+            let got = pollster::block_on(gpu.read::<f32>("t", &dgate_up)).unwrap();
+            let (dgate, dup) = swiglu_backward_ref(&gate, &up, &f64s(&dh));
+            let want: Vec<f64> = dgate
+                .chunks(width)
+                .zip(dup.chunks(width))
+                .flat_map(|(g, u)| g.iter().chain(u).copied().collect::<Vec<_>>())
+                .collect();
+            assert!(rel_err(&got, &f32s(&want)) <= 4e-6, "backward, rows {rows} width {width}");
         }
     }
 

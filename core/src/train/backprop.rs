@@ -9,8 +9,11 @@
 //!
 //! Both passes walk the model's [`Decoder`](crate::model::Decoder) blocks — `x += mixer(norm(x))`
 //! each — forward in order and backward in reverse, one routine per mixer kind: attention
-//! (q,k,v = W·xn (+ LoRA); rope; attention; x += Wo·attn (+ LoRA)) and the gated MLP
-//! (h = silu(Wg·xn) ⊙ (Wu·xn) (+ LoRA); x += Wd·h (+ LoRA)). The backward carries the residual
+//! (q | k | v = W·xn (+ LoRA), packed; rope; attention; x += Wo·attn (+ LoRA)) and the gated MLP
+//! (gate | up = W·xn (+ LoRA), packed; h = silu(gate) ⊙ up; x += Wd·h (+ LoRA)). A mixer's inputs
+//! are one product over their stacked weights where the model has the stack
+//! (`model::gpu::StackedProjections`), forward and backward (`dxn = d(q | k | v)·[Wq; Wk; Wv]`),
+//! and one product per input into its columns otherwise. The backward carries the residual
 //! gradient `dx` through each block, adding the mixer's path through the norm in place.
 
 use super::lora::{LoraLayout, Target};
@@ -19,11 +22,11 @@ use crate::gpu::{Batch, Gpu, GpuBuffer};
 use crate::model::decoder::Mixer;
 use crate::model::gpu::{GpuModel, LayerWeights, ModelError, ModelResult};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
+use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv};
 use crate::ops::elementwise::{Embedding, RowScatter, SwiGlu};
 use crate::ops::matmul::{MatmulSet, MatmulShape, MatmulSpec, Operand};
 use crate::ops::output_head::{HeadShape, OutputHead};
 use crate::ops::rmsnorm::RmsNorm;
-use crate::ops::rope::Rope;
 
 /// Token ids, positions, padding and loss targets of one micro-batch (all on the GPU).
 pub struct TrainInputs<'a> {
@@ -55,8 +58,10 @@ struct BlockActs {
 }
 
 enum MixerActs {
+    /// q, k (rotated) and v token-major, as attention reads them.
     Attention { q: GpuBuffer, k: GpuBuffer, v: GpuBuffer, attn: GpuBuffer, stats: GpuBuffer },
-    GatedMlp { gate: GpuBuffer, up: GpuBuffer, h: GpuBuffer },
+    /// gate | up packed `[rows, 2·intermediate]`.
+    GatedMlp { gate_up: GpuBuffer, h: GpuBuffer },
 }
 
 struct LayerActs {
@@ -79,7 +84,7 @@ pub struct TrainPlan {
     head_scatter: RowScatter,
     norm: RmsNorm,
     norm_backward: RmsNorm,
-    rope: Rope,
+    attention_input: AttentionInput,
     attention: Attention,
     swiglu: SwiGlu,
     products: MatmulSet,
@@ -102,12 +107,14 @@ pub struct TrainPlan {
     dx: GpuBuffer,
     dxn: GpuBuffer,
     dhidden: GpuBuffer,
+    /// The attention mixer's packed q | k | v before RoPE (forward scratch).
+    qkv: GpuBuffer,
+    /// A mixer's packed input gradient, d(q | k | v) or d(gate | up).
+    dpacked: GpuBuffer,
     dq: GpuBuffer,
     dk: GpuBuffer,
     dv: GpuBuffer,
     dattn: GpuBuffer,
-    dgate: GpuBuffer,
-    dup: GpuBuffer,
     dh: GpuBuffer,
     dt: GpuBuffer,
 }
@@ -166,17 +173,29 @@ impl TrainPlan {
         let mut products = MatmulSet::default();
         for layer in &model.layers {
             for block in c.decoder().blocks {
+                let inputs = block.mixer.inputs();
+                let stack = layer.stack(&inputs);
+                if let Some(stack) = stack {
+                    // forward: packed = x·Wᵀ (+ b); backward to the input: dx = dpacked·W
+                    let (width, inp, dtype) = (stack.weight.shape[0], stack.weight.shape[1], stack.weight.dtype);
+                    products
+                        .prepare(gpu, nt(dtype, false, stack.bias.is_some()), MatmulShape::new(rows, width, inp))
+                        .await?;
+                    products.prepare(gpu, nn(dtype, false), MatmulShape::new(rows, inp, width)).await?;
+                }
                 for target in block.mixer.projections() {
                     let p = layer.projection(target);
                     let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
                     let dtype = p.weight.dtype;
-                    // forward: y (+)= x·Wᵀ (+ b); backward to the input: dx (+)= dy·W
-                    let accumulate_out = target == block.mixer.output();
-                    products
-                        .prepare(gpu, nt(dtype, accumulate_out, p.bias.is_some()), MatmulShape::new(rows, out, inp))
-                        .await?;
-                    for acc in [false, true] {
-                        products.prepare(gpu, nn(dtype, acc), MatmulShape::new(rows, inp, out)).await?;
+                    if stack.is_none() || !inputs.contains(&target) {
+                        // forward: y (+)= x·Wᵀ (+ b); backward to the input: dx (+)= dy·W
+                        let accumulate_out = target == block.mixer.output();
+                        products
+                            .prepare(gpu, nt(dtype, accumulate_out, p.bias.is_some()), MatmulShape::new(rows, out, inp))
+                            .await?;
+                        for acc in [false, true] {
+                            products.prepare(gpu, nn(dtype, acc), MatmulShape::new(rows, inp, out)).await?;
+                        }
                     }
                     if layout.config.targets.contains(&target) {
                         products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
@@ -204,8 +223,7 @@ impl TrainPlan {
                         stats: buf("attention statistics", 2 * batch * c.num_heads * t)?,
                     },
                     Mixer::GatedMlp { .. } => MixerActs::GatedMlp {
-                        gate: buf("gate", rows * f)?,
-                        up: buf("up", rows * f)?,
+                        gate_up: buf("gate | up", rows * 2 * f)?,
                         h: buf("mlp hidden", rows * f)?,
                     },
                 };
@@ -232,7 +250,7 @@ impl TrainPlan {
             head_scatter: RowScatter::new(gpu, rows, h).await?,
             norm: RmsNorm::new(gpu, rows, h, c.rms_norm_eps, false).await?,
             norm_backward: RmsNorm::new(gpu, rows, h, c.rms_norm_eps, true).await?,
-            rope: Rope::new(gpu).await?,
+            attention_input: AttentionInput::new(gpu).await?,
             attention: Attention::new(gpu, c.head_dim, true, false).await?,
             swiglu: SwiGlu::new(gpu).await?,
             products,
@@ -248,12 +266,12 @@ impl TrainPlan {
             dx: buf("residual gradient", rows * h)?,
             dxn: buf("normed gradient", rows * h)?,
             dhidden: buf("final hidden gradient", rows * h)?,
+            qkv: buf("q | k | v", rows * (qd + 2 * kvd))?,
+            dpacked: buf("packed input gradient", rows * (qd + 2 * kvd).max(2 * f))?,
             dq: buf("query gradient", rows * qd)?,
             dk: buf("key gradient", rows * kvd)?,
             dv: buf("value gradient", rows * kvd)?,
             dattn: buf("attention gradient", rows * qd)?,
-            dgate: buf("gate gradient", rows * f)?,
-            dup: buf("up gradient", rows * f)?,
             dh: buf("mlp hidden gradient", rows * f)?,
             dt: buf("LoRA gradient", rows * r)?,
         })
@@ -262,6 +280,100 @@ impl TrainPlan {
     fn attention_shape(&self, model: &GpuModel) -> AttentionShape {
         let c = &model.config;
         AttentionShape::token_major(self.batch, self.t, c.num_heads, c.num_kv_heads, c.head_dim)
+    }
+
+    /// The packed q | k | v rows of this plan's batch.
+    fn packed_qkv(&self, model: &GpuModel) -> PackedQkv {
+        let c = &model.config;
+        let (batch, t, heads, kv_heads, head_dim) = (self.batch, self.t, c.num_heads, c.num_kv_heads, c.head_dim);
+        PackedQkv { batch, t, heads, kv_heads, head_dim, stride: (heads + 2 * kv_heads) * head_dim }
+    }
+
+    /// `packed = xn·[W₁; W₂; …]ᵀ (+ b) (+ each input's LoRA term, saving A·xn)` for `mixer`'s
+    /// inputs: one product over their stack, or one per input into its columns.
+    #[allow(clippy::too_many_arguments)]
+    fn inputs_forward(
+        &self,
+        b: &mut Batch,
+        model: &GpuModel,
+        lora: &LoraState,
+        l: usize,
+        mixer: Mixer,
+        xn: &GpuBuffer,
+        packed: &GpuBuffer,
+    ) -> ModelResult<()> {
+        let (layer, rows, inp) = (&model.layers[l], self.rows, model.config.hidden_size);
+        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
+        let width = columns.last().map_or(0, |c| c.2);
+        let column = |start: usize| Operand { buf: packed, off: start, ld: width, batch_stride: 0 };
+        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
+        match layer.stack(&inputs) {
+            Some(stack) => {
+                let w = &stack.weight;
+                let product =
+                    self.products.get(nt(w.dtype, false, stack.bias.is_some()), MatmulShape::new(rows, width, inp))?;
+                product.record(b, Operand::dense(xn, inp), w.operand(), stack.bias.as_ref(), column(0), 1.0)?;
+            }
+            None => {
+                for &(target, start, end) in &columns {
+                    let p = layer.projection(target);
+                    let product = self
+                        .products
+                        .get(nt(p.weight.dtype, false, p.bias.is_some()), MatmulShape::new(rows, end - start, inp))?;
+                    product.record(
+                        b,
+                        Operand::dense(xn, inp),
+                        p.weight.operand(),
+                        p.bias.as_ref(),
+                        column(start),
+                        1.0,
+                    )?;
+                }
+            }
+        }
+        for &(target, start, _) in &columns {
+            if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
+                let t_buf = &self.acts(l).lora_t[ti];
+                lora.layout.record_delta(b, &self.products, lora.params, l, target, rows, xn, t_buf, column(start))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `dxn = dpacked·[W₁; W₂; …]` (+ each input's LoRA path) and the inputs' LoRA factor
+    /// gradients, from the packed gradient `self.dpacked` of `mixer`'s inputs.
+    fn inputs_backward(
+        &self,
+        b: &mut Batch,
+        model: &GpuModel,
+        lora: &LoraState,
+        l: usize,
+        mixer: Mixer,
+        xn: &GpuBuffer,
+    ) -> ModelResult<()> {
+        let (layer, rows, inp) = (&model.layers[l], self.rows, model.config.hidden_size);
+        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
+        let width = columns.last().map_or(0, |c| c.2);
+        let column = |start: usize| Operand { buf: &self.dpacked, off: start, ld: width, batch_stride: 0 };
+        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
+        match layer.stack(&inputs) {
+            Some(stack) => {
+                let w = &stack.weight;
+                let product = self.products.get(nn(w.dtype, false), MatmulShape::new(rows, inp, width))?;
+                product.record(b, column(0), w.operand(), None, Operand::dense(&self.dxn, inp), 1.0)?;
+            }
+            None => {
+                for (i, &(target, start, end)) in columns.iter().enumerate() {
+                    let w = layer.weight(target);
+                    let product = self.products.get(nn(w.dtype, i > 0), MatmulShape::new(rows, inp, end - start))?;
+                    product.record(b, column(start), w.operand(), None, Operand::dense(&self.dxn, inp), 1.0)?;
+                }
+            }
+        }
+        for &(target, start, end) in &columns {
+            self.lora_backward(b, lora, l, target, (inp, end - start), xn, column(start), &self.dxn)?;
+        }
+        Ok(())
     }
 
     /// y (+)= W·x (+ b) (+ s·B·A·x, saving A·x); a mixer's output projection (`accumulate`)
@@ -326,6 +438,25 @@ impl TrainPlan {
             Operand::dense(dx, inp),
             1.0,
         )?;
+        self.lora_backward(b, lora, l, target, (inp, out), x, Operand::dense(dy, out), dx)
+    }
+
+    /// The LoRA path of projection `target` (`(in, out)` features) of layer `l`, if the adapter
+    /// targets it: dA and dB from the projection's output gradient `dy` (`[rows, out]` at its
+    /// offset and leading dimension), and `dx += s·dy·B·A`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward(
+        &self,
+        b: &mut Batch,
+        lora: &LoraState,
+        l: usize,
+        target: Target,
+        (inp, out): (usize, usize),
+        x: &GpuBuffer,
+        dy: Operand,
+        dx: &GpuBuffer,
+    ) -> ModelResult<()> {
+        let rows = self.rows;
         if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
             let (r, s) = (lora.layout.config.r, lora.layout.config.scale());
             let (fa, fb) =
@@ -335,7 +466,7 @@ impl TrainPlan {
             // dB += s·dyᵀ·t
             self.products.get(tn(true), MatmulShape::new(out, r, rows))?.record(
                 b,
-                Operand::dense(dy, out),
+                dy,
                 Operand::dense(t_buf, r),
                 None,
                 view(lora.grads, fb, r),
@@ -344,7 +475,7 @@ impl TrainPlan {
             // dt = s·dy·B
             self.products.get(nn(Dtype::F32, false), MatmulShape::new(rows, r, out))?.record(
                 b,
-                Operand::dense(dy, out),
+                dy,
                 view(lora.params, fb, r),
                 None,
                 Operand::dense(&self.dt, r),
@@ -403,21 +534,18 @@ impl TrainPlan {
             // output = input + mixer(xn): the mixer's output projection accumulates onto the copy.
             b.copy(input, output, residual_bytes);
             match (block.mixer, &a.mixer) {
-                (Mixer::Attention { q, k, v, o }, MixerActs::Attention { q: qa, k: ka, v: va, attn, stats }) => {
-                    let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-                    for (target, y) in [(q, qa), (k, ka), (v, va)] {
-                        self.linear_forward(b, lora, layer, l, target, false, &a.xn, y)?;
-                    }
-                    self.rope.record(b, &model.rope, inputs.positions, qa, self.rows, heads, heads * d, false)?;
-                    self.rope.record(b, &model.rope, inputs.positions, ka, self.rows, kv_heads, kv_heads * d, false)?;
-                    let io = AttentionIo { q: qa, k: ka, v: va, key_start: inputs.key_start, out: attn, stats };
+                (Mixer::Attention { o, .. }, MixerActs::Attention { q, k, v, attn, stats }) => {
+                    self.inputs_forward(b, model, lora, l, block.mixer, &a.xn, &self.qkv)?;
+                    let kv = KeyValueOut::TokenMajor { k, v };
+                    let packed = self.packed_qkv(model);
+                    self.attention_input.record(b, &model.rope, inputs.positions, packed, &self.qkv, q, &kv)?;
+                    let io = AttentionIo { q, k, v, key_start: inputs.key_start, out: attn, stats };
                     self.attention.forward(b, &self.attention_shape(model), &io)?;
                     self.linear_forward(b, lora, layer, l, o, true, attn, output)?;
                 }
-                (Mixer::GatedMlp { gate, up, down }, MixerActs::GatedMlp { gate: ga, up: ua, h }) => {
-                    self.linear_forward(b, lora, layer, l, gate, false, &a.xn, ga)?;
-                    self.linear_forward(b, lora, layer, l, up, false, &a.xn, ua)?;
-                    self.swiglu.forward(b, self.rows * c.intermediate_size, ga, ua, h)?;
+                (Mixer::GatedMlp { down, .. }, MixerActs::GatedMlp { gate_up, h }) => {
+                    self.inputs_forward(b, model, lora, l, block.mixer, &a.xn, gate_up)?;
+                    self.swiglu.forward_packed(b, self.rows, c.intermediate_size, gate_up, h)?;
                     self.linear_forward(b, lora, layer, l, down, true, h, output)?;
                 }
                 _ => unreachable!("block activations are allocated from the same description"),
@@ -461,7 +589,6 @@ impl TrainPlan {
         temperature: f32,
     ) -> ModelResult<()> {
         let c = &model.config;
-        let (heads, kv_heads, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let shape = self.attention_shape(model);
         let head = model.head();
         b.clear(&self.head_dhidden);
@@ -498,40 +625,29 @@ impl TrainPlan {
                 let a = &acts.blocks[i];
                 let input = a.input.as_ref().unwrap_or(&self.layer_inputs[l]);
                 match (block.mixer, &a.mixer) {
-                    (Mixer::Attention { q, k, v, o }, MixerActs::Attention { q: qa, k: ka, v: va, attn, stats }) => {
+                    (Mixer::Attention { o, .. }, MixerActs::Attention { q, k, v, attn, stats }) => {
                         self.linear_backward(b, lora, layer, l, o, attn, &self.dx, &self.dattn, false)?;
-                        let io = AttentionIo { q: qa, k: ka, v: va, key_start: inputs.key_start, out: attn, stats };
+                        let io = AttentionIo { q, k, v, key_start: inputs.key_start, out: attn, stats };
                         self.attention.backward(b, &shape, &io, &self.dattn, &self.dq, &self.dk, &self.dv)?;
-                        self.rope.record(
+                        let (dq, dk, dv) = (&self.dq, &self.dk, &self.dv);
+                        let packed = self.packed_qkv(model);
+                        self.attention_input.backward(
                             b,
                             &model.rope,
                             inputs.positions,
-                            &self.dq,
-                            self.rows,
-                            heads,
-                            heads * d,
-                            true,
+                            packed,
+                            dq,
+                            dk,
+                            dv,
+                            &self.dpacked,
                         )?;
-                        self.rope.record(
-                            b,
-                            &model.rope,
-                            inputs.positions,
-                            &self.dk,
-                            self.rows,
-                            kv_heads,
-                            kv_heads * d,
-                            true,
-                        )?;
-                        self.linear_backward(b, lora, layer, l, q, &a.xn, &self.dq, &self.dxn, false)?;
-                        self.linear_backward(b, lora, layer, l, k, &a.xn, &self.dk, &self.dxn, true)?;
-                        self.linear_backward(b, lora, layer, l, v, &a.xn, &self.dv, &self.dxn, true)?;
+                        self.inputs_backward(b, model, lora, l, block.mixer, &a.xn)?;
                     }
-                    (Mixer::GatedMlp { gate, up, down }, MixerActs::GatedMlp { gate: ga, up: ua, h }) => {
+                    (Mixer::GatedMlp { down, .. }, MixerActs::GatedMlp { gate_up, h }) => {
                         self.linear_backward(b, lora, layer, l, down, h, &self.dx, &self.dh, false)?;
-                        let n = self.rows * c.intermediate_size;
-                        self.swiglu.backward(b, n, ga, ua, &self.dh, &self.dgate, &self.dup)?;
-                        self.linear_backward(b, lora, layer, l, gate, &a.xn, &self.dgate, &self.dxn, false)?;
-                        self.linear_backward(b, lora, layer, l, up, &a.xn, &self.dup, &self.dxn, true)?;
+                        let f = c.intermediate_size;
+                        self.swiglu.backward_packed(b, self.rows, f, gate_up, &self.dh, &self.dpacked)?;
+                        self.inputs_backward(b, model, lora, l, block.mixer, &a.xn)?;
                     }
                     _ => unreachable!("block activations are allocated from the same description"),
                 }

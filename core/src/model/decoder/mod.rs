@@ -217,6 +217,22 @@ impl Decoder {
         self.projections.iter().find(|p| p.target == target)
     }
 
+    /// `mixer`'s inputs and their columns `(target, start, end)` side by side in one packed row
+    /// (q | k | v, gate | up), in [`Mixer::inputs`] order: what one product over their stacked
+    /// weights writes.
+    pub fn packed_inputs(&'static self, mixer: Mixer, c: &ModelConfig) -> Vec<(Target, usize, usize)> {
+        let mut col = 0;
+        mixer
+            .inputs()
+            .into_iter()
+            .map(|t| {
+                let (_, out) = self.projection(t).expect("a mixer's projection is the description's").dims(c);
+                col += out;
+                (t, col - out, col)
+            })
+            .collect()
+    }
+
     /// Every weight the model needs, with its Hugging Face name and shape, in a fixed order.
     pub fn tensors(&self, c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let h = c.hidden_size;
