@@ -7,7 +7,9 @@ use crate::dtype::{self, Dtype};
 use crate::gpu::{Gpu, GpuResult};
 use crate::numeric::{f32s, f64s, normal};
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape, attention_backward_ref, attention_ref};
-use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv, attention_input_ref};
+use crate::ops::attention_input::{
+    AttentionInput, KeyValueOut, PackedQkv, attention_input_backward_ref, attention_input_ref,
+};
 use crate::ops::decode::{CacheShape, KvOps};
 use crate::ops::elementwise::{
     Embedding, RowScatter, SwiGlu, embedding_once, embedding_ref, row_scatter_once, row_scatter_ref,
@@ -201,6 +203,16 @@ async fn attention_input(gpu: &Gpu, c: &mut Checker, tables: &RopeTables, cos: &
     let cached = format!("{shape}, into a cache of {} positions at 2", cache.capacity);
     c.close("attention input key cache", cached.clone(), gpu.read::<f32>(OP, &kc).await?, &kc_want, ROPE_BOUND);
     c.exact("attention input value cache", cached, gpu.read::<f32>(OP, &vc).await?, &vc_want);
+    // The backward (training): dq, dk rotated back and dv packed into rows of d(q | k | v).
+    let (dq, dk, dv) =
+        (normal(&mut rng, rows * s.heads * s.head_dim), normal(&mut rng, rows * kvd), normal(&mut rng, rows * kvd));
+    let want = attention_input_backward_ref(s, &f64s(&dq), &f64s(&dk), &f64s(&dv), &positions, cos, sin);
+    let dqkv = gpu.upload(OP, "dqkv", &vec![0f32; rows * s.stride])?;
+    let up = |what: &str, x: &[f32]| gpu.upload(OP, what, x);
+    let mut b = gpu.batch(OP);
+    op.backward(&mut b, tables, &pos_buf, s, &up("dq", &dq)?, &up("dk", &dk)?, &up("dv", &dv)?, &dqkv)?;
+    b.submit().await?;
+    c.close("attention input backward", shape, gpu.read::<f32>(OP, &dqkv).await?, &f32s(&want), ROPE_BOUND);
     Ok(())
 }
 
@@ -237,6 +249,16 @@ pub(super) async fn swiglu(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
         &f32s(&swiglu_ref(&gate, &up)),
         SWIGLU_BOUND,
     );
+    let dh = normal(&mut rng, rows * width);
+    let dgate_up = gpu.upload(OP, "dgate_up", &vec![f32::NAN; rows * 2 * width])?;
+    let mut b = gpu.batch(OP);
+    op.backward_packed(&mut b, rows, width, &packed, &gpu.upload(OP, "dh", &dh)?, &dgate_up)?;
+    b.submit().await?;
+    let (dgate, dup) = swiglu_backward_ref(&gate, &up, &f64s(&dh));
+    let want: Vec<f64> =
+        dgate.chunks(width).zip(dup.chunks(width)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect();
+    let got = gpu.read::<f32>(OP, &dgate_up).await?;
+    c.close("swiglu dgate | dup (packed)", format!("{rows}x{width}"), got, &f32s(&want), SWIGLU_BOUND);
     Ok(())
 }
 
