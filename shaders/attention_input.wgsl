@@ -46,16 +46,22 @@ fn kv_start(row: u32, g: u32, head_dim: u32) -> u32 {
     return (row * p.kv_heads + g) * head_dim;
 }
 
+// What invocation `idx` handles: (token row, head slot — q heads, then k heads, then v heads —
+// and i < half); x ≥ rows for the invocations past the end.
+fn invocation(idx: u32) -> vec3<u32> {
+    let slots = p.heads + 2u * p.kv_heads;
+    return vec3<u32>(idx / (p.half * slots), (idx / p.half) % slots, idx % p.half);
+}
+
 @compute @workgroup_size(WG)
 fn attention_input(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let idx = gid.x + gid.y * p.stride_y;
-    let slots = p.heads + 2u * p.kv_heads;
-    if (idx >= p.rows * slots * p.half) {
+    let job = invocation(gid.x + gid.y * p.stride_y);
+    let row = job.x;
+    let slot = job.y;
+    let i = job.z;
+    if (row >= p.rows) {
         return;
     }
-    let i = idx % p.half;
-    let slot = (idx / p.half) % slots;
-    let row = idx / (p.half * slots);
     let head_dim = 2u * p.half;
     let src = row * p.stride + slot * head_dim;
     let x1 = qkv[src + i];
@@ -85,14 +91,13 @@ fn attention_input(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(WG)
 fn attention_input_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let idx = gid.x + gid.y * p.stride_y;
-    let slots = p.heads + 2u * p.kv_heads;
-    if (idx >= p.rows * slots * p.half) {
+    let job = invocation(gid.x + gid.y * p.stride_y);
+    let row = job.x;
+    let slot = job.y;
+    let i = job.z;
+    if (row >= p.rows) {
         return;
     }
-    let i = idx % p.half;
-    let slot = (idx / p.half) % slots;
-    let row = idx / (p.half * slots);
     let head_dim = 2u * p.half;
     let dst = row * p.stride + slot * head_dim;
     if (slot >= p.heads + p.kv_heads) {

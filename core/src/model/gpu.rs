@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::config::ModelConfig;
 use super::decoder::{Decoder, Mixer, Target, layer_tensor};
+use super::mixer_inputs;
 use super::tensor::HostTensor;
 use crate::dtype::{Dtype, WeightFormat};
 use crate::gpu::{Batch, Gpu, GpuBuffer, GpuError};
@@ -519,32 +520,17 @@ impl ForwardPlan {
         let (h, f, qd, kvd) =
             (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let mut products = MatmulSet::default();
+        mixer_inputs::prepare(gpu, &mut products, model, rows, false).await?;
         for layer in &model.layers {
             for block in c.decoder().blocks {
-                let inputs = block.mixer.inputs();
-                if let Some(stack) = layer.stack(&inputs) {
-                    let w = &stack.weight;
-                    let spec = Self::spec(w, stack.bias.is_some(), false);
-                    products.prepare(gpu, spec, MatmulShape::new(rows, w.shape[0], w.shape[1])).await?;
-                }
-                for target in block.mixer.projections() {
-                    if inputs.contains(&target) && layer.stack(&inputs).is_some() {
-                        continue;
-                    }
-                    let (w, bias) = (layer.weight(target), layer.projection(target).bias.is_some());
-                    let (inp, out) = (w.shape[1], w.shape[0]);
-                    let spec = Self::spec(w, bias, target == block.mixer.output());
-                    products.prepare(gpu, spec, MatmulShape::new(rows, out, inp)).await?;
-                }
+                let p = layer.projection(block.mixer.output());
+                let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
+                products
+                    .prepare(gpu, Self::output_spec(&p.weight, p.bias.is_some()), MatmulShape::new(rows, out, inp))
+                    .await?;
             }
         }
-        let packed_width = c
-            .decoder()
-            .blocks
-            .iter()
-            .map(|b| c.decoder().packed_inputs(b.mixer, c).last().map_or(0, |&(_, _, end)| end))
-            .max()
-            .unwrap_or(0);
+        let packed_width = mixer_inputs::max_width(model);
         if let Some(adapter) = &model.adapter {
             adapter.layout.prepare_delta(gpu, &mut products, rows).await?;
         }
@@ -577,14 +563,13 @@ impl ForwardPlan {
         })
     }
 
-    /// y (+)= x·Wᵀ (+ b): a mixer's output projection adds into the residual stream
-    /// (`accumulate`), its inputs overwrite their columns of `packed`.
-    fn spec(w: &Weight, has_bias: bool, accumulate: bool) -> MatmulSpec {
-        MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate, b_dtype: w.dtype }
+    /// `x += y·Wᵀ (+ b)`: a mixer's output projection adds into the residual stream.
+    fn output_spec(w: &Weight, has_bias: bool) -> MatmulSpec {
+        MatmulSpec { trans_a: false, trans_b: true, has_bias, accumulate: true, b_dtype: w.dtype }
     }
 
-    /// `packed = x·[W₁; W₂; …]ᵀ (+ b)` for `mixer`'s inputs in layer `l`: one product over their
-    /// stack, or one per input into its columns; then an attached adapter's term of each.
+    /// `packed = x·[W₁; W₂; …]ᵀ (+ b)` for `mixer`'s inputs in layer `l`
+    /// ([`mixer_inputs`]), then an attached adapter's term of each on its columns.
     fn project_inputs(
         &self,
         b: &mut Batch,
@@ -593,41 +578,10 @@ impl ForwardPlan {
         mixer: Mixer,
         x: &GpuBuffer,
     ) -> ModelResult<()> {
-        let layer = &model.layers[l];
-        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
-        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
-        let width = columns.last().map_or(0, |c| c.2);
-        let inp = model.config.hidden_size;
-        match layer.stack(&inputs) {
-            Some(stack) => {
-                let w = &stack.weight;
-                let spec = Self::spec(w, stack.bias.is_some(), false);
-                self.products.get(spec, MatmulShape::new(self.rows, width, inp))?.record(
-                    b,
-                    Operand::dense(x, inp),
-                    w.operand(),
-                    stack.bias.as_ref(),
-                    Operand::dense(&self.packed, width),
-                    1.0,
-                )?;
-            }
-            None => {
-                for &(target, start, end) in &columns {
-                    let p = layer.projection(target);
-                    let spec = Self::spec(&p.weight, p.bias.is_some(), false);
-                    self.products.get(spec, MatmulShape::new(self.rows, end - start, inp))?.record(
-                        b,
-                        Operand::dense(x, inp),
-                        p.weight.operand(),
-                        p.bias.as_ref(),
-                        Operand { buf: &self.packed, off: start, ld: width, batch_stride: 0 },
-                        1.0,
-                    )?;
-                }
-            }
-        }
+        mixer_inputs::record_forward(b, &self.products, model, l, mixer, self.rows, x, &self.packed)?;
         if let (Some(adapter), Some(t)) = (&model.adapter, &self.lora_t) {
-            for &(target, start, _) in &columns {
+            let (columns, width) = mixer_inputs::columns(model, mixer);
+            for (target, start, _) in columns {
                 let y = Operand { buf: &self.packed, off: start, ld: width, batch_stride: 0 };
                 adapter.layout.record_delta(b, &self.products, &adapter.params, l, target, self.rows, x, t, y)?;
             }
@@ -647,7 +601,7 @@ impl ForwardPlan {
         let target = mixer.output();
         let p = model.layers[l].projection(target);
         let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
-        let spec = Self::spec(&p.weight, p.bias.is_some(), true);
+        let spec = Self::output_spec(&p.weight, p.bias.is_some());
         self.products.get(spec, MatmulShape::new(self.rows, out, inp))?.record(
             b,
             Operand::dense(x, inp),

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod mixer_inputs;
 pub mod rope_scaling;
 pub mod safetensors_io;
 pub mod tensor;

@@ -21,6 +21,7 @@ use crate::dtype::Dtype;
 use crate::gpu::{Batch, Gpu, GpuBuffer};
 use crate::model::decoder::Mixer;
 use crate::model::gpu::{GpuModel, LayerWeights, ModelError, ModelResult};
+use crate::model::mixer_inputs;
 use crate::ops::attention::{Attention, AttentionIo, AttentionShape};
 use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv};
 use crate::ops::elementwise::{Embedding, RowScatter, SwiGlu};
@@ -171,38 +172,20 @@ impl TrainPlan {
         }
         let r = layout.config.r;
         let mut products = MatmulSet::default();
+        mixer_inputs::prepare(gpu, &mut products, model, rows, true).await?;
         for layer in &model.layers {
             for block in c.decoder().blocks {
-                let inputs = block.mixer.inputs();
-                let stack = layer.stack(&inputs);
-                if let Some(stack) = stack {
-                    // forward: packed = x·Wᵀ (+ b); backward to the input: dx = dpacked·W
-                    let (width, inp, dtype) = (stack.weight.shape[0], stack.weight.shape[1], stack.weight.dtype);
-                    products
-                        .prepare(gpu, nt(dtype, false, stack.bias.is_some()), MatmulShape::new(rows, width, inp))
-                        .await?;
-                    products.prepare(gpu, nn(dtype, false), MatmulShape::new(rows, inp, width)).await?;
-                }
-                for target in block.mixer.projections() {
-                    let p = layer.projection(target);
-                    let (inp, out) = (p.weight.shape[1], p.weight.shape[0]);
-                    let dtype = p.weight.dtype;
-                    if stack.is_none() || !inputs.contains(&target) {
-                        // forward: y (+)= x·Wᵀ (+ b); backward to the input: dx (+)= dy·W
-                        let accumulate_out = target == block.mixer.output();
-                        products
-                            .prepare(gpu, nt(dtype, accumulate_out, p.bias.is_some()), MatmulShape::new(rows, out, inp))
-                            .await?;
-                        for acc in [false, true] {
-                            products.prepare(gpu, nn(dtype, acc), MatmulShape::new(rows, inp, out)).await?;
-                        }
-                    }
-                    if layout.config.targets.contains(&target) {
-                        products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
-                        products.prepare(gpu, nn(Dtype::F32, false), MatmulShape::new(rows, r, out)).await?; // dt = s·dy·B
-                        products.prepare(gpu, tn(true), MatmulShape::new(r, inp, rows)).await?; // dA += dtᵀ·x
-                        products.prepare(gpu, nn(Dtype::F32, true), MatmulShape::new(rows, inp, r)).await?; // dx += dt·A
-                    }
+                // The output projection: forward x += y·Wᵀ (+ b); backward to its input dy = dx·W.
+                let p = layer.projection(block.mixer.output());
+                let (inp, out, dtype) = (p.weight.shape[1], p.weight.shape[0], p.weight.dtype);
+                products.prepare(gpu, nt(dtype, true, p.bias.is_some()), MatmulShape::new(rows, out, inp)).await?;
+                products.prepare(gpu, nn(dtype, false), MatmulShape::new(rows, inp, out)).await?;
+                for target in block.mixer.projections().into_iter().filter(|t| layout.config.targets.contains(t)) {
+                    let (inp, out) = (layer.weight(target).shape[1], layer.weight(target).shape[0]);
+                    products.prepare(gpu, tn(true), MatmulShape::new(out, r, rows)).await?; // dB += s·dyᵀ·t
+                    products.prepare(gpu, nn(Dtype::F32, false), MatmulShape::new(rows, r, out)).await?; // dt = s·dy·B
+                    products.prepare(gpu, tn(true), MatmulShape::new(r, inp, rows)).await?; // dA += dtᵀ·x
+                    products.prepare(gpu, nn(Dtype::F32, true), MatmulShape::new(rows, inp, r)).await?; // dx += dt·A
                 }
             }
         }
@@ -289,8 +272,8 @@ impl TrainPlan {
         PackedQkv { batch, t, heads, kv_heads, head_dim, stride: (heads + 2 * kv_heads) * head_dim }
     }
 
-    /// `packed = xn·[W₁; W₂; …]ᵀ (+ b) (+ each input's LoRA term, saving A·xn)` for `mixer`'s
-    /// inputs: one product over their stack, or one per input into its columns.
+    /// `packed = xn·[W₁; W₂; …]ᵀ (+ b)` for `mixer`'s inputs ([`mixer_inputs`]), and each
+    /// input's LoRA term on its columns (saving A·xn).
     #[allow(clippy::too_many_arguments)]
     fn inputs_forward(
         &self,
@@ -302,46 +285,20 @@ impl TrainPlan {
         xn: &GpuBuffer,
         packed: &GpuBuffer,
     ) -> ModelResult<()> {
-        let (layer, rows, inp) = (&model.layers[l], self.rows, model.config.hidden_size);
-        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
-        let width = columns.last().map_or(0, |c| c.2);
-        let column = |start: usize| Operand { buf: packed, off: start, ld: width, batch_stride: 0 };
-        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
-        match layer.stack(&inputs) {
-            Some(stack) => {
-                let w = &stack.weight;
-                let product =
-                    self.products.get(nt(w.dtype, false, stack.bias.is_some()), MatmulShape::new(rows, width, inp))?;
-                product.record(b, Operand::dense(xn, inp), w.operand(), stack.bias.as_ref(), column(0), 1.0)?;
-            }
-            None => {
-                for &(target, start, end) in &columns {
-                    let p = layer.projection(target);
-                    let product = self
-                        .products
-                        .get(nt(p.weight.dtype, false, p.bias.is_some()), MatmulShape::new(rows, end - start, inp))?;
-                    product.record(
-                        b,
-                        Operand::dense(xn, inp),
-                        p.weight.operand(),
-                        p.bias.as_ref(),
-                        column(start),
-                        1.0,
-                    )?;
-                }
-            }
-        }
-        for &(target, start, _) in &columns {
+        mixer_inputs::record_forward(b, &self.products, model, l, mixer, self.rows, xn, packed)?;
+        let (columns, width) = mixer_inputs::columns(model, mixer);
+        for (target, start, _) in columns {
             if let Some(ti) = lora.layout.config.targets.iter().position(|&t| t == target) {
                 let t_buf = &self.acts(l).lora_t[ti];
-                lora.layout.record_delta(b, &self.products, lora.params, l, target, rows, xn, t_buf, column(start))?;
+                let y = Operand { buf: packed, off: start, ld: width, batch_stride: 0 };
+                lora.layout.record_delta(b, &self.products, lora.params, l, target, self.rows, xn, t_buf, y)?;
             }
         }
         Ok(())
     }
 
-    /// `dxn = dpacked·[W₁; W₂; …]` (+ each input's LoRA path) and the inputs' LoRA factor
-    /// gradients, from the packed gradient `self.dpacked` of `mixer`'s inputs.
+    /// `dxn = dpacked·[W₁; W₂; …]` from the packed gradient `self.dpacked` of `mixer`'s inputs,
+    /// plus each input's LoRA path and its factor gradients.
     fn inputs_backward(
         &self,
         b: &mut Batch,
@@ -351,27 +308,11 @@ impl TrainPlan {
         mixer: Mixer,
         xn: &GpuBuffer,
     ) -> ModelResult<()> {
-        let (layer, rows, inp) = (&model.layers[l], self.rows, model.config.hidden_size);
-        let columns = model.config.decoder().packed_inputs(mixer, &model.config);
-        let width = columns.last().map_or(0, |c| c.2);
-        let column = |start: usize| Operand { buf: &self.dpacked, off: start, ld: width, batch_stride: 0 };
-        let inputs: Vec<Target> = columns.iter().map(|c| c.0).collect();
-        match layer.stack(&inputs) {
-            Some(stack) => {
-                let w = &stack.weight;
-                let product = self.products.get(nn(w.dtype, false), MatmulShape::new(rows, inp, width))?;
-                product.record(b, column(0), w.operand(), None, Operand::dense(&self.dxn, inp), 1.0)?;
-            }
-            None => {
-                for (i, &(target, start, end)) in columns.iter().enumerate() {
-                    let w = layer.weight(target);
-                    let product = self.products.get(nn(w.dtype, i > 0), MatmulShape::new(rows, inp, end - start))?;
-                    product.record(b, column(start), w.operand(), None, Operand::dense(&self.dxn, inp), 1.0)?;
-                }
-            }
-        }
-        for &(target, start, end) in &columns {
-            self.lora_backward(b, lora, l, target, (inp, end - start), xn, column(start), &self.dxn)?;
+        mixer_inputs::record_backward(b, &self.products, model, l, mixer, self.rows, &self.dpacked, &self.dxn)?;
+        let (columns, width) = mixer_inputs::columns(model, mixer);
+        for (target, start, end) in columns {
+            let dy = Operand { buf: &self.dpacked, off: start, ld: width, batch_stride: 0 };
+            self.lora_backward(b, lora, l, target, (model.config.hidden_size, end - start), xn, dy, &self.dxn)?;
         }
         Ok(())
     }
