@@ -208,6 +208,11 @@ pub fn supported_hf_names() -> String {
     ALL.iter().map(|d| d.hf_names[0]).collect::<Vec<_>>().join(", ")
 }
 
+/// The GGUF `general.architecture` names convrec runs, for error messages.
+pub fn supported_gguf_names() -> String {
+    ALL.iter().map(|d| d.gguf_name).collect::<Vec<_>>().join(", ")
+}
+
 impl Decoder {
     pub fn of(architecture: Architecture) -> &'static Decoder {
         ALL.iter().copied().find(|d| d.architecture == architecture).expect("every architecture has a description")

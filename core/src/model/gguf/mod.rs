@@ -41,8 +41,8 @@ pub enum GgufError {
     BadTensor { name: String, message: String },
     #[error("GGUF tensor {name}: data [{start}, {start}+{size}) is out of bounds of the {file_len}-byte file")]
     DataOutOfBounds { name: String, start: u64, size: u64, file_len: u64 },
-    #[error("GGUF architecture {0:?} is not supported (llama and qwen2 are)")]
-    UnsupportedArchitecture(String),
+    #[error("GGUF architecture {name:?} is not supported ({supported} are)")]
+    UnsupportedArchitecture { name: String, supported: String },
     #[error("GGUF metadata: missing {0}")]
     MissingKey(String),
     #[error("GGUF model: {0}")]
@@ -143,7 +143,10 @@ pub fn config_from_metadata(
     let architecture = crate::model::decoder::ALL
         .iter()
         .find(|d| d.gguf_name == arch_name)
-        .ok_or_else(|| GgufError::UnsupportedArchitecture(arch_name.to_string()))?
+        .ok_or_else(|| GgufError::UnsupportedArchitecture {
+            name: arch_name.to_string(),
+            supported: crate::model::decoder::supported_gguf_names(),
+        })?
         .architecture;
     let key = |k: &str| format!("{arch_name}.{k}");
     let name = |f: Field| key(f.gguf_key());

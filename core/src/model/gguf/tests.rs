@@ -662,7 +662,7 @@ fn refuses_models_it_cannot_run_by_name() {
 
     let mut w = tiny_model(Architecture::Llama, true);
     w.kv("general.architecture", MetaValue::Str("gemma".into()));
-    assert!(err(&w).contains("architecture \"gemma\" is not supported"), "{}", err(&w));
+    assert!(err(&w).contains("architecture \"gemma\" is not supported (llama, qwen2 are)"), "{}", err(&w));
 
     let mut w = tiny_model(Architecture::Llama, true);
     w.metadata.retain(|(k, _)| k != "llama.embedding_length");
