@@ -177,9 +177,10 @@ mod demo {
         let gpu = convrec_core::testing::gpu().expect("a GPU adapter for the native side");
         let base = GpuModel::upload(&gpu, tm.config.clone(), tm.tensors.clone(), 2048).expect("upload");
         let (layout, params) = convrec::adapter_files::load_adapter(adapter, &tm.config).expect("adapter");
-        let merged =
-            pollster::block_on(convrec_core::train::adapter_view::AdapterView::apply(&gpu, &base, &layout, &params))
-                .expect("merge");
+        // The page's way of applying it (unmerged over this Q4 file).
+        use convrec_core::train::adapter_view::{AdapterMode, AdapterView};
+        let mode = AdapterMode::lean_for(&tm.tensors);
+        let merged = pollster::block_on(AdapterView::apply_in(mode, &gpu, &base, &layout, &params)).expect("adapter");
         let text: &ChatText = &tm;
         let messages = [convrec_core::model::chat::Message::user(conversation_prompt(CONVERSATION))];
         let req = convrec_core::model::generate::GenerateRequest {

@@ -20,7 +20,7 @@ use convrec_core::model::tokenizer::from_hf_files;
 use convrec_core::ops::decode::SamplingConfig;
 use convrec_core::rec::evaluation::{EvalOptions, evaluate_rows};
 use convrec_core::rec::{Catalog, conversation_prompt, parse_completion, parse_dataset};
-use convrec_core::train::adapter_view::AdapterView;
+use convrec_core::train::adapter_view::{AdapterMode, AdapterView};
 use convrec_core::train::lora::LoraLayout;
 use convrec_core::train::peft::{from_peft, to_peft};
 use convrec_core::{Gpu, GpuOptions};
@@ -160,8 +160,10 @@ fn read_model(files: &mut ModelFiles) -> Result<Weights, String> {
 }
 
 async fn load(mut files: ModelFiles) -> Result<Session, String> {
-    let gpu = Gpu::new(&GpuOptions::default()).await.map_err(|e| e.to_string())?;
     let (config, tensors, text) = read_model(&mut files)?;
+    // Adapters unmerged over a 16-bit or quantised base: a tab's GPU memory stays near the base's.
+    let options = GpuOptions { adapters: AdapterMode::lean_for(&tensors), ..GpuOptions::default() };
+    let gpu = Gpu::new(&options).await.map_err(|e| e.to_string())?;
     let positions = config.max_position_embeddings.clamp(1, MAX_POSITIONS);
     let base = GpuModel::upload(&gpu, config.clone(), tensors, positions)
         .map_err(|e| format!("{} does not fit this adapter: {e}", files.name))?;

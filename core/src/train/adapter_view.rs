@@ -34,6 +34,14 @@ pub enum AdapterMode {
 impl AdapterMode {
     pub const ALL: [AdapterMode; 2] = [AdapterMode::Merged, AdapterMode::Unmerged];
 
+    /// The mode that keeps GPU memory near the base's: unmerged over 16-bit or quantised
+    /// projections (merged f32 copies of them would take 2× to 5× their memory), merged over f32
+    /// ones. The browser page uses it; natively `--adapters` decides.
+    pub fn lean_for(tensors: &crate::model::NamedTensors) -> AdapterMode {
+        let narrow = tensors.iter().any(|(name, t)| name.ends_with("proj.weight") && t.dtype() != Dtype::F32);
+        if narrow { AdapterMode::Unmerged } else { AdapterMode::Merged }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AdapterMode::Merged => "merged",
@@ -208,9 +216,24 @@ impl AdapterView {
         Ok(&self.model)
     }
 
-    /// The base model with an adapter's parameters applied, once (for inference).
+    /// The base model with an adapter's parameters applied, once (for inference), in the GPU's
+    /// mode.
     pub async fn apply(gpu: &Gpu, base: &GpuModel, layout: &LoraLayout, params: &[f32]) -> ModelResult<Self> {
-        let merge = Self::new(gpu, base, layout).await?;
+        Self::apply_in(gpu.adapter_mode(), gpu, base, layout, params).await
+    }
+
+    /// As [`apply`](Self::apply), in `mode`.
+    pub async fn apply_in(
+        mode: AdapterMode,
+        gpu: &Gpu,
+        base: &GpuModel,
+        layout: &LoraLayout,
+        params: &[f32],
+    ) -> ModelResult<Self> {
+        let merge = match mode {
+            AdapterMode::Merged => Self::merged(gpu, base, layout).await?,
+            AdapterMode::Unmerged => Self::unmerged(gpu, base, layout)?,
+        };
         let buf = gpu.upload("merge adapter", "parameters", params)?;
         merge.refresh(gpu, layout, &buf).await?;
         Ok(merge)
@@ -399,6 +422,25 @@ mod tests {
             assert!(err <= 1e-6, "{dtype} base, merged: {err:e}");
             let err = rel_err(&logits(stored, AdapterMode::Unmerged), &reference);
             assert!(err <= 1e-5, "{dtype} base, unmerged: {err:e}");
+        }
+    }
+
+    /// The lean mode (the browser page's) leaves adapters unmerged over 16-bit and quantised bases, merged over f32 ones.
+    #[test]
+    fn adapters_stay_unmerged_over_narrow_bases() {
+        let f32_tensor = || HostTensor::f32(vec![2, 32], vec![0.5; 64]);
+        let model = |q: HostTensor| {
+            vec![
+                ("model.embed_tokens.weight".to_string(), f32_tensor().converted(Dtype::Q8)),
+                ("model.layers.0.self_attn.q_proj.weight".to_string(), q),
+                ("model.layers.0.mlp.down_proj.weight".to_string(), f32_tensor()),
+            ]
+        };
+        // Only the projections count (the merge copies those): a Q8 embedding beside f32 ones
+        // stays merged.
+        assert_eq!(AdapterMode::lean_for(&model(f32_tensor())), AdapterMode::Merged);
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::Q8, Dtype::Q4] {
+            assert_eq!(AdapterMode::lean_for(&model(f32_tensor().converted(dtype))), AdapterMode::Unmerged, "{dtype}");
         }
     }
 
