@@ -337,7 +337,7 @@ impl GpuModel {
                 } else {
                     None
                 };
-                host.push((p.target, name, weight, bias));
+                host.push(HostProjection { target: p.target, name, weight, bias });
             }
             layers.push(upload_layer(gpu, decoder, l, norms, host)?);
         }
@@ -369,68 +369,81 @@ impl GpuModel {
     }
 }
 
-/// Uploads one layer's projections (HF name, weight, bias), stacking each mixer's inputs into one
-/// buffer where they can share it: the same storage type, whole storage units per member, and
-/// the stack within one binding (a browser's 128 MiB can refuse a large model's gate | up).
+/// One projection of a layer as read from the file, before upload.
+struct HostProjection {
+    target: Target,
+    /// Its Hugging Face name (`model.layers.3.self_attn.q_proj.weight`).
+    name: String,
+    weight: HostTensor,
+    bias: Option<HostTensor>,
+}
+
+/// Whether `members` can share one buffer: the same storage type and width, whole storage units
+/// each (16-bit pairs, quantised blocks), all or none with a bias, and together within one
+/// binding of `limit` bytes (a browser's 128 MiB can refuse a large model's gate | up).
+fn stackable(members: &[&HostProjection], limit: u64) -> bool {
+    let (dtype, cols) = (members[0].weight.dtype(), members[0].weight.shape[1]);
+    let rows: usize = members.iter().map(|m| m.weight.shape[0]).sum();
+    members.iter().all(|m| {
+        m.weight.dtype() == dtype
+            && m.weight.shape[1] == cols
+            && m.weight.len().is_multiple_of(dtype.unit().0)
+            && m.bias.is_some() == members[0].bias.is_some()
+    }) && dtype.storage_bytes(rows * cols) <= limit
+}
+
+/// Uploads one layer's projections, each mixer's inputs stacked into one buffer where they can
+/// share it ([`stackable`]; the others on their own).
 fn upload_layer(
     gpu: &Gpu,
     decoder: &Decoder,
     l: usize,
     norms: Vec<GpuBuffer>,
-    mut host: Vec<(Target, String, HostTensor, Option<HostTensor>)>,
+    host: Vec<HostProjection>,
 ) -> ModelResult<LayerWeights> {
     let limit = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
-    let mut stacked: Vec<(Target, Weight)> = Vec::new();
+    let mut views: Vec<(Target, Weight)> = Vec::new();
     let mut stacks = Vec::new();
     for block in decoder.blocks {
         let targets = block.mixer.inputs();
-        let members: Vec<&(Target, String, HostTensor, Option<HostTensor>)> =
-            targets.iter().map(|&t| host.iter().find(|h| h.0 == t).expect("a projection of the description")).collect();
-        let dtype = members[0].2.dtype();
-        let whole_units = |t: &HostTensor| t.len().is_multiple_of(t.dtype().unit().0);
-        let same_bias = members.iter().all(|m| m.3.is_some() == members[0].3.is_some());
-        let rows: usize = members.iter().map(|m| m.2.shape[0]).sum();
-        let cols = members[0].2.shape[1];
-        let fits = dtype.storage_bytes(rows * cols) <= limit;
-        if !(members.iter().all(|m| m.2.dtype() == dtype && m.2.shape[1] == cols && whole_units(&m.2))
-            && same_bias
-            && fits)
-        {
+        let members: Vec<&HostProjection> = targets
+            .iter()
+            .map(|&t| host.iter().find(|h| h.target == t).expect("a projection of the description"))
+            .collect();
+        if !stackable(&members, limit) {
             continue;
         }
-        let names: Vec<&str> = members.iter().map(|m| m.1.as_str()).collect();
-        let label = format!(
-            "layer {l} {} stacked",
-            names.iter().map(|n| n.rsplit('.').nth(1).unwrap_or(n)).collect::<Vec<_>>().join("|")
-        );
+        let (dtype, cols) = (members[0].weight.dtype(), members[0].weight.shape[1]);
+        let rows: usize = members.iter().map(|m| m.weight.shape[0]).sum();
         if dtype.is_quantized() && !cols.is_multiple_of(dtype.block_elems()) {
             return Err(ModelError::Invalid(format!(
                 "{}: rows of {cols} elements are not whole {dtype} blocks of {}",
-                names[0],
+                members[0].name,
                 dtype.block_elems()
             )));
         }
-        let words: Vec<u32> = members.iter().flat_map(|m| m.2.gpu_words()).collect();
+        let modules: Vec<&str> = members.iter().map(|m| m.name.rsplit('.').nth(1).unwrap_or(&m.name)).collect();
+        let label = format!("layer {l} {} stacked", modules.join("|"));
+        let words: Vec<u32> = members.iter().flat_map(|m| m.weight.gpu_words()).collect();
         let buf = gpu.upload("load model", &label, &words)?;
         let weight = Weight { shards: vec![(0, buf.clone())], buf, off: 0, dtype, shape: vec![rows, cols] };
-        let bias = match members[0].3 {
-            Some(_) => {
-                let all: Vec<f32> = members.iter().flat_map(|m| m.3.as_ref().expect("checked").to_f32()).collect();
-                Some(gpu.upload("load model", &format!("{label} bias"), &all)?)
-            }
-            None => None,
+        let bias = if members[0].bias.is_some() {
+            let all: Vec<f32> = members.iter().filter_map(|m| m.bias.as_ref()).flat_map(|b| b.to_f32()).collect();
+            Some(gpu.upload("load model", &format!("{label} bias"), &all)?)
+        } else {
+            None
         };
         let mut row0 = 0;
         for m in &members {
-            stacked.push((m.0, weight.rows(row0, m.2.shape[0])));
-            row0 += m.2.shape[0];
+            views.push((m.target, weight.rows(row0, m.weight.shape[0])));
+            row0 += m.weight.shape[0];
         }
         stacks.push(StackedProjections { targets, weight, bias });
     }
     let mut projections = Vec::with_capacity(host.len());
-    for (target, name, weight, bias) in host.drain(..) {
-        let weight = match stacked.iter().position(|s| s.0 == target) {
-            Some(i) => stacked.swap_remove(i).1,
+    for HostProjection { target, name, weight, bias } in host {
+        let weight = match views.iter().position(|v| v.0 == target) {
+            Some(i) => views.swap_remove(i).1,
             None => Weight::upload(gpu, &name, weight, false, None)?,
         };
         let bias = match bias {
