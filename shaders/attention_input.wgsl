@@ -1,8 +1,8 @@
 // The attention mixer's inputs from its packed projections: each row of `qkv` holds one token's
 // q | k | v (heads·head_dim, then kv_heads·head_dim twice; rows `stride` apart), as one product
 // over the stacked q/k/v weights writes them. One invocation per (token, head slot, i < half):
-// q and k heads are rotated as shaders/rope.wgsl does (same tables, same arithmetic), v heads
-// copied; q lands token-major `[rows, heads·head_dim]`, k and v either token-major
+// q and k heads are rotated by RoPE (Hugging Face's rotate-half, from the host-filled cos/sin
+// tables of `ops::rope`, whose CPU reference it matches), v heads copied; q lands token-major `[rows, heads·head_dim]`, k and v either token-major
 // `[rows, kv_heads·head_dim]` (`cache` = 0) or into head-major caches
 // `[batch, kv_heads, capacity, head_dim]` at positions pos0 … pos0 + t − 1 (`cache` = 1).
 // One dispatch where RoPE on q, RoPE on k and two cache writes took four.
@@ -46,6 +46,15 @@ fn kv_start(row: u32, g: u32, head_dim: u32) -> u32 {
     return (row * p.kv_heads + g) * head_dim;
 }
 
+// The pair (x1, x2) = elements i and i + half of a head of token `row`, rotated by its position's
+// angle (`sign` −1: the inverse rotation).
+fn rotate(x1: f32, x2: f32, row: u32, i: u32, sign: f32) -> vec2<f32> {
+    let pos = min(positions[row], p.max_pos - 1u);
+    let c = cos_table[pos * p.half + i];
+    let s = sign * sin_table[pos * p.half + i];
+    return vec2<f32>(x1 * c - x2 * s, x2 * c + x1 * s);
+}
+
 // What invocation `idx` handles: (token row, head slot — q heads, then k heads, then v heads —
 // and i < half); x ≥ rows for the invocations past the end.
 fn invocation(idx: u32) -> vec3<u32> {
@@ -73,19 +82,15 @@ fn attention_input(@builtin(global_invocation_id) gid: vec3<u32>) {
         v[at + i + p.half] = x2;
         return;
     }
-    let pos = min(positions[row], p.max_pos - 1u);
-    let c = cos_table[pos * p.half + i];
-    let s = sin_table[pos * p.half + i];
-    let y1 = x1 * c - x2 * s;
-    let y2 = x2 * c + x1 * s;
+    let y = rotate(x1, x2, row, i, 1.0);
     if (slot < p.heads) {
         let at = (row * p.heads + slot) * head_dim;
-        q[at + i] = y1;
-        q[at + i + p.half] = y2;
+        q[at + i] = y.x;
+        q[at + i + p.half] = y.y;
     } else {
         let at = kv_start(row, slot - p.heads, head_dim);
-        k[at + i] = y1;
-        k[at + i + p.half] = y2;
+        k[at + i] = y.x;
+        k[at + i + p.half] = y.y;
     }
 }
 
@@ -117,10 +122,8 @@ fn attention_input_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         x1 = k[at + i];
         x2 = k[at + i + p.half];
     }
-    // The inverse rotation (RoPE's backward): rope.wgsl with sign −1.
-    let pos = min(positions[row], p.max_pos - 1u);
-    let c = cos_table[pos * p.half + i];
-    let s = -sin_table[pos * p.half + i];
-    qkv[dst + i] = x1 * c - x2 * s;
-    qkv[dst + i + p.half] = x2 * c + x1 * s;
+    // RoPE's backward is the inverse rotation.
+    let y = rotate(x1, x2, row, i, -1.0);
+    qkv[dst + i] = y.x;
+    qkv[dst + i + p.half] = y.y;
 }

@@ -11,11 +11,12 @@ use crate::gpu::{Batch, GpuBuffer, GpuResult};
 use crate::model::gpu::ModelResult;
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::ops::attention::{Attention, AttentionIo, AttentionKernel, AttentionShape};
+use crate::ops::attention_input::{AttentionInput, KeyValueOut, PackedQkv};
 use crate::ops::elementwise::SwiGlu;
 use crate::ops::linear::{LinearBackwardInput, LinearBackwardWeight, LinearForward, LinearShape};
 use crate::ops::output_head::{HeadShape, OutputHead};
 use crate::ops::rmsnorm::RmsNorm;
-use crate::ops::rope::{Rope, RopeTables};
+use crate::ops::rope::RopeTables;
 
 /// A time budget per op and the clock that measures it (seconds, any origin).
 pub struct Timer<'a> {
@@ -178,26 +179,35 @@ pub async fn other_cases(
         sgemm: None,
         secs,
     });
-    // RoPE on q.
-    let rope = Rope::new(gpu).await?;
+    // The attention input: RoPE on q and k from packed q | k | v rows, k and v token-major.
+    let input = AttentionInput::new(gpu).await?;
     let tables = RopeTables::new(gpu, m.head_dim, 10000.0, 2048)?;
-    let q = buf(gpu, t * m.heads * m.head_dim)?;
+    let s = PackedQkv {
+        batch: 1,
+        t,
+        heads: m.heads,
+        kv_heads: m.kv_heads,
+        head_dim: m.head_dim,
+        stride: (m.heads + 2 * m.kv_heads) * m.head_dim,
+    };
+    let kvd = t * m.kv_heads * m.head_dim;
+    let (qkv, q, k, v) = (buf(gpu, t * s.stride)?, buf(gpu, t * m.heads * m.head_dim)?, buf(gpu, kvd)?, buf(gpu, kvd)?);
     let pos = gpu.upload("bench", "pos", &(0..t as u32).collect::<Vec<_>>())?;
-    let secs =
-        time_op(gpu, timer, |b| rope.record(b, &tables, &pos, &q, t, m.heads, m.heads * m.head_dim, false)).await?;
+    let kv = KeyValueOut::TokenMajor { k: &k, v: &v };
+    let secs = time_op(gpu, timer, |b| input.record(b, &tables, &pos, s, &qkv, &q, &kv)).await?;
     cases.push(Case {
-        op: "rope q".into(),
-        shape: format!("{t}x{}x{}", m.heads, m.head_dim),
+        op: "attention input".into(),
+        shape: format!("{t}x({}+2x{})x{}", m.heads, m.kv_heads, m.head_dim),
         flops: None,
-        bytes: 8.0 * (t * m.heads * m.head_dim) as f64,
+        bytes: 8.0 * (t * s.stride) as f64,
         sgemm: None,
         secs,
     });
     // SwiGLU.
     let sw = SwiGlu::new(gpu).await?;
     let n = t * m.ffn;
-    let (g, u, hb) = (buf(gpu, n)?, buf(gpu, n)?, buf(gpu, n)?);
-    let secs = time_op(gpu, timer, |b| sw.forward(b, n, &g, &u, &hb)).await?;
+    let (gate_up, hb) = (buf(gpu, 2 * n)?, buf(gpu, n)?);
+    let secs = time_op(gpu, timer, |b| sw.forward(b, t, m.ffn, &gate_up, &hb)).await?;
     cases.push(Case {
         op: "swiglu fwd".into(),
         shape: format!("{t}x{}", m.ffn),

@@ -45,7 +45,6 @@ shader!(OUTPUT_HEAD, "output_head");
 shader!(RESIDUAL, "residual");
 shader!(RMSNORM, "rmsnorm");
 shader!(RMSNORM_BACKWARD, "rmsnorm_backward");
-shader!(ROPE, "rope");
 shader!(SAMPLING, "sampling");
 shader!(SWIGLU, "swiglu");
 
@@ -67,7 +66,6 @@ pub static ALL: &[&Shader] = &[
     &RESIDUAL,
     &RMSNORM,
     &RMSNORM_BACKWARD,
-    &ROPE,
     &SAMPLING,
     &SWIGLU,
 ];

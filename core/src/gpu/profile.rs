@@ -305,7 +305,8 @@ mod tests {
     struct Known {
         swiglu: SwiGlu,
         embedding: Embedding,
-        inputs: [GpuBuffer; 4],
+        /// One row of gate | up, an embedding table, ids.
+        inputs: [GpuBuffer; 3],
         swiglu_out: Vec<GpuBuffer>,
         gather_out: Vec<GpuBuffer>,
         copied: GpuBuffer,
@@ -325,8 +326,7 @@ mod tests {
                 swiglu: pollster::block_on(SwiGlu::new(gpu)).unwrap(),
                 embedding: pollster::block_on(Embedding::new(gpu, VOCAB, H, Dtype::F32)).unwrap(),
                 inputs: [
-                    up(&testing::normal(&mut rng, N)),
-                    up(&testing::normal(&mut rng, N)),
+                    up(&testing::normal(&mut rng, 2 * N)),
                     up(&testing::normal(&mut rng, VOCAB * H)),
                     gpu.upload("t", "ids", &[3u32, 0, 36, 5]).unwrap(),
                 ],
@@ -344,10 +344,10 @@ mod tests {
         /// Poisons the outputs, then submits the work as one batch named `known`.
         fn submit(&self, gpu: &Gpu) {
             self.outputs().for_each(|b| gpu.fill_f32(b, f32::NAN));
-            let [gate, up, table, ids] = &self.inputs;
+            let [gate_up, table, ids] = &self.inputs;
             let mut b = gpu.batch("known");
             for out in &self.swiglu_out {
-                self.swiglu.forward(&mut b, N, gate, up, out).unwrap();
+                self.swiglu.forward(&mut b, 1, N, gate_up, out).unwrap();
             }
             for out in &self.gather_out {
                 self.embedding.record(&mut b, ids, 4, &[(0, table)], out).unwrap();

@@ -673,7 +673,7 @@ impl ForwardPlan {
                     Mixer::Attention { .. } => self.attend(b, model, inputs, mode, l, &attention_shape)?,
                     Mixer::GatedMlp { .. } => {
                         let f = c.intermediate_size;
-                        self.swiglu.forward_packed(b, self.rows, f, &self.packed, &self.h)?;
+                        self.swiglu.forward(b, self.rows, f, &self.packed, &self.h)?;
                     }
                 }
                 let mixed = match block.mixer {

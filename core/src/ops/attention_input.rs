@@ -264,10 +264,10 @@ mod tests {
         for &(batch, t, heads, kv_heads, d, extra) in
             &[(1, 1, 1, 1, 2, 0), (3, 5, 6, 2, 12, 0), (2, 7, 9, 3, 64, 5), (4, 1, 14, 2, 64, 0), (1, 3, 4, 4, 10, 3)]
         {
-            let max_pos = 50;
+            let max_pos = 4096; // positions across a long context's table
             let s = PackedQkv { batch, t, heads, kv_heads, head_dim: d, stride: (heads + 2 * kv_heads) * d + extra };
-            let gpu_tables = RopeTables::new(&gpu, d, 10_000.0, max_pos).unwrap();
-            let (cos, sin) = tables(d, 10_000.0, max_pos);
+            let gpu_tables = RopeTables::new(&gpu, d, 1_000_000.0, max_pos).unwrap();
+            let (cos, sin) = tables(d, 1_000_000.0, max_pos);
             let qkv = testing::normal(&mut rng, s.rows() * s.stride);
             let positions: Vec<u32> = (0..s.rows()).map(|_| rng.random_range(0..max_pos as u32)).collect();
             let (want_q, want_k, want_v) = attention_input_ref(s, &qkv, &positions, &cos, &sin);
@@ -320,9 +320,9 @@ mod tests {
     fn backward_is_the_transpose_and_the_gpu_matches_it() {
         let mut rng = testing::rng("attention input backward");
         for &(batch, t, heads, kv_heads, d, extra) in &[(2, 3, 6, 2, 12, 4), (1, 5, 9, 3, 64, 0), (3, 1, 2, 2, 2, 1)] {
-            let max_pos = 40;
+            let max_pos = 4096;
             let s = PackedQkv { batch, t, heads, kv_heads, head_dim: d, stride: (heads + 2 * kv_heads) * d + extra };
-            let (cos, sin) = tables(d, 10_000.0, max_pos);
+            let (cos, sin) = tables(d, 1_000_000.0, max_pos);
             let positions: Vec<u32> = (0..s.rows()).map(|_| rng.random_range(0..max_pos as u32)).collect();
             let (rows, qd, kvd) = (s.rows(), heads * d, kv_heads * d);
             let x = testing::normal(&mut rng, rows * s.stride);
@@ -341,7 +341,7 @@ mod tests {
 
             let Some(gpu) = testing::gpu() else { continue };
             let op = pollster::block_on(AttentionInput::new(&gpu)).unwrap();
-            let gpu_tables = RopeTables::new(&gpu, d, 10_000.0, max_pos).unwrap();
+            let gpu_tables = RopeTables::new(&gpu, d, 1_000_000.0, max_pos).unwrap();
             let up = |what: &str, x: &[f32]| gpu.upload(OP, what, x).unwrap();
             let dqkv = up("dqkv", &vec![0.0; rows * s.stride]);
             let mut b = gpu.batch(OP);

@@ -24,7 +24,6 @@ pub fn all_specializations() -> Vec<Variant> {
     all.extend(output_head::specializations());
     all.extend(matmul::specializations());
     all.extend(rmsnorm::specializations());
-    all.extend(rope::specializations());
     all.extend(elementwise::specializations());
     all.extend(decode::specializations());
     all.extend(crate::rl::objective::specializations());

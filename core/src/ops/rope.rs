@@ -1,34 +1,10 @@
-//! Rotary position embedding, Hugging Face rotate-half convention, in place; the backward is the
-//! inverse rotation. WGSL: `shaders/rope.wgsl`.
+//! Rotary position embedding, Hugging Face rotate-half convention: the cos/sin tables the GPU
+//! reads and the CPU reference; the backward is the inverse rotation. The kernels that rotate are
+//! `ops::attention_input`'s (RoPE on q and k as they leave the packed q | k | v rows, and back).
 
-use std::sync::Arc;
-
-use super::launch::{WG_1D, grid_1d, need, variant_1d};
-use crate::gpu::{Access, Batch, Gpu, GpuBuffer, GpuError, GpuResult, Kernel};
-use crate::shaders::Variant;
+use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult};
 
 const OP: &str = "rope";
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    heads: u32,
-    half: u32,
-    row_stride: u32,
-    max_pos: u32,
-    sign: f32,
-    stride_y: u32,
-    _pad: u32,
-}
-
-fn variant() -> Variant {
-    variant_1d("rope", "rope", vec![])
-}
-
-pub fn specializations() -> Vec<Variant> {
-    vec![variant()]
-}
 
 /// A model's rotary frequencies: `inv_freq[head_dim/2]` and the factor cos and sin are multiplied
 /// by (YaRN's attention factor; 1 otherwise). `model::RopeScaling::frequencies` makes the scaled ones.
@@ -105,52 +81,6 @@ impl RopeTables {
     }
 }
 
-pub struct Rope {
-    kernel: Arc<Kernel>,
-}
-
-impl Rope {
-    pub async fn new(gpu: &Gpu) -> GpuResult<Self> {
-        use Access::*;
-        Ok(Rope { kernel: gpu.kernel(&variant(), &[Read, Read, Read, ReadWrite]).await? })
-    }
-
-    /// Rotates `x[rows, heads, head_dim]` (rows `row_stride` apart) in place by the angles of
-    /// `positions[rows]` (u32); `inverse` undoes it (the backward).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        b: &mut Batch,
-        tables: &RopeTables,
-        positions: &GpuBuffer,
-        x: &GpuBuffer,
-        rows: usize,
-        heads: usize,
-        row_stride: usize,
-        inverse: bool,
-    ) -> GpuResult<()> {
-        let half = tables.head_dim / 2;
-        if row_stride < heads * tables.head_dim {
-            return Err(GpuError::shape(OP, format!("row stride {row_stride} < {heads} heads × {}", tables.head_dim)));
-        }
-        need(OP, "positions", positions, rows)?;
-        need(OP, "x", x, (rows.max(1) - 1) * row_stride + heads * tables.head_dim)?;
-        let (groups, stride_y) = grid_1d(b.gpu(), OP, rows * heads * half, WG_1D)?;
-        let params = Params {
-            rows: rows as u32,
-            heads: heads as u32,
-            half: half as u32,
-            row_stride: row_stride as u32,
-            max_pos: tables.max_pos as u32,
-            sign: if inverse { -1.0 } else { 1.0 },
-            stride_y,
-            _pad: 0,
-        };
-        b.dispatch(&self.kernel, &params, &[positions, &tables.cos, &tables.sin, x], groups);
-        Ok(())
-    }
-}
-
 /// CPU reference (in place), from the same tables.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_ref(
@@ -178,30 +108,10 @@ pub fn rope_ref(
     }
 }
 
-/// Rotates `x` (rows `row_stride` apart, one row per position) once on the GPU and reads it back.
-#[allow(clippy::too_many_arguments)]
-pub async fn rope_once(
-    gpu: &Gpu,
-    op: &Rope,
-    tables: &RopeTables,
-    x: &[f32],
-    positions: &[u32],
-    heads: usize,
-    row_stride: usize,
-    inverse: bool,
-) -> GpuResult<Vec<f32>> {
-    let xb = gpu.upload(OP, "x", x)?;
-    let pb = gpu.upload(OP, "positions", positions)?;
-    let mut b = gpu.batch(OP);
-    op.record(&mut b, tables, &pb, &xb, positions.len(), heads, row_stride, inverse)?;
-    b.submit().await?;
-    gpu.read::<f32>(OP, &xb).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self, f32s, f64s, fd_grad, rel_err, rel_err64};
+    use crate::testing::{self, f64s, fd_grad, rel_err64};
 
     #[test]
     fn tables_match_hand_values() {
@@ -226,27 +136,5 @@ mod tests {
         let mut dx = dy.clone();
         rope_ref(&mut dx, &pos, &cos, &sin, heads, d, heads * d, true);
         assert!(rel_err64(&dx, &fd_grad(&loss, &x)) < 1e-6);
-    }
-
-    #[test]
-    fn gpu_matches_reference_forward_and_inverse() {
-        let Some(gpu) = testing::gpu() else { return };
-        let mut rng = testing::rng("rope gpu");
-        let op = pollster::block_on(Rope::new(&gpu)).unwrap();
-        for &(rows, heads, d, extra) in &[(1, 1, 2, 0), (5, 3, 64, 7), (37, 14, 64, 0), (9, 2, 10, 3)] {
-            let tables_gpu = RopeTables::new(&gpu, d, 1_000_000.0, 4096).unwrap();
-            let (cos, sin) = tables(d, 1_000_000.0, 4096);
-            let stride = heads * d + extra;
-            let x = testing::normal(&mut rng, rows * stride);
-            let pos: Vec<u32> = (0..rows).map(|_| rand::Rng::random_range(&mut rng, 0..4096)).collect();
-            for inverse in [false, true] {
-                let got =
-                    pollster::block_on(rope_once(&gpu, &op, &tables_gpu, &x, &pos, heads, stride, inverse)).unwrap();
-                let mut want = f64s(&x);
-                rope_ref(&mut want, &pos, &cos, &sin, heads, d, stride, inverse);
-                let err = rel_err(&got, &f32s(&want));
-                assert!(err <= 1e-6, "rows={rows} heads={heads} d={d}: {err:e}");
-            }
-        }
     }
 }

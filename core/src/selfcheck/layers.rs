@@ -16,7 +16,7 @@ use crate::ops::elementwise::{
     swiglu_backward_ref, swiglu_once, swiglu_ref,
 };
 use crate::ops::rmsnorm::{RmsNorm, rmsnorm_backward_ref, rmsnorm_once, rmsnorm_ref};
-use crate::ops::rope::{Rope, RopeTables, rope_once, rope_ref, tables};
+use crate::ops::rope::{RopeTables, tables};
 
 /// Attention forward and backward against the f64 references: softmax over ≤ 9 keys and
 /// products over 64–128 dims in f32 (the kernel tests' bound against the analytic reference).
@@ -136,22 +136,12 @@ pub(super) async fn rmsnorm(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     Ok(())
 }
 
+/// RoPE as the model runs it: in the attention input's kernels (`ops::attention_input`), forward
+/// and back, on the tables of a long context (positions across the table).
 pub(super) async fn rope(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
-    let mut rng = rng("rope");
-    let (rows, heads, d, max_pos, theta) = (5usize, 3usize, 64usize, 4096usize, 1_000_000f32);
-    // Rows wider than the heads (q sliced from a fused buffer), positions across the table.
-    let stride = heads * d + 7;
+    let (d, max_pos, theta) = (64usize, 4096usize, 1_000_000f32);
     let gpu_tables = RopeTables::new(gpu, d, theta, max_pos)?;
     let (cos, sin) = tables(d, theta, max_pos);
-    let op = Rope::new(gpu).await?;
-    let x = normal(&mut rng, rows * stride);
-    let positions = [0u32, 1, 17, 2048, 4095];
-    for (what, inverse) in [("rope forward", false), ("rope backward (inverse)", true)] {
-        let got = rope_once(gpu, &op, &gpu_tables, &x, &positions, heads, stride, inverse).await?;
-        let mut want = f64s(&x);
-        rope_ref(&mut want, &positions, &cos, &sin, heads, d, stride, inverse);
-        c.close(what, format!("{rows} rows x {heads} heads x {d}, stride {stride}"), got, &f32s(&want), ROPE_BOUND);
-    }
     attention_input(gpu, c, &gpu_tables, &cos, &sin).await
 }
 
@@ -218,47 +208,18 @@ async fn attention_input(gpu: &Gpu, c: &mut Checker, tables: &RopeTables, cos: &
 
 pub(super) async fn swiglu(gpu: &Gpu, c: &mut Checker) -> GpuResult<()> {
     let mut rng = rng("swiglu");
-    let n = 1000;
+    // 7 rows of gate | up, 37 wide each (as one product over the stacked weights writes them).
+    let (rows, width) = (7usize, 37usize);
+    let n = rows * width;
     let (g, u, dh) = (normal(&mut rng, n), normal(&mut rng, n), normal(&mut rng, n));
     let op = SwiGlu::new(gpu).await?;
-    let [h, dgate, dup] = swiglu_once(gpu, &op, &g, &u, &dh).await?;
+    let [h, dgate, dup] = swiglu_once(gpu, &op, width, &g, &u, &dh).await?;
     let (gd, ud) = (f64s(&g), f64s(&u));
     let (dg_want, du_want) = swiglu_backward_ref(&gd, &ud, &f64s(&dh));
-    c.close("swiglu h", format!("n={n}"), h, &f32s(&swiglu_ref(&gd, &ud)), SWIGLU_BOUND);
-    c.close("swiglu dgate", format!("n={n}"), dgate, &f32s(&dg_want), SWIGLU_BOUND);
-    c.close("swiglu dup", format!("n={n}"), dup, &f32s(&du_want), SWIGLU_BOUND);
-    // Packed rows gate | up, as one product over the stacked weights writes them.
-    const OP: &str = "self-check swiglu";
-    let (rows, width) = (7usize, 37usize);
-    let gate_up = normal(&mut rng, rows * 2 * width);
-    let (mut gate, mut up) = (Vec::new(), Vec::new());
-    for row in gate_up.chunks(2 * width) {
-        gate.extend(f64s(&row[..width]));
-        up.extend(f64s(&row[width..]));
-    }
-    let packed = gpu.upload(OP, "gate_up", &gate_up)?;
-    let h = gpu.upload(OP, "h", &vec![f32::NAN; rows * width])?;
-    let mut b = gpu.batch(OP);
-    op.forward_packed(&mut b, rows, width, &packed, &h)?;
-    b.submit().await?;
-    let got = gpu.read::<f32>(OP, &h).await?;
-    c.close(
-        "swiglu h (packed gate | up)",
-        format!("{rows}x{width}"),
-        got,
-        &f32s(&swiglu_ref(&gate, &up)),
-        SWIGLU_BOUND,
-    );
-    let dh = normal(&mut rng, rows * width);
-    let dgate_up = gpu.upload(OP, "dgate_up", &vec![f32::NAN; rows * 2 * width])?;
-    let mut b = gpu.batch(OP);
-    op.backward_packed(&mut b, rows, width, &packed, &gpu.upload(OP, "dh", &dh)?, &dgate_up)?;
-    b.submit().await?;
-    let (dgate, dup) = swiglu_backward_ref(&gate, &up, &f64s(&dh));
-    let want: Vec<f64> =
-        dgate.chunks(width).zip(dup.chunks(width)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect();
-    let got = gpu.read::<f32>(OP, &dgate_up).await?;
-    c.close("swiglu dgate | dup (packed)", format!("{rows}x{width}"), got, &f32s(&want), SWIGLU_BOUND);
+    let shape = format!("{rows} rows of gate | up x {width}");
+    c.close("swiglu h", shape.clone(), h, &f32s(&swiglu_ref(&gd, &ud)), SWIGLU_BOUND);
+    c.close("swiglu dgate", shape.clone(), dgate, &f32s(&dg_want), SWIGLU_BOUND);
+    c.close("swiglu dup", shape, dup, &f32s(&du_want), SWIGLU_BOUND);
     Ok(())
 }
 

@@ -486,7 +486,7 @@ impl TrainPlan {
                 }
                 (Mixer::GatedMlp { down, .. }, MixerActs::GatedMlp { gate_up, h }) => {
                     self.inputs_forward(b, model, lora, l, block.mixer, &a.xn, gate_up)?;
-                    self.swiglu.forward_packed(b, self.rows, c.intermediate_size, gate_up, h)?;
+                    self.swiglu.forward(b, self.rows, c.intermediate_size, gate_up, h)?;
                     self.linear_forward(b, lora, layer, l, down, true, h, output)?;
                 }
                 _ => unreachable!("block activations are allocated from the same description"),
@@ -587,7 +587,7 @@ impl TrainPlan {
                     (Mixer::GatedMlp { down, .. }, MixerActs::GatedMlp { gate_up, h }) => {
                         self.linear_backward(b, lora, layer, l, down, h, &self.dx, &self.dh, false)?;
                         let f = c.intermediate_size;
-                        self.swiglu.backward_packed(b, self.rows, f, gate_up, &self.dh, &self.dpacked)?;
+                        self.swiglu.backward(b, self.rows, f, gate_up, &self.dh, &self.dpacked)?;
                         self.inputs_backward(b, model, lora, l, block.mixer, &a.xn)?;
                     }
                     _ => unreachable!("block activations are allocated from the same description"),
